@@ -1,0 +1,1 @@
+"""Dispatcher role: admits every invocation and routes it to the worker fleet."""

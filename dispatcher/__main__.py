@@ -1,0 +1,5 @@
+import sys
+
+from dispatcher.main import main
+
+sys.exit(main())

@@ -1,0 +1,39 @@
+"""Dispatcher process: settings, connections and the service; nothing else."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from shared import logs
+from shared.broker import connect
+from shared.process import run_role
+from shared.settings import Settings
+from shared.store import Store
+from shared.topology import Topology
+
+from dispatcher.service import Dispatcher
+
+log = logging.getLogger("pyfc.dispatcher")
+
+
+def main(settings: Settings | None = None) -> int:
+    settings = settings or Settings.from_env()
+    logs.setup("dispatcher", settings.log_level)
+
+    async def serve(stop: asyncio.Event) -> None:
+        store = await Store.open(settings.effective_database_url)
+        await store.migrate()
+        connection = await connect(settings.amqp_url, "pyfc-dispatcher")
+        dispatcher = Dispatcher(connection, store, Topology(settings.namespace))
+        try:
+            await dispatcher.start()
+            log.info("dispatcher ready (namespace %s)", settings.namespace)
+            await stop.wait()
+        finally:
+            await dispatcher.close()
+            await connection.close()
+            await store.close()
+            log.info("dispatcher stopped")
+
+    return run_role(serve)

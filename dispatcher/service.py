@@ -1,0 +1,158 @@
+"""Admission and routing of invocations, and recording of async outcomes.
+
+Flow: `invoke` queue -> resolve function spec -> publish to `work` (persistent and
+confirmed for async) -> ack. Async outcomes arrive on `done` and are recorded in the
+metadata store before they are acked, so nothing accepted is lost across crashes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import aio_pika
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractIncomingMessage,
+    AbstractRobustConnection,
+)
+
+from shared import codec, control
+from shared.catalog import FunctionCatalog
+from shared.errors import BadRequest, PyfcError
+from shared.logs import request_id_var
+from shared.protocol import Invocation, Outcome
+from shared.store import Store
+from shared.topology import HDR_HOPS, HDR_KIND, HDR_TENANT, Topology, declare_all
+
+log = logging.getLogger("pyfc.dispatcher")
+
+PREFETCH = 256
+
+
+def outcome_status(outcome: Outcome) -> str:
+    """The invocation status a finished outcome is recorded as."""
+    return "Succeeded" if outcome.status == "succeeded" else "Failed"
+
+
+class Dispatcher:
+    def __init__(self, connection: AbstractRobustConnection, store: Store, topo: Topology) -> None:
+        self._connection = connection
+        self._store = store
+        self._topo = topo
+        self._catalog = FunctionCatalog(store)
+        self._consume: AbstractChannel | None = None
+        self._confirmed: AbstractChannel | None = None
+        self._fast: AbstractChannel | None = None
+
+    async def start(self) -> None:
+        self._consume = await self._connection.channel()
+        await self._consume.set_qos(prefetch_count=PREFETCH)
+        # Async work is published with confirms; sync work goes on a confirm-less channel
+        # because its caller is waiting and would rather fail fast than wait twice.
+        self._confirmed = await self._connection.channel(publisher_confirms=True)
+        self._fast = await self._connection.channel(publisher_confirms=False)
+        await declare_all(self._consume, self._topo)
+        await control.subscribe(self._consume, self._topo, self._catalog.invalidate)
+        dispatch = await self._consume.get_queue(self._topo.dispatch_queue)
+        done = await self._consume.get_queue(self._topo.done_queue)
+        await dispatch.consume(self._on_invoke)
+        await done.consume(self._on_done)
+
+    async def close(self) -> None:
+        for channel in (self._consume, self._confirmed, self._fast):
+            if channel is not None and not channel.is_closed:
+                await channel.close()
+
+    async def _on_invoke(self, message: AbstractIncomingMessage) -> None:
+        try:
+            inv = codec.decode(message.body, Invocation)
+        except BadRequest:
+            log.error("dropping undecodable invocation message (%d bytes)", len(message.body))
+            await message.reject(requeue=False)
+            return
+        request_id_var.set(inv.id)
+        try:
+            inv.spec = await self._catalog.spec(
+                inv.tenant, inv.service, inv.qualifier, inv.function, inv.min_revision
+            )
+        except PyfcError as e:
+            await self._fail(message, inv, e)
+            return
+        await self._route(message, inv)
+        await message.ack()
+
+    async def _route(self, message: AbstractIncomingMessage, inv: Invocation) -> None:
+        assert self._confirmed is not None and self._fast is not None
+        persistent = inv.kind == "async"
+        out = aio_pika.Message(
+            codec.encode(inv),
+            delivery_mode=(
+                aio_pika.DeliveryMode.PERSISTENT if persistent else aio_pika.DeliveryMode.NOT_PERSISTENT
+            ),
+            reply_to=message.reply_to,
+            correlation_id=message.correlation_id,
+            headers={HDR_TENANT: inv.tenant, HDR_HOPS: inv.lineage.hops, HDR_KIND: inv.kind},
+        )
+        channel = self._confirmed if persistent else self._fast
+        await channel.default_exchange.publish(out, routing_key=self._topo.work_queue)
+
+    async def _fail(self, message: AbstractIncomingMessage, inv: Invocation, err: PyfcError) -> None:
+        """The invocation cannot be admitted: tell the sync caller, or record the async failure."""
+        log.warning("invocation not admitted: %s: %s", err.code, err.message)
+        outcome = Outcome(
+            request_id=inv.id,
+            tenant=inv.tenant,
+            status="system_error",
+            error_type=err.code,
+            error_message=err.message,
+            http_status=err.status,
+            attempt=inv.attempt,
+        )
+        if inv.kind == "sync":
+            if message.reply_to:
+                assert self._fast is not None
+                await self._fast.default_exchange.publish(
+                    aio_pika.Message(codec.encode(outcome), correlation_id=message.correlation_id),
+                    routing_key=message.reply_to,
+                    mandatory=False,
+                )
+        else:
+            await self._record(outcome)
+        await message.ack()
+
+    async def _on_done(self, message: AbstractIncomingMessage) -> None:
+        try:
+            outcome = codec.decode(message.body, Outcome)
+        except BadRequest:
+            log.error("dropping undecodable outcome message (%d bytes)", len(message.body))
+            await message.reject(requeue=False)
+            return
+        request_id_var.set(outcome.request_id)
+        try:
+            await self._record(outcome)
+        except PyfcError:
+            # The store is down: keep the outcome on the queue and try again.
+            log.exception("cannot record outcome yet; requeueing")
+            await message.nack(requeue=True)
+            return
+        await message.ack()
+
+    async def _record(self, outcome: Outcome) -> None:
+        started = time.perf_counter()
+        await self._store.record_outcome(
+            outcome.tenant,
+            outcome.request_id,
+            status=outcome_status(outcome),
+            attempt=outcome.attempt,
+            result=outcome.body,
+            error_type=outcome.error_type,
+            error_message=outcome.error_message,
+        )
+        log.info(
+            "async invocation %s: %s%s (recorded in %.1f ms)",
+            outcome.request_id,
+            outcome.status,
+            f" {outcome.error_type}" if outcome.error_type else "",
+            (time.perf_counter() - started) * 1000,
+        )

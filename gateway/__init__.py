@@ -1,0 +1,1 @@
+"""Gateway role: HTTP control plane and invoke data plane."""

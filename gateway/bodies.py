@@ -1,0 +1,94 @@
+"""Request bodies of the HTTP API (**contract**), validated once where the bytes enter."""
+
+from __future__ import annotations
+
+import base64
+from typing import Annotated, Any, TypeVar
+
+import msgspec
+
+from shared.errors import BadRequest
+from shared.models import LogConfig
+
+T = TypeVar("T")
+
+Name = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][-A-Za-z0-9_]{0,127}$")]
+Description = Annotated[str, msgspec.Meta(max_length=256)]
+Handler = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][\w.]*\.[A-Za-z_]\w*$", max_length=128)]
+Timeout = Annotated[float, msgspec.Meta(gt=0, le=86400)]
+MemorySize = Annotated[int, msgspec.Meta(ge=128, le=3072)]
+InstanceConcurrency = Annotated[int, msgspec.Meta(ge=1, le=100)]
+EnvVars = dict[Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")], str]
+
+
+class Code(msgspec.Struct, kw_only=True, rename="camel"):
+    zip_file: str
+
+    def zip_bytes(self) -> bytes:
+        try:
+            return base64.b64decode(self.zip_file, validate=True)
+        except ValueError as e:
+            raise BadRequest("code.zipFile is not valid base64") from e
+
+
+class ServiceCreate(msgspec.Struct, kw_only=True, rename="camel"):
+    service_name: Name
+    description: Description = ""
+    role: str = ""
+    log_config: LogConfig = LogConfig()
+    environment_variables: EnvVars = {}
+
+
+class ServiceUpdate(msgspec.Struct, kw_only=True, rename="camel", omit_defaults=True):
+    description: Description | None = None
+    role: str | None = None
+    log_config: LogConfig | None = None
+    environment_variables: EnvVars | None = None
+
+
+class FunctionCreate(msgspec.Struct, kw_only=True, rename="camel"):
+    function_name: Name
+    code: Code
+    runtime: str = "python3.11"
+    handler: Handler = "index.handler"
+    description: Description = ""
+    timeout: Timeout = 3.0
+    memory_size: MemorySize = 128
+    initializer: Handler | None = None
+    initialization_timeout: Timeout = 3.0
+    instance_concurrency: InstanceConcurrency = 1
+    environment_variables: EnvVars = {}
+
+
+class FunctionUpdate(msgspec.Struct, kw_only=True, rename="camel", omit_defaults=True):
+    code: Code | None = None
+    runtime: str | None = None
+    handler: Handler | None = None
+    description: Description | None = None
+    timeout: Timeout | None = None
+    memory_size: MemorySize | None = None
+    initializer: Handler | None = None
+    initialization_timeout: Timeout | None = None
+    instance_concurrency: InstanceConcurrency | None = None
+    environment_variables: EnvVars | None = None
+
+
+def parse(body: bytes, kind: type[T]) -> T:
+    """Decode a JSON body as `kind`, or a 400 that names the offending field."""
+    if not body.strip():
+        raise BadRequest("request body is empty; a JSON object is required")
+    try:
+        return msgspec.json.decode(body, type=kind)
+    except msgspec.ValidationError as e:
+        raise BadRequest(f"invalid request body: {e}") from e
+    except msgspec.DecodeError as e:
+        raise BadRequest(f"malformed JSON: {e}") from e
+
+
+def changes(update: msgspec.Struct) -> dict[str, Any]:
+    """The fields a partial update (PUT) actually sets, by python field name."""
+    return {
+        f: getattr(update, f)
+        for f in update.__struct_fields__
+        if getattr(update, f) is not None and f != "code"
+    }

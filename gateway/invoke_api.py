@@ -1,0 +1,175 @@
+"""Data plane: sync and async invoke, and async status/result lookup."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import re
+import time
+import uuid
+
+import aio_pika
+from aiohttp import web
+
+from shared import codec
+from shared.errors import BadRequest, InvocationNotFound, PayloadTooLarge, Unavailable
+from shared.logs import request_id_var
+from shared.models import InvocationRecord
+from shared.protocol import LATEST, Invocation, Lineage, Outcome
+
+from gateway.app import gateway_of, json_response, tenant_of
+from gateway.rpc import invocation_headers
+
+log = logging.getLogger("pyfc.gateway")
+
+# Cold start, initializer and queueing come on top of the function's own timeout.
+SYNC_SLACK_SECONDS = 10.0
+LINEAGE_RE = re.compile(r"^(?P<trace>[A-Za-z0-9-]{1,64})/(?P<hops>\d{1,4})(?:/(?P<origin>[\w.:/-]{0,200}))?$")
+
+
+def split_qualifier(segment: str) -> tuple[str, str]:
+    """`svc` or `svc.qualifier` (FC's URL form) -> (service, qualifier)."""
+    service, _, qualifier = segment.partition(".")
+    if not service or (_ and not qualifier):
+        raise BadRequest(f"bad service segment {segment!r}: expected service[.qualifier]")
+    return service, qualifier or LATEST
+
+
+def parse_lineage(header: str | None, request_id: str) -> Lineage:
+    """`X-Fc-Lineage: <traceId>/<hops>[/<origin>]`, set by callers inside a chain."""
+    if not header:
+        return Lineage(trace_id=request_id, hops=0, origin="http")
+    m = LINEAGE_RE.match(header.strip())
+    if m is None:
+        raise BadRequest("bad X-Fc-Lineage header: expected <traceId>/<hops>[/<origin>]")
+    return Lineage(trace_id=m["trace"], hops=int(m["hops"]) + 1, origin=m["origin"] or "http")
+
+
+def invocation_type(header: str | None) -> str:
+    kind = (header or "Sync").strip().lower()
+    if kind not in ("sync", "async"):
+        raise BadRequest("X-Fc-Invocation-Type must be Sync or Async")
+    return kind
+
+
+def outcome_response(outcome: Outcome, tail_logs: bool) -> web.Response:
+    """Map an outcome to FC's response: 200 + X-Fc-Error-Type for function errors."""
+    headers = {"X-Fc-Request-Id": outcome.request_id}
+    if tail_logs:
+        headers["X-Fc-Log-Result"] = base64.b64encode(outcome.log_tail[-4096:]).decode()
+    if outcome.status == "succeeded":
+        return web.Response(body=outcome.body, status=200, headers=headers,
+                            content_type="application/octet-stream")
+    if outcome.status == "function_error":
+        headers["X-Fc-Error-Type"] = outcome.error_type or "UnhandledInvocationError"
+        return web.Response(body=outcome.body, status=outcome.http_status, headers=headers,
+                            content_type="application/json")
+    return json_response(
+        {"errorCode": outcome.error_type, "errorMessage": outcome.error_message},
+        outcome.http_status,
+        headers,
+    )
+
+
+async def invoke(request: web.Request) -> web.Response:
+    gw, tenant = gateway_of(request), tenant_of(request)
+    service, qualifier = split_qualifier(request.match_info["service"])
+    function = request.match_info["function"]
+    kind = invocation_type(request.headers.get("X-Fc-Invocation-Type"))
+    request_id = str(uuid.uuid4())
+    request_id_var.set(request_id)
+    lineage = parse_lineage(request.headers.get("X-Fc-Lineage"), request_id)
+    payload = await request.read()
+    if len(payload) > gw.settings.max_event_bytes:
+        raise PayloadTooLarge(f"event is {len(payload)} bytes; the limit is {gw.settings.max_event_bytes}")
+    spec = await gw.catalog.spec(tenant.name, service, qualifier, function)
+    now = time.time()
+    timeout = spec.timeout + spec.initialization_timeout + SYNC_SLACK_SECONDS
+    inv = Invocation(
+        id=request_id,
+        tenant=tenant.name,
+        service=service,
+        qualifier=qualifier,
+        function=function,
+        kind="sync" if kind == "sync" else "async",
+        source="http",
+        payload=payload,
+        created_at=now,
+        deadline=now + timeout if kind == "sync" else 0.0,
+        lineage=lineage,
+        traceparent=request.headers.get("traceparent", ""),
+        log_tail=request.headers.get("X-Fc-Log-Type", "").lower() == "tail",
+        min_revision=spec.revision,
+    )
+    if inv.kind == "sync":
+        outcome = await gw.rpc.call(inv, timeout)
+        return outcome_response(outcome, inv.log_tail)
+    return await _accept_async(request, inv)
+
+
+async def _accept_async(request: web.Request, inv: Invocation) -> web.Response:
+    """Record, then publish with a broker confirm: 202 means the invocation is persisted."""
+    gw = gateway_of(request)
+    await gw.store.record_accepted(
+        InvocationRecord(
+            request_id=inv.id,
+            tenant=inv.tenant,
+            service_name=inv.service,
+            qualifier=inv.qualifier,
+            function_name=inv.function,
+        )
+    )
+    try:
+        await gw.invoke_exchange.publish(
+            aio_pika.Message(
+                codec.encode(inv),
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                headers=invocation_headers(inv),
+                message_id=inv.id,
+            ),
+            routing_key="invoke",
+            timeout=10.0,
+        )
+    except Exception as e:
+        await gw.store.record_outcome(
+            inv.tenant, inv.id, status="Failed", attempt=0, result=b"",
+            error_type="ServiceUnavailable", error_message="not accepted: broker unavailable",
+        )
+        raise Unavailable(f"cannot enqueue the invocation: {type(e).__name__}: {e}") from e
+    return web.Response(status=202, headers={"X-Fc-Request-Id": inv.id})
+
+
+def _result_fields(result: bytes) -> dict[str, str]:
+    try:
+        return {"result": result.decode("utf-8"), "resultEncoding": "utf-8"}
+    except UnicodeDecodeError:
+        return {"result": base64.b64encode(result).decode(), "resultEncoding": "base64"}
+
+
+async def get_invocation(request: web.Request) -> web.Response:
+    gw, tenant = gateway_of(request), tenant_of(request)
+    service, qualifier = split_qualifier(request.match_info["service"])
+    rec = await gw.store.get_invocation(tenant.name, request.match_info["request_id"])
+    if rec.service_name != service or rec.function_name != request.match_info["function"]:
+        raise InvocationNotFound(f"invocation {rec.request_id} not found for this function")
+    body: dict[str, object] = {
+        "requestId": rec.request_id,
+        "serviceName": rec.service_name,
+        "qualifier": rec.qualifier,
+        "functionName": rec.function_name,
+        "status": rec.status,
+        "attempt": rec.attempt,
+        "createdTime": rec.created_time,
+        "finishedTime": rec.finished_time,
+    }
+    if rec.error_type:
+        body["errorType"], body["errorMessage"] = rec.error_type, rec.error_message
+    if rec.status in ("Succeeded", "Failed"):
+        body.update(_result_fields(rec.result))
+    return json_response(body, headers={"X-Fc-Request-Id": rec.request_id})
+
+
+def add_routes(router: web.UrlDispatcher) -> None:
+    base = "/v1/services/{service}/functions/{function}/invocations"
+    router.add_post(base, invoke)
+    router.add_get(base + "/{request_id}", get_invocation)

@@ -1,0 +1,67 @@
+"""Gateway process: settings, connections and the HTTP app; nothing else."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiohttp import web
+
+from shared import control, logs
+from shared.blobs import open_blob_store
+from shared.broker import connect
+from shared.catalog import FunctionCatalog
+from shared.process import run_role
+from shared.settings import Settings
+from shared.store import Store
+from shared.topology import Topology, declare_all, declare_invoke
+
+from gateway.app import Gateway, build_app
+from gateway.rpc import RpcClient
+
+log = logging.getLogger("pyfc.gateway")
+
+
+def main(settings: Settings | None = None) -> int:
+    settings = settings or Settings.from_env()
+    logs.setup("gateway", settings.log_level)
+
+    async def serve(stop: asyncio.Event) -> None:
+        store = await Store.open(settings.effective_database_url)
+        await store.migrate()
+        blobs = open_blob_store(settings.effective_blob_url)
+        connection = await connect(settings.amqp_url, "pyfc-gateway")
+        topo = Topology(settings.namespace)
+        rpc_channel = await connection.channel(publisher_confirms=False)
+        await declare_all(rpc_channel, topo)
+        rpc = RpcClient(rpc_channel, await declare_invoke(rpc_channel, topo))
+        await rpc.start()
+        confirmed = await connection.channel(publisher_confirms=True)
+        control_channel = await connection.channel()
+        catalog = FunctionCatalog(store)
+        await control.subscribe(control_channel, topo, catalog.invalidate)
+        gateway = Gateway(
+            settings=settings,
+            store=store,
+            blobs=blobs,
+            topo=topo,
+            rpc=rpc,
+            invoke_exchange=await declare_invoke(confirmed, topo),
+            control_channel=control_channel,
+            catalog=catalog,
+        )
+        runner = web.AppRunner(build_app(gateway), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, settings.http_host, settings.http_port)
+        try:
+            await site.start()
+            log.info("gateway listening on http://%s:%d", settings.http_host, settings.http_port)
+            await stop.wait()
+        finally:
+            await runner.cleanup()
+            await connection.close()
+            await blobs.close()
+            await store.close()
+            log.info("gateway stopped")
+
+    return run_role(serve)

@@ -1,0 +1,64 @@
+"""Sync invocations as RPC over RabbitMQ direct reply-to: no reply queue to declare or leak."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
+
+from shared import codec
+from shared.errors import DeadlineExceeded
+from shared.protocol import Invocation, Outcome
+from shared.topology import DIRECT_REPLY_TO, HDR_HOPS, HDR_KIND, HDR_TENANT
+
+
+def invocation_headers(inv: Invocation) -> dict[str, object]:
+    headers: dict[str, object] = {HDR_TENANT: inv.tenant, HDR_HOPS: inv.lineage.hops, HDR_KIND: inv.kind}
+    if inv.traceparent:
+        headers["traceparent"] = inv.traceparent
+    return headers
+
+
+class RpcClient:
+    """Publishes sync invocations and matches replies by correlation id."""
+
+    def __init__(self, channel: AbstractChannel, exchange: AbstractExchange) -> None:
+        # Direct reply-to requires publishing on the channel that consumes the pseudo-queue.
+        self._channel = channel
+        self._exchange = exchange
+        self._pending: dict[str, asyncio.Future[Outcome]] = {}
+
+    async def start(self) -> None:
+        queue = await self._channel.get_queue(DIRECT_REPLY_TO, ensure=False)
+        await queue.consume(self._on_reply, no_ack=True)
+
+    async def _on_reply(self, message: AbstractIncomingMessage) -> None:
+        future = self._pending.pop(message.correlation_id or "", None)
+        if future is not None and not future.done():
+            future.set_result(codec.decode(message.body, Outcome))
+
+    async def call(self, inv: Invocation, timeout: float) -> Outcome:
+        """Send `inv` and wait for its outcome, at most `timeout` seconds."""
+        correlation_id = uuid.uuid4().hex
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self._pending[correlation_id] = future
+        try:
+            await self._exchange.publish(
+                aio_pika.Message(
+                    codec.encode(inv),
+                    reply_to=DIRECT_REPLY_TO,
+                    correlation_id=correlation_id,
+                    headers=invocation_headers(inv),
+                    delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,
+                ),
+                routing_key="invoke",
+            )
+            return await asyncio.wait_for(future, timeout)
+        except asyncio.TimeoutError as e:
+            raise DeadlineExceeded(
+                f"no result within {timeout:.1f}s (request {inv.id})"
+            ) from e
+        finally:
+            self._pending.pop(correlation_id, None)

@@ -1,0 +1,1 @@
+"""The `pyfc` command: local stack supervisor, single roles, admin and client commands."""

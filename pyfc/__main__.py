@@ -1,0 +1,5 @@
+import sys
+
+from pyfc.cli import main
+
+sys.exit(main())

@@ -1,0 +1,105 @@
+"""Messages between roles (**contract**): one envelope for every invocation, one outcome.
+
+Encoded only by `shared.codec` (msgpack on the broker). Event payloads travel as raw bytes.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+InvocationKind = Literal["sync", "async"]
+Source = Literal["http", "s3", "cron", "mq", "log", "destination", "cli"]
+OutcomeStatus = Literal["succeeded", "function_error", "system_error"]
+
+LATEST = "LATEST"
+
+
+class Lineage(msgspec.Struct, kw_only=True, frozen=True):
+    """Where an invocation chain started and how deep it is (loop protection)."""
+
+    trace_id: str
+    hops: int = 0
+    origin: str = ""
+
+
+class FunctionSpec(msgspec.Struct, kw_only=True, frozen=True):
+    """Everything a worker needs to run one function version; workers never read the DB."""
+
+    tenant: str
+    service: str
+    function: str
+    qualifier: str = LATEST
+    version: str = LATEST
+    revision: int = 0
+    runtime: str = "python3.11"
+    handler: str = "index.handler"
+    code_digest: str = ""
+    timeout: float = 3.0
+    memory_size: int = 128
+    initializer: str | None = None
+    initialization_timeout: float = 3.0
+    instance_concurrency: int = 1
+    environment: dict[str, str] = {}
+    log_store: str = ""
+
+    @property
+    def instance_key(self) -> str:
+        """Warm instances are reusable only for the same tenant/function/version/revision."""
+        return (
+            f"{self.tenant}/{self.service}/{self.function}"
+            f"@{self.version}#{self.revision}:{self.code_digest[:12]}"
+        )
+
+
+class Invocation(msgspec.Struct, kw_only=True):
+    """The envelope of every invocation, from its source to the worker that runs it."""
+
+    id: str
+    tenant: str
+    service: str
+    qualifier: str = LATEST
+    function: str
+    kind: InvocationKind = "sync"
+    source: Source = "http"
+    payload: bytes = b""
+    created_at: float = 0.0
+    deadline: float = 0.0
+    attempt: int = 1
+    lineage: Lineage
+    traceparent: str = ""
+    log_tail: bool = False
+    # Lowest function revision the caller knows about: a dispatcher with an older
+    # cached config re-reads it instead of running stale code.
+    min_revision: int = 0
+    # Filled by the dispatcher when it admits and routes the invocation.
+    spec: FunctionSpec | None = None
+
+
+class Outcome(msgspec.Struct, kw_only=True):
+    """What happened to one invocation attempt; sent to the sync caller or to `done`."""
+
+    request_id: str
+    tenant: str
+    status: OutcomeStatus
+    body: bytes = b""
+    # function_error: "UnhandledInvocationError" | "HandledInvocationError"
+    # system_error: an error code such as FunctionTimeout, InstanceCrashed, FunctionNotFound
+    error_type: str = ""
+    error_message: str = ""
+    http_status: int = 200
+    log_tail: bytes = b""
+    duration_ms: float = 0.0
+    instance_id: str = ""
+    cold_start: bool = False
+    attempt: int = 1
+
+
+class ControlEvent(msgspec.Struct, kw_only=True):
+    """Fanout notice that metadata changed; every process drops what it cached."""
+
+    kind: Literal["function-changed", "service-changed", "tenant-changed"]
+    tenant: str
+    service: str = ""
+    function: str = ""

@@ -1,0 +1,75 @@
+"""Typed settings, built once in each role's `main` from `PYFC_*` variables (and CLI flags).
+
+Nothing reads the environment at import time; `Settings.from_env()` is the only reader.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+
+import msgspec
+
+from shared.errors import BadRequest
+
+
+class Settings(msgspec.Struct, kw_only=True, frozen=True):
+    """Every knob of every role; each role uses the ones it needs."""
+
+    data_dir: Path
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    database_url: str = ""
+    blob_url: str = ""
+    # Prefix of every exchange and queue: several stacks (or tests) share one broker.
+    namespace: str = "pyfc"
+    http_host: str = "127.0.0.1"
+    http_port: int = 9000
+    log_level: str = "INFO"
+    # Worker: how many instances may run at once and how long an idle one is kept.
+    worker_id: str = ""
+    worker_slots: int = 8
+    instance_idle_seconds: float = 300.0
+    # Limits at the HTTP edge.
+    max_event_bytes: int = 6 * 1024 * 1024
+    max_code_bytes: int = 50 * 1024 * 1024
+    # Default tenant concurrency cap for `pyfc tenant create`.
+    tenant_concurrency: int = 100
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'pyfc.db'}"
+
+    @property
+    def effective_blob_url(self) -> str:
+        return self.blob_url or f"file://{self.data_dir / 'blobs'}"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Build settings from `PYFC_*` variables; `overrides` (CLI flags) win."""
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for field in msgspec.structs.fields(cls):
+            raw = env.get(f"PYFC_{field.name.upper()}")
+            if raw is not None and raw != "":
+                values[field.name] = raw
+        values.setdefault("data_dir", str(Path.cwd() / ".pyfc-data"))
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            settings = msgspec.convert(values, cls, strict=False)
+        except msgspec.ValidationError as e:
+            raise BadRequest(f"invalid PYFC_* setting: {e}") from e
+        if not settings.worker_id:
+            settings = msgspec.structs.replace(settings, worker_id=f"w-{uuid.uuid4().hex[:8]}")
+        return settings
+
+    def child_environ(self) -> dict[str, str]:
+        """The `PYFC_*` variables that give a child role process these same settings."""
+        out: dict[str, str] = {}
+        for field in msgspec.structs.fields(self):
+            value = getattr(self, field.name)
+            if field.name == "worker_id":
+                continue
+            out[f"PYFC_{field.name.upper()}"] = str(value)
+        return out

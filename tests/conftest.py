@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.stack import Stack
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A running stack (gateway, dispatcher, one worker) shared by a module's tests."""
+    s = Stack(tmp_path_factory.mktemp(f"stack-{request.param}"), database=request.param)
+    try:
+        s.start()
+        yield s
+    finally:
+        s.stop()
+
+
+class Client:
+    """A tenant's view of the HTTP API."""
+
+    def __init__(self, session: aiohttp.ClientSession, base: str, key: str) -> None:
+        self.session, self.base, self.key = session, base, key
+
+    async def call(self, method: str, path: str, *, headers: dict[str, str] | None = None,
+                   **kw: Any) -> tuple[int, dict[str, str], bytes]:
+        h = {"Authorization": f"Bearer {self.key}", **(headers or {})}
+        async with self.session.request(method, self.base + path, headers=h, **kw) as r:
+            return r.status, dict(r.headers), await r.read()
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as s:
+        yield s
+
+
+@pytest.fixture
+def tenant(stack: Stack) -> tuple[str, str]:
+    return stack.create_tenant()
+
+
+@pytest.fixture
+def client(session: aiohttp.ClientSession, stack: Stack, tenant: tuple[str, str]) -> Client:
+    return Client(session, stack.url, tenant[1])
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    return tmp_path

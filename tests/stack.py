@@ -1,0 +1,185 @@
+"""A real pyfc stack for tests: each role its own OS process, unique names everywhere.
+
+Readiness is awaited on events (a health endpoint, a "ready" log line), never on sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+import zipfile
+from pathlib import Path
+
+import aio_pika
+
+from shared.topology import Topology, delete_all
+
+AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
+PG_ADMIN = ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-q", "-c"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+def make_zip(files: dict[str, str | bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, content in files.items():
+            zf.writestr(name, content)
+    return buf.getvalue()
+
+
+def code_body(files: dict[str, str | bytes]) -> dict[str, str]:
+    return {"zipFile": base64.b64encode(make_zip(files)).decode()}
+
+
+class PostgresDatabase:
+    """A throwaway PostgreSQL database, dropped on close."""
+
+    def __init__(self) -> None:
+        self.name = f"pyfc_t_{uuid.uuid4().hex[:12]}"
+        subprocess.run([*PG_ADMIN, f"CREATE DATABASE {self.name}"], check=True)
+        self.url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{self.name}"
+
+    def close(self) -> None:
+        subprocess.run([*PG_ADMIN, f"DROP DATABASE IF EXISTS {self.name} WITH (FORCE)"], check=False)
+
+
+class Stack:
+    def __init__(self, root: Path, database: str = "sqlite", worker_slots: int = 4) -> None:
+        self.root = root
+        self.namespace = f"t{uuid.uuid4().hex[:10]}"
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.pg = PostgresDatabase() if database == "postgres" else None
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("PYFC_")},
+            "PYFC_DATA_DIR": str(root / "data"),
+            "PYFC_AMQP_URL": AMQP_URL,
+            "PYFC_NAMESPACE": self.namespace,
+            "PYFC_HTTP_PORT": str(self.port),
+            "PYFC_WORKER_SLOTS": str(worker_slots),
+            "PYFC_LOG_LEVEL": "INFO",
+        }
+        if self.pg:
+            self.env["PYFC_DATABASE_URL"] = self.pg.url
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._counter = 0
+
+    # --- processes ------------------------------------------------------------------------
+
+    def log_path(self, name: str) -> Path:
+        return self.root / f"{name}.log"
+
+    def spawn(self, module: str, name: str | None = None, extra_env: dict[str, str] | None = None) -> str:
+        self._counter += 1
+        name = name or f"{module}-{self._counter}"
+        log = open(self.log_path(name), "wb")  # noqa: SIM115 - lives as long as the process
+        self.procs[name] = subprocess.Popen(
+            [sys.executable, "-m", module],
+            env={**self.env, **(extra_env or {})},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        return name
+
+    def wait_log(self, name: str, text: str, timeout: float = 30.0) -> None:
+        def seen() -> bool:
+            proc = self.procs[name]
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with {proc.returncode}:\n{self.logs(name)}")
+            return text in self.log_path(name).read_text(errors="replace")
+
+        wait_until(seen, timeout, f"{name!r} to log {text!r}")
+
+    def logs(self, name: str) -> str:
+        return self.log_path(name).read_text(errors="replace")[-8000:]
+
+    def start_worker(self) -> str:
+        name = self.spawn("worker")
+        self.wait_log(name, "ready")
+        return name
+
+    def start(self, workers: int = 1) -> Stack:
+        self.spawn("gateway", "gateway")
+        self.wait_healthy()
+        self.spawn("dispatcher", "dispatcher")
+        for _ in range(workers):
+            self.start_worker()
+        self.wait_log("dispatcher", "ready")
+        return self
+
+    def wait_healthy(self, timeout: float = 30.0) -> None:
+        def healthy() -> bool:
+            proc = self.procs["gateway"]
+            if proc.poll() is not None:
+                raise RuntimeError(f"gateway exited:\n{self.logs('gateway')}")
+            try:
+                with urllib.request.urlopen(self.url + "/healthz", timeout=1) as r:
+                    return bool(r.status == 200)
+            except OSError:
+                return False
+
+        wait_until(healthy, timeout, "gateway /healthz")
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        proc = self.procs[name]
+        proc.send_signal(sig)
+        proc.wait(timeout=30)
+
+    def cli(self, *args: str, input: bytes | None = None, check: bool = True) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            [sys.executable, "-m", "pyfc", *args],
+            env=self.env, input=input, capture_output=True, check=check, timeout=60,
+        )
+
+    def create_tenant(self, name: str | None = None) -> tuple[str, str]:
+        name = name or f"tenant-{uuid.uuid4().hex[:8]}"
+        out = json.loads(self.cli("tenant", "create", name, "--json").stdout)
+        return out["tenant"], out["apiKey"]
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for name, proc in self.procs.items():
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                print(f"{name} needed SIGKILL to stop:\n{self.logs(name)}")
+        asyncio.run(_delete_namespace(self.namespace))
+        if self.pg:
+            self.pg.close()
+
+
+async def _delete_namespace(namespace: str) -> None:
+    connection = await aio_pika.connect(AMQP_URL, timeout=10)
+    async with connection:
+        await delete_all(await connection.channel(), Topology(namespace))

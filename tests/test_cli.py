@@ -1,0 +1,92 @@
+"""The `pyfc` command: tenant creation, deploy from a folder, invoke, and `pyfc up`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+from tests.stack import AMQP_URL, Stack, free_port, wait_until
+
+
+def test_tenant_create_json_and_duplicate(stack: Stack) -> None:
+    name = f"cli-{os.getpid()}-{free_port()}"
+    out = json.loads(stack.cli("tenant", "create", name, "--concurrency", "7", "--json").stdout)
+    assert out["tenant"] == name and out["apiKey"].startswith("pyfc_")
+    dup = stack.cli("tenant", "create", name, "--json", check=False)
+    assert dup.returncode == 2 and b"AlreadyExists" in dup.stderr
+    bad = stack.cli("tenant", "create", "Bad Name!", check=False)
+    assert bad.returncode == 2 and b"InvalidArgument" in bad.stderr
+
+
+def test_deploy_folder_and_invoke(stack: Stack, tmp_path: Path) -> None:
+    _, key = stack.create_tenant()
+    folder = tmp_path / "fn"
+    folder.mkdir()
+    (folder / "index.py").write_text("def handler(event, context):\n    return b'cli:' + event\n")
+    base = ["--endpoint", stack.url, "--api-key", key]
+    out = stack.cli("deploy", str(folder), "--service", "clisvc", "--function", "echo", *base)
+    assert b"deployed clisvc/echo" in out.stdout
+    out = stack.cli("invoke", "clisvc/echo", "--data", "hi", *base)
+    assert out.stdout == b"cli:hi"
+    # Redeploy updates in place (revision 2).
+    out = stack.cli("deploy", str(folder), "--service", "clisvc", "--function", "echo", *base)
+    assert b"revision 2" in out.stdout
+    out = stack.cli("invoke", "clisvc/echo", "--async", *base)
+    request_id = out.stdout.split(b"request id ")[1].split()[0].decode()
+    out = stack.cli("result", "clisvc/echo", request_id, "--wait", "30", *base)
+    assert json.loads(out.stdout)["result"] == "cli:"
+
+
+def test_up_runs_all_roles_and_ctrl_c_leaves_no_orphans(tmp_path: Path) -> None:
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("PYFC_")},
+        "PYFC_DATA_DIR": str(tmp_path / "data"),
+        "PYFC_NAMESPACE": f"up{port}",
+        "PYFC_HTTP_PORT": str(port),
+        "PYFC_AMQP_URL": AMQP_URL,
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pyfc", "up"], env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL
+    )
+    try:
+        def healthy() -> bool:
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
+                    return bool(r.status == 200)
+            except OSError:
+                return False
+
+        wait_until(healthy, 60, "pyfc up to serve")
+        children = [int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+        assert len(children) == 3  # gateway, dispatcher, worker
+        assert (tmp_path / "data" / "credentials").read_text().startswith("pyfc_")
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+        assert proc.returncode == 0
+        wait_until(lambda: not any(Path(f"/proc/{c}").exists() for c in children), 10, "children to exit")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        from tests.stack import _delete_namespace
+        import asyncio
+
+        asyncio.run(_delete_namespace(f"up{port}"))
+
+
+def test_up_says_clearly_when_rabbitmq_is_unreachable(tmp_path: Path) -> None:
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("PYFC_")},
+        "PYFC_DATA_DIR": str(tmp_path / "data"),
+        "PYFC_AMQP_URL": f"amqp://guest:guest@127.0.0.1:{free_port()}/",
+    }
+    out = subprocess.run([sys.executable, "-m", "pyfc", "up"], env=env, capture_output=True, timeout=60)
+    assert out.returncode == 2
+    assert b"cannot reach RabbitMQ" in out.stderr
+    assert b"guest:guest" not in out.stderr  # the password is never printed

@@ -1,0 +1,55 @@
+"""Worker process: settings, connections and the service; nothing else."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from shared import logs
+from shared.blobs import open_blob_store
+from shared.broker import connect
+from shared.process import run_role
+from shared.settings import Settings
+from shared.topology import Topology
+
+from worker.codecache import CodeCache
+from worker.pool import InstancePool
+from worker.service import Worker
+
+log = logging.getLogger("pyfc.worker")
+
+
+def main(settings: Settings | None = None) -> int:
+    settings = settings or Settings.from_env()
+    logs.setup(f"worker:{settings.worker_id[-4:]}", settings.log_level)
+
+    async def serve(stop: asyncio.Event) -> None:
+        blobs = open_blob_store(settings.effective_blob_url)
+        connection = await connect(settings.amqp_url, f"pyfc-worker-{settings.worker_id}")
+        pool = InstancePool(max_instances=settings.worker_slots)
+        code = CodeCache(blobs, settings.data_dir / "code")
+        worker = Worker(
+            connection,
+            Topology(settings.namespace),
+            pool,
+            code,
+            slots=settings.worker_slots,
+            idle_seconds=settings.instance_idle_seconds,
+        )
+        try:
+            await worker.start()
+            log.info(
+                "worker %s ready: %d slots (namespace %s)",
+                settings.worker_id,
+                settings.worker_slots,
+                settings.namespace,
+            )
+            await stop.wait()
+        finally:
+            await worker.close()
+            await pool.close()
+            await connection.close()
+            await blobs.close()
+            log.info("worker stopped")
+
+    return run_role(serve)

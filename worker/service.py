@@ -1,0 +1,159 @@
+"""The worker loop: take admitted work from the broker, run it on a warm instance, answer.
+
+Ack discipline (at-least-once for async): the work message is acked only after the
+outcome is published to `done` and confirmed by the broker; a worker that dies before
+that returns the message to the queue and another worker runs it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
+
+from shared import codec
+from shared.errors import BadRequest, PyfcError
+from shared.logs import request_id_var
+from shared.protocol import Invocation, Outcome
+from shared.topology import Topology, declare_all
+
+from worker.codecache import CodeCache
+from worker.pool import InstancePool
+
+log = logging.getLogger("pyfc.worker")
+
+
+def system_outcome(inv: Invocation, code: str, message: str, status: int) -> Outcome:
+    return Outcome(
+        request_id=inv.id,
+        tenant=inv.tenant,
+        status="system_error",
+        error_type=code,
+        error_message=message,
+        http_status=status,
+        attempt=inv.attempt,
+    )
+
+
+def skip_reason(inv: Invocation, redelivered: bool, now: float) -> Outcome | None:
+    """Work that must not run: a sync call whose caller gave up or whose worker died.
+
+    Sync invocations are never retried by the platform: a redelivered sync message means
+    the worker running it died, so the caller gets a prompt system error instead.
+    """
+    if inv.kind != "sync":
+        return None
+    if redelivered:
+        return system_outcome(
+            inv, "WorkerLost", "the worker running this invocation died; not retried", 502
+        )
+    if inv.deadline and now > inv.deadline:
+        return system_outcome(inv, "DeadlineExceeded", "deadline passed before it started", 504)
+    return None
+
+
+class Worker:
+    def __init__(
+        self,
+        connection: AbstractRobustConnection,
+        topo: Topology,
+        pool: InstancePool,
+        code: CodeCache,
+        *,
+        slots: int,
+        idle_seconds: float,
+    ) -> None:
+        self._connection = connection
+        self._topo = topo
+        self._pool = pool
+        self._code = code
+        self._slots = slots
+        self._idle_seconds = idle_seconds
+        self._consume: AbstractChannel | None = None
+        self._confirmed: AbstractChannel | None = None
+        self._fast: AbstractChannel | None = None
+        self._reaper: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._consume = await self._connection.channel()
+        # One unacked message per slot: a full worker takes nothing it cannot start.
+        await self._consume.set_qos(prefetch_count=self._slots)
+        self._confirmed = await self._connection.channel(publisher_confirms=True)
+        self._fast = await self._connection.channel(publisher_confirms=False)
+        await declare_all(self._consume, self._topo)
+        work = await self._consume.get_queue(self._topo.work_queue)
+        await work.consume(self._on_work)
+        self._reaper = asyncio.create_task(self._reap_forever())
+
+    async def close(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+        for channel in (self._consume, self._confirmed, self._fast):
+            if channel is not None and not channel.is_closed:
+                await channel.close()
+
+    async def _reap_forever(self) -> None:
+        interval = max(0.5, min(30.0, self._idle_seconds / 4))
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self._pool.reap_idle(self._idle_seconds)
+            except Exception:
+                log.exception("idle reaping failed")
+
+    async def _on_work(self, message: AbstractIncomingMessage) -> None:
+        try:
+            inv = codec.decode(message.body, Invocation)
+        except BadRequest:
+            log.error("dropping undecodable work message (%d bytes)", len(message.body))
+            await message.reject(requeue=False)
+            return
+        request_id_var.set(inv.id)
+        outcome = skip_reason(inv, message.redelivered, time.time())
+        if outcome is None:
+            outcome = await self._run(inv)
+        await self._answer(message, inv, outcome)
+        await message.ack()
+
+    async def _run(self, inv: Invocation) -> Outcome:
+        if inv.spec is None:
+            return system_outcome(inv, "InternalError", "work arrived without a function spec", 500)
+        try:
+            code_dir = await self._code.path_for(inv.spec.code_digest)
+        except PyfcError as e:
+            log.error("cannot fetch code %s: %s", inv.spec.code_digest[:12], e.message)
+            return system_outcome(inv, e.code, f"cannot fetch function code: {e.message}", 503)
+        outcome = await self._pool.invoke(inv.spec, code_dir, inv)
+        log.info(
+            "%s %s/%s %s in %.1f ms%s",
+            inv.kind,
+            inv.service,
+            inv.function,
+            outcome.status,
+            outcome.duration_ms,
+            " (cold)" if outcome.cold_start else "",
+        )
+        return outcome
+
+    async def _answer(self, message: AbstractIncomingMessage, inv: Invocation, outcome: Outcome) -> None:
+        assert self._confirmed is not None and self._fast is not None
+        body = codec.encode(outcome)
+        if inv.kind == "sync":
+            if message.reply_to:
+                await self._fast.default_exchange.publish(
+                    aio_pika.Message(body, correlation_id=message.correlation_id),
+                    routing_key=message.reply_to,
+                    mandatory=False,
+                )
+            return
+        # Confirmed before the work is acked: the outcome is never lost in between.
+        await self._confirmed.default_exchange.publish(
+            aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+            routing_key=self._topo.done_queue,
+        )
