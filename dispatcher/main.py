@@ -5,20 +5,19 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from dispatcher.service import Dispatcher
 from shared import logs
 from shared.broker import connect
 from shared.process import run_role
-from shared.settings import Settings
+from shared.settings import Settings, load_or_exit
 from shared.store import Store
 from shared.topology import Topology
-
-from dispatcher.service import Dispatcher
 
 log = logging.getLogger("pyfc.dispatcher")
 
 
 def main(settings: Settings | None = None) -> int:
-    settings = settings or Settings.from_env()
+    settings = settings or load_or_exit()
     logs.setup("dispatcher", settings.log_level)
 
     async def serve(stop: asyncio.Event) -> None:

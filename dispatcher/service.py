@@ -21,6 +21,7 @@ from shared import codec, control
 from shared.catalog import FunctionCatalog
 from shared.errors import BadRequest, PyfcError
 from shared.logs import request_id_var
+from shared.models import InvocationStatus
 from shared.protocol import Invocation, Outcome
 from shared.store import Store
 from shared.topology import HDR_HOPS, HDR_KIND, HDR_TENANT, Topology, declare_all
@@ -30,7 +31,7 @@ log = logging.getLogger("pyfc.dispatcher")
 PREFETCH = 256
 
 
-def outcome_status(outcome: Outcome) -> str:
+def outcome_status(outcome: Outcome) -> InvocationStatus:
     """The invocation status a finished outcome is recorded as."""
     return "Succeeded" if outcome.status == "succeeded" else "Failed"
 
@@ -88,7 +89,9 @@ class Dispatcher:
         out = aio_pika.Message(
             codec.encode(inv),
             delivery_mode=(
-                aio_pika.DeliveryMode.PERSISTENT if persistent else aio_pika.DeliveryMode.NOT_PERSISTENT
+                aio_pika.DeliveryMode.PERSISTENT
+                if persistent
+                else aio_pika.DeliveryMode.NOT_PERSISTENT
             ),
             reply_to=message.reply_to,
             correlation_id=message.correlation_id,
@@ -97,7 +100,9 @@ class Dispatcher:
         channel = self._confirmed if persistent else self._fast
         await channel.default_exchange.publish(out, routing_key=self._topo.work_queue)
 
-    async def _fail(self, message: AbstractIncomingMessage, inv: Invocation, err: PyfcError) -> None:
+    async def _fail(
+        self, message: AbstractIncomingMessage, inv: Invocation, err: PyfcError
+    ) -> None:
         """The invocation cannot be admitted: tell the sync caller, or record the async failure."""
         log.warning("invocation not admitted: %s: %s", err.code, err.message)
         outcome = Outcome(

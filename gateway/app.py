@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
-from aiohttp import web
 from aio_pika.abc import AbstractChannel, AbstractExchange
+from aiohttp import web
 
+from gateway.rpc import RpcClient
 from shared import control
 from shared.blobs import BlobStore
 from shared.catalog import FunctionCatalog
@@ -22,8 +23,6 @@ from shared.protocol import ControlEvent
 from shared.settings import Settings
 from shared.store import Store
 from shared.topology import Topology
-
-from gateway.rpc import RpcClient
 
 log = logging.getLogger("pyfc.gateway")
 
@@ -78,7 +77,9 @@ def tenant_of(request: web.Request) -> Tenant:
     return tenant
 
 
-def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+def json_response(
+    body: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
     return web.Response(
         body=msgspec.json.encode(body),
         status=status,
@@ -127,7 +128,9 @@ def build_app(gateway: Gateway) -> web.Application:
     from gateway import control_api, invoke_api, openapi
 
     # Code uploads arrive base64 in JSON: allow for the 4/3 expansion plus the envelope.
-    max_size = max(gateway.settings.max_event_bytes, gateway.settings.max_code_bytes * 4 // 3 + 65536)
+    max_size = max(
+        gateway.settings.max_event_bytes, gateway.settings.max_code_bytes * 4 // 3 + 65536
+    )
     app = web.Application(middlewares=[errors_and_auth], client_max_size=max_size)
     app[GATEWAY_KEY] = gateway
     app.router.add_get("/healthz", healthz)

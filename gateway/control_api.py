@@ -4,11 +4,6 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from shared.codepkg import inspect_package, validate_runtime
-from shared.errors import BadRequest, PayloadTooLarge
-from shared.models import Function, Service
-from shared.protocol import ControlEvent
-
 from gateway.app import gateway_of, json_response, tenant_of
 from gateway.bodies import (
     FunctionCreate,
@@ -18,6 +13,10 @@ from gateway.bodies import (
     changes,
     parse,
 )
+from shared.codepkg import inspect_package, validate_runtime
+from shared.errors import BadRequest, PayloadTooLarge
+from shared.models import Function, Service
+from shared.protocol import ControlEvent
 
 MAX_LIST = 100
 
@@ -94,8 +93,9 @@ async def delete_service(request: web.Request) -> web.Response:
 # --- functions ----------------------------------------------------------------------------
 
 
-async def _store_code(request: web.Request, zip_bytes: bytes, runtime: str, handler: str,
-                      initializer: str | None) -> tuple[str, int]:
+async def _store_code(
+    request: web.Request, zip_bytes: bytes, runtime: str, handler: str, initializer: str | None
+) -> tuple[str, int]:
     gw = gateway_of(request)
     if len(zip_bytes) > gw.settings.max_code_bytes:
         raise PayloadTooLarge(
@@ -133,7 +133,9 @@ async def create_function(request: web.Request) -> web.Response:
     )
     created = await gw.store.create_function(tenant, service, fn)
     await gw.changed(
-        ControlEvent(kind="function-changed", tenant=tenant, service=service, function=fn.function_name)
+        ControlEvent(
+            kind="function-changed", tenant=tenant, service=service, function=fn.function_name
+        )
     )
     return json_response(created, 201)
 
@@ -181,7 +183,9 @@ async def update_function(request: web.Request) -> web.Response:
     handler = body.handler or current.handler
     initializer = body.initializer if body.initializer is not None else current.initializer
     if body.code is not None:
-        digest, size = await _store_code(request, body.code.zip_bytes(), runtime, handler, initializer)
+        digest, size = await _store_code(
+            request, body.code.zip_bytes(), runtime, handler, initializer
+        )
         update["code_checksum"], update["code_size"] = digest, size
     elif {"runtime", "handler", "initializer"} & update.keys():
         # The entry points moved: they must exist in the code already stored.
@@ -194,7 +198,9 @@ async def update_function(request: web.Request) -> web.Response:
     if not update:
         raise BadRequest("nothing to update: give at least one field")
     updated = await gw.store.update_function(tenant, service, name, update)
-    await gw.changed(ControlEvent(kind="function-changed", tenant=tenant, service=service, function=name))
+    await gw.changed(
+        ControlEvent(kind="function-changed", tenant=tenant, service=service, function=name)
+    )
     return json_response(updated)
 
 
@@ -202,7 +208,9 @@ async def delete_function(request: web.Request) -> web.Response:
     gw, tenant = gateway_of(request), tenant_of(request).name
     service, name = request.match_info["service"], request.match_info["function"]
     await gw.store.delete_function(tenant, service, name)
-    await gw.changed(ControlEvent(kind="function-changed", tenant=tenant, service=service, function=name))
+    await gw.changed(
+        ControlEvent(kind="function-changed", tenant=tenant, service=service, function=name)
+    )
     return web.Response(status=204)
 
 

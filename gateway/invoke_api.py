@@ -11,20 +11,21 @@ import uuid
 import aio_pika
 from aiohttp import web
 
+from gateway.app import gateway_of, json_response, tenant_of
+from gateway.rpc import invocation_headers
 from shared import codec
 from shared.errors import BadRequest, InvocationNotFound, PayloadTooLarge, Unavailable
 from shared.logs import request_id_var
 from shared.models import InvocationRecord
 from shared.protocol import LATEST, Invocation, Lineage, Outcome
 
-from gateway.app import gateway_of, json_response, tenant_of
-from gateway.rpc import invocation_headers
-
 log = logging.getLogger("pyfc.gateway")
 
 # Cold start, initializer and queueing come on top of the function's own timeout.
 SYNC_SLACK_SECONDS = 10.0
-LINEAGE_RE = re.compile(r"^(?P<trace>[A-Za-z0-9-]{1,64})/(?P<hops>\d{1,4})(?:/(?P<origin>[\w.:/-]{0,200}))?$")
+LINEAGE_RE = re.compile(
+    r"^(?P<trace>[A-Za-z0-9-]{1,64})/(?P<hops>\d{1,4})(?:/(?P<origin>[\w.:/-]{0,200}))?$"
+)
 
 
 def split_qualifier(segment: str) -> tuple[str, str]:
@@ -58,12 +59,17 @@ def outcome_response(outcome: Outcome, tail_logs: bool) -> web.Response:
     if tail_logs:
         headers["X-Fc-Log-Result"] = base64.b64encode(outcome.log_tail[-4096:]).decode()
     if outcome.status == "succeeded":
-        return web.Response(body=outcome.body, status=200, headers=headers,
-                            content_type="application/octet-stream")
+        return web.Response(
+            body=outcome.body, status=200, headers=headers, content_type="application/octet-stream"
+        )
     if outcome.status == "function_error":
         headers["X-Fc-Error-Type"] = outcome.error_type or "UnhandledInvocationError"
-        return web.Response(body=outcome.body, status=outcome.http_status, headers=headers,
-                            content_type="application/json")
+        return web.Response(
+            body=outcome.body,
+            status=outcome.http_status,
+            headers=headers,
+            content_type="application/json",
+        )
     return json_response(
         {"errorCode": outcome.error_type, "errorMessage": outcome.error_message},
         outcome.http_status,
@@ -81,7 +87,9 @@ async def invoke(request: web.Request) -> web.Response:
     lineage = parse_lineage(request.headers.get("X-Fc-Lineage"), request_id)
     payload = await request.read()
     if len(payload) > gw.settings.max_event_bytes:
-        raise PayloadTooLarge(f"event is {len(payload)} bytes; the limit is {gw.settings.max_event_bytes}")
+        raise PayloadTooLarge(
+            f"event is {len(payload)} bytes; the limit is {gw.settings.max_event_bytes}"
+        )
     spec = await gw.catalog.spec(tenant.name, service, qualifier, function)
     now = time.time()
     timeout = spec.timeout + spec.initialization_timeout + SYNC_SLACK_SECONDS
@@ -132,8 +140,13 @@ async def _accept_async(request: web.Request, inv: Invocation) -> web.Response:
         )
     except Exception as e:
         await gw.store.record_outcome(
-            inv.tenant, inv.id, status="Failed", attempt=0, result=b"",
-            error_type="ServiceUnavailable", error_message="not accepted: broker unavailable",
+            inv.tenant,
+            inv.id,
+            status="Failed",
+            attempt=0,
+            result=b"",
+            error_type="ServiceUnavailable",
+            error_message="not accepted: broker unavailable",
         )
         raise Unavailable(f"cannot enqueue the invocation: {type(e).__name__}: {e}") from e
     return web.Response(status=202, headers={"X-Fc-Request-Id": inv.id})
@@ -148,7 +161,7 @@ def _result_fields(result: bytes) -> dict[str, str]:
 
 async def get_invocation(request: web.Request) -> web.Response:
     gw, tenant = gateway_of(request), tenant_of(request)
-    service, qualifier = split_qualifier(request.match_info["service"])
+    service, _ = split_qualifier(request.match_info["service"])
     rec = await gw.store.get_invocation(tenant.name, request.match_info["request_id"])
     if rec.service_name != service or rec.function_name != request.match_info["function"]:
         raise InvocationNotFound(f"invocation {rec.request_id} not found for this function")

@@ -7,23 +7,22 @@ import logging
 
 from aiohttp import web
 
+from gateway.app import Gateway, build_app
+from gateway.rpc import RpcClient
 from shared import control, logs
 from shared.blobs import open_blob_store
 from shared.broker import connect
 from shared.catalog import FunctionCatalog
 from shared.process import run_role
-from shared.settings import Settings
+from shared.settings import Settings, load_or_exit
 from shared.store import Store
 from shared.topology import Topology, declare_all, declare_invoke
-
-from gateway.app import Gateway, build_app
-from gateway.rpc import RpcClient
 
 log = logging.getLogger("pyfc.gateway")
 
 
 def main(settings: Settings | None = None) -> int:
-    settings = settings or Settings.from_env()
+    settings = settings or load_or_exit()
     logs.setup("gateway", settings.log_level)
 
     async def serve(stop: asyncio.Event) -> None:

@@ -8,16 +8,20 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from shared.models import Function, Service
-
 from gateway.app import json_response
 from gateway.bodies import FunctionCreate, FunctionUpdate, ServiceCreate, ServiceUpdate
+from shared.models import Function, Service
 
 REF = "#/components/schemas/{name}"
 
 
-def _op(summary: str, request: str | None = None, response: str | None = None,
-        status: str = "200", raw: bool = False) -> dict[str, Any]:
+def _op(
+    summary: str,
+    request: str | None = None,
+    response: str | None = None,
+    status: str = "200",
+    raw: bool = False,
+) -> dict[str, Any]:
     op: dict[str, Any] = {"summary": summary, "responses": {}}
     if request:
         op["requestBody"] = {
@@ -25,7 +29,9 @@ def _op(summary: str, request: str | None = None, response: str | None = None,
             "content": {"application/json": {"schema": {"$ref": REF.format(name=request)}}},
         }
     if raw:
-        op["requestBody"] = {"content": {"application/octet-stream": {"schema": {"type": "string"}}}}
+        op["requestBody"] = {
+            "content": {"application/octet-stream": {"schema": {"type": "string"}}}
+        }
     ok: dict[str, Any] = {"description": "OK"}
     if response:
         ok["content"] = {"application/json": {"schema": {"$ref": REF.format(name=response)}}}
@@ -71,9 +77,7 @@ def build() -> dict[str, Any]:
         },
         fn + "/code": {"get": _op("download the code package (zip)")},
         fn + "/invocations": {
-            "post": _op(
-                "invoke; X-Fc-Invocation-Type: Sync|Async, X-Fc-Log-Type: Tail", raw=True
-            ),
+            "post": _op("invoke; X-Fc-Invocation-Type: Sync|Async, X-Fc-Log-Type: Tail", raw=True),
         },
         fn + "/invocations/{requestId}": {"get": _op("async invocation status and result")},
         "/healthz": {"get": _op("liveness")},

@@ -6,7 +6,7 @@ import asyncio
 import uuid
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage, FieldValue
 
 from shared import codec
 from shared.errors import DeadlineExceeded
@@ -14,8 +14,12 @@ from shared.protocol import Invocation, Outcome
 from shared.topology import DIRECT_REPLY_TO, HDR_HOPS, HDR_KIND, HDR_TENANT
 
 
-def invocation_headers(inv: Invocation) -> dict[str, object]:
-    headers: dict[str, object] = {HDR_TENANT: inv.tenant, HDR_HOPS: inv.lineage.hops, HDR_KIND: inv.kind}
+def invocation_headers(inv: Invocation) -> dict[str, FieldValue]:
+    headers: dict[str, FieldValue] = {
+        HDR_TENANT: inv.tenant,
+        HDR_HOPS: inv.lineage.hops,
+        HDR_KIND: inv.kind,
+    }
     if inv.traceparent:
         headers["traceparent"] = inv.traceparent
     return headers
@@ -56,9 +60,7 @@ class RpcClient:
                 routing_key="invoke",
             )
             return await asyncio.wait_for(future, timeout)
-        except asyncio.TimeoutError as e:
-            raise DeadlineExceeded(
-                f"no result within {timeout:.1f}s (request {inv.id})"
-            ) from e
+        except TimeoutError as e:
+            raise DeadlineExceeded(f"no result within {timeout:.1f}s (request {inv.id})") from e
         finally:
             self._pending.pop(correlation_id, None)

@@ -61,7 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-async def _tenant_create(settings: Settings, name: str, concurrency: int | None, as_json: bool) -> int:
+async def _tenant_create(
+    settings: Settings, name: str, concurrency: int | None, as_json: bool
+) -> int:
     from shared.store import Store
 
     store = await Store.open(settings.effective_database_url)
@@ -83,13 +85,19 @@ def _client_call(args: argparse.Namespace, settings: Settings) -> int:
 
     from pyfc import client
 
-    endpoint = args.endpoint or os.environ.get("PYFC_ENDPOINT") or (
-        f"http://{settings.http_host}:{settings.http_port}"
+    endpoint = (
+        args.endpoint
+        or os.environ.get("PYFC_ENDPOINT")
+        or (f"http://{settings.http_host}:{settings.http_port}")
     )
     api = client.Api(endpoint, client.api_key(args.api_key, settings.data_dir))
     if args.command == "deploy":
         options: dict[str, object] = {"handler": args.handler, "runtime": args.runtime}
-        for flag, field in (("timeout", "timeout"), ("memory", "memorySize"), ("initializer", "initializer")):
+        for flag, field in (
+            ("timeout", "timeout"),
+            ("memory", "memorySize"),
+            ("initializer", "initializer"),
+        ):
             if getattr(args, flag) is not None:
                 options[field] = getattr(args, flag)
         if args.env:
@@ -108,13 +116,11 @@ def _client_call(args: argparse.Namespace, settings: Settings) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        settings = Settings.from_env(
-            data_dir=args.data_dir, http_port=getattr(args, "port", None)
-        )
+        settings = Settings.from_env(data_dir=args.data_dir, http_port=getattr(args, "port", None))
         if args.command == "up":
-            from pyfc.up import up
-
             import uvloop
+
+            from pyfc.up import up
 
             return uvloop.run(up(settings, args.workers))
         if args.command == "gateway":

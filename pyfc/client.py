@@ -55,7 +55,9 @@ def _fail(status: int, body: bytes) -> int:
     return 1
 
 
-async def deploy(api: Api, folder: Path, service: str, function: str, options: dict[str, Any]) -> int:
+async def deploy(
+    api: Api, folder: Path, service: str, function: str, options: dict[str, Any]
+) -> int:
     if not folder.is_dir():
         print(f"error: {folder} is not a folder", file=sys.stderr)
         return 2
@@ -64,7 +66,9 @@ async def deploy(api: Api, folder: Path, service: str, function: str, options: d
     async with aiohttp.ClientSession() as s:
         status, _, raw = await api.request(s, "GET", f"/v1/services/{service}")
         if status == 404:
-            status, _, raw = await api.request(s, "POST", "/v1/services", json={"serviceName": service})
+            status, _, raw = await api.request(
+                s, "POST", "/v1/services", json={"serviceName": service}
+            )
             if status != 201:
                 return _fail(status, raw)
         elif status != 200:
@@ -96,18 +100,26 @@ async def invoke(api: Api, target: str, data: bytes, is_async: bool, tail: bool)
         headers["X-Fc-Log-Type"] = "Tail"
     async with aiohttp.ClientSession() as s:
         status, resp_headers, raw = await api.request(
-            s, "POST", f"/v1/services/{service}/functions/{function}/invocations",
-            data=data, headers=headers,
+            s,
+            "POST",
+            f"/v1/services/{service}/functions/{function}/invocations",
+            data=data,
+            headers=headers,
         )
     request_id = resp_headers.get("X-Fc-Request-Id", "?")
     if tail and "X-Fc-Log-Result" in resp_headers:
-        sys.stderr.write(base64.b64decode(resp_headers["X-Fc-Log-Result"]).decode("utf-8", "replace"))
+        sys.stderr.write(
+            base64.b64decode(resp_headers["X-Fc-Log-Result"]).decode("utf-8", "replace")
+        )
     if status == 202:
         print(f"accepted: request id {request_id}")
         print(f"  result: pyfc result {target} {request_id} --wait")
         return 0
     if "X-Fc-Error-Type" in resp_headers:
-        print(f"function error ({resp_headers['X-Fc-Error-Type']}), request {request_id}:", file=sys.stderr)
+        print(
+            f"function error ({resp_headers['X-Fc-Error-Type']}), request {request_id}:",
+            file=sys.stderr,
+        )
         sys.stdout.buffer.write(raw + b"\n")
         return 1
     if status != 200:

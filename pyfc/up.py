@@ -111,9 +111,13 @@ async def up(settings: Settings, workers: int) -> int:
     if await wait_healthy(base + "/healthz", 60):
         say(f"up: gateway {base}, 1 dispatcher, {workers} worker(s); data in {settings.data_dir}")
         if new_key:
-            say(f'tenant "default" created; API key saved in {settings.data_dir / CREDENTIALS_FILE}')
-        say("try: pyfc deploy docs/examples/echo --service demo --function echo && "
-            "pyfc invoke demo/echo --data hello    (Ctrl-C stops everything)")
+            say(
+                f'tenant "default" created; API key saved in {settings.data_dir / CREDENTIALS_FILE}'
+            )
+        say(
+            "try: pyfc deploy docs/examples/echo --service demo --function echo && "
+            "pyfc invoke demo/echo --data hello    (Ctrl-C stops everything)"
+        )
     elif not stopping.is_set():
         say(f"gateway did not answer on {base}/healthz within 60s; see the logs above")
     await stopping.wait()

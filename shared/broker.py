@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from urllib.parse import urlsplit
 
@@ -33,7 +32,7 @@ async def connect(
         return await aio_pika.connect_robust(
             url, timeout=timeout, client_properties={"connection_name": name}
         )
-    except (OSError, asyncio.TimeoutError, aio_pika.exceptions.AMQPError) as e:
+    except (TimeoutError, OSError, aio_pika.exceptions.AMQPError) as e:
         raise Unavailable(
             f"cannot reach RabbitMQ at {redact(url)} ({type(e).__name__}: {e}); "
             "is it running? start it with `rabbitmq-server -detached` or set PYFC_AMQP_URL"

@@ -15,6 +15,20 @@ import msgspec
 from shared.errors import BadRequest
 
 
+def _decode_path(kind: type, value: object) -> object:
+    if kind is Path and isinstance(value, str):
+        return Path(value)
+    raise NotImplementedError(f"cannot convert {value!r} to {kind}")
+
+
+def load_or_exit() -> Settings:
+    """Settings for a role `main`: a bad `PYFC_*` value ends the process with one clear line."""
+    try:
+        return Settings.from_env()
+    except BadRequest as e:
+        raise SystemExit(f"pyfc: {e.message}") from None
+
+
 class Settings(msgspec.Struct, kw_only=True, frozen=True):
     """Every knob of every role; each role uses the ones it needs."""
 
@@ -57,7 +71,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
         values.setdefault("data_dir", str(Path.cwd() / ".pyfc-data"))
         values.update({k: v for k, v in overrides.items() if v is not None})
         try:
-            settings = msgspec.convert(values, cls, strict=False)
+            settings = msgspec.convert(values, cls, strict=False, dec_hook=_decode_path)
         except msgspec.ValidationError as e:
             raise BadRequest(f"invalid PYFC_* setting: {e}") from e
         if not settings.worker_id:

@@ -11,7 +11,9 @@ from tests.stack import Stack
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
-def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
     """A running stack (gateway, dispatcher, one worker) shared by a module's tests."""
     s = Stack(tmp_path_factory.mktemp(f"stack-{request.param}"), database=request.param)
     try:
@@ -27,8 +29,9 @@ class Client:
     def __init__(self, session: aiohttp.ClientSession, base: str, key: str) -> None:
         self.session, self.base, self.key = session, base, key
 
-    async def call(self, method: str, path: str, *, headers: dict[str, str] | None = None,
-                   **kw: Any) -> tuple[int, dict[str, str], bytes]:
+    async def call(
+        self, method: str, path: str, *, headers: dict[str, str] | None = None, **kw: Any
+    ) -> tuple[int, dict[str, str], bytes]:
         h = {"Authorization": f"Bearer {self.key}", **(headers or {})}
         async with self.session.request(method, self.base + path, headers=h, **kw) as r:
             return r.status, dict(r.headers), await r.read()

@@ -16,7 +16,9 @@ def unique(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex[:8]}"
 
 
-async def deploy(client: Client, files: dict[str, str | bytes] | None = None, **fields: Any) -> tuple[str, str]:
+async def deploy(
+    client: Client, files: dict[str, str | bytes] | None = None, **fields: Any
+) -> tuple[str, str]:
     """Create a fresh service and function; return their names."""
     service, function = unique("svc"), unique("fn")
     status, _, body = await client.call("POST", "/v1/services", json={"serviceName": service})
@@ -27,16 +29,20 @@ async def deploy(client: Client, files: dict[str, str | bytes] | None = None, **
     return service, function
 
 
-async def invoke(client: Client, service: str, function: str, event: bytes = b"",
-                 **headers: str) -> tuple[int, dict[str, str], bytes]:
+async def invoke(
+    client: Client, service: str, function: str, event: bytes = b"", **headers: str
+) -> tuple[int, dict[str, str], bytes]:
     return await client.call(
-        "POST", f"/v1/services/{service}/functions/{function}/invocations",
-        data=event, headers={k.replace("_", "-"): v for k, v in headers.items()},
+        "POST",
+        f"/v1/services/{service}/functions/{function}/invocations",
+        data=event,
+        headers={k.replace("_", "-"): v for k, v in headers.items()},
     )
 
 
-async def wait_result(client: Client, service: str, function: str, request_id: str,
-                      timeout: float = 60.0) -> dict[str, Any]:
+async def wait_result(
+    client: Client, service: str, function: str, request_id: str, timeout: float = 60.0
+) -> dict[str, Any]:
     """Poll the async status endpoint until the invocation finished."""
     deadline = time.monotonic() + timeout
     while True:

@@ -65,7 +65,9 @@ class PostgresDatabase:
         self.url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{self.name}"
 
     def close(self) -> None:
-        subprocess.run([*PG_ADMIN, f"DROP DATABASE IF EXISTS {self.name} WITH (FORCE)"], check=False)
+        subprocess.run(
+            [*PG_ADMIN, f"DROP DATABASE IF EXISTS {self.name} WITH (FORCE)"], check=False
+        )
 
 
 class Stack:
@@ -94,10 +96,13 @@ class Stack:
     def log_path(self, name: str) -> Path:
         return self.root / f"{name}.log"
 
-    def spawn(self, module: str, name: str | None = None, extra_env: dict[str, str] | None = None) -> str:
-        self._counter += 1
-        name = name or f"{module}-{self._counter}"
-        log = open(self.log_path(name), "wb")  # noqa: SIM115 - lives as long as the process
+    def spawn(
+        self, module: str, name: str | None = None, extra_env: dict[str, str] | None = None
+    ) -> str:
+        if name is None:
+            self._counter += 1
+            name = f"{module}-{self._counter}"
+        log = open(self.log_path(name), "wb")
         self.procs[name] = subprocess.Popen(
             [sys.executable, "-m", module],
             env={**self.env, **(extra_env or {})},
@@ -152,10 +157,16 @@ class Stack:
         proc.send_signal(sig)
         proc.wait(timeout=30)
 
-    def cli(self, *args: str, input: bytes | None = None, check: bool = True) -> subprocess.CompletedProcess[bytes]:
+    def cli(
+        self, *args: str, input: bytes | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[bytes]:
         return subprocess.run(
             [sys.executable, "-m", "pyfc", *args],
-            env=self.env, input=input, capture_output=True, check=check, timeout=60,
+            env=self.env,
+            input=input,
+            capture_output=True,
+            check=check,
+            timeout=60,
         )
 
     def create_tenant(self, name: str | None = None) -> tuple[str, str]:

@@ -51,12 +51,15 @@ def test_up_runs_all_roles_and_ctrl_c_leaves_no_orphans(tmp_path: Path) -> None:
         "PYFC_HTTP_PORT": str(port),
         "PYFC_AMQP_URL": AMQP_URL,
     }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pyfc", "up"], env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL
-    )
+    log = tmp_path / "up.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pyfc", "up"], env=env, stderr=out, stdout=out
+        )
     try:
+
         def healthy() -> bool:
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert proc.poll() is None, log.read_text()
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
                     return bool(r.status == 200)
@@ -64,18 +67,24 @@ def test_up_runs_all_roles_and_ctrl_c_leaves_no_orphans(tmp_path: Path) -> None:
                 return False
 
         wait_until(healthy, 60, "pyfc up to serve")
-        children = [int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+        children = [
+            int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        ]
         assert len(children) == 3  # gateway, dispatcher, worker
         assert (tmp_path / "data" / "credentials").read_text().startswith("pyfc_")
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=30)
-        assert proc.returncode == 0
-        wait_until(lambda: not any(Path(f"/proc/{c}").exists() for c in children), 10, "children to exit")
+        assert proc.returncode == 0, log.read_text()
+        assert "pyfc: up: gateway" in log.read_text()
+        wait_until(
+            lambda: not any(Path(f"/proc/{c}").exists() for c in children), 10, "children to exit"
+        )
     finally:
         if proc.poll() is None:
             proc.kill()
-        from tests.stack import _delete_namespace
         import asyncio
+
+        from tests.stack import _delete_namespace
 
         asyncio.run(_delete_namespace(f"up{port}"))
 
@@ -86,7 +95,9 @@ def test_up_says_clearly_when_rabbitmq_is_unreachable(tmp_path: Path) -> None:
         "PYFC_DATA_DIR": str(tmp_path / "data"),
         "PYFC_AMQP_URL": f"amqp://guest:guest@127.0.0.1:{free_port()}/",
     }
-    out = subprocess.run([sys.executable, "-m", "pyfc", "up"], env=env, capture_output=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "pyfc", "up"], env=env, capture_output=True, timeout=60
+    )
     assert out.returncode == 2
     assert b"cannot reach RabbitMQ" in out.stderr
     assert b"guest:guest" not in out.stderr  # the password is never printed

@@ -27,7 +27,12 @@ BAD_FUNCTIONS: list[tuple[str, bytes, int, str]] = [
     ("empty body", b"", 400, "InvalidArgument"),
     ("json array", b"[]", 400, "InvalidArgument"),
     ("missing code", json.dumps({"functionName": "f1"}).encode(), 400, "InvalidArgument"),
-    ("missing name", json.dumps({"code": code_body({"index.py": ECHO})}).encode(), 400, "InvalidArgument"),
+    (
+        "missing name",
+        json.dumps({"code": code_body({"index.py": ECHO})}).encode(),
+        400,
+        "InvalidArgument",
+    ),
     ("bad name", json.dumps(fn_body(functionName="1 bad/name")).encode(), 400, "InvalidArgument"),
     ("memory too small", json.dumps(fn_body(memorySize=64)).encode(), 400, "InvalidArgument"),
     ("timeout negative", json.dumps(fn_body(timeout=-1)).encode(), 400, "InvalidArgument"),
@@ -35,25 +40,51 @@ BAD_FUNCTIONS: list[tuple[str, bytes, int, str]] = [
     ("wrong type", json.dumps(fn_body(timeout="soon")).encode(), 400, "InvalidArgument"),
     ("unknown runtime", json.dumps(fn_body(runtime="cobol85")).encode(), 400, "InvalidArgument"),
     ("not base64", json.dumps(fn_body(code={"zipFile": "@@@"})).encode(), 400, "InvalidArgument"),
-    ("not a zip", json.dumps(fn_body(code={"zipFile": base64.b64encode(b"hello").decode()})).encode(),
-     400, "InvalidCodePackage"),
-    ("corrupt zip", json.dumps(fn_body(code={"zipFile": base64.b64encode(bytes(corrupt)).decode()})).encode(),
-     400, "InvalidCodePackage"),
-    ("handler module missing", json.dumps(fn_body(handler="main.handler")).encode(), 400, "InvalidCodePackage"),
-    ("handler function missing", json.dumps(fn_body(handler="index.nope")).encode(), 400, "InvalidCodePackage"),
-    ("syntax error", json.dumps(fn_body(code=code_body({"index.py": "def handler(:\n"}))).encode(),
-     400, "InvalidCodePackage"),
+    (
+        "not a zip",
+        json.dumps(fn_body(code={"zipFile": base64.b64encode(b"hello").decode()})).encode(),
+        400,
+        "InvalidCodePackage",
+    ),
+    (
+        "corrupt zip",
+        json.dumps(fn_body(code={"zipFile": base64.b64encode(bytes(corrupt)).decode()})).encode(),
+        400,
+        "InvalidCodePackage",
+    ),
+    (
+        "handler module missing",
+        json.dumps(fn_body(handler="main.handler")).encode(),
+        400,
+        "InvalidCodePackage",
+    ),
+    (
+        "handler function missing",
+        json.dumps(fn_body(handler="index.nope")).encode(),
+        400,
+        "InvalidCodePackage",
+    ),
+    (
+        "syntax error",
+        json.dumps(fn_body(code=code_body({"index.py": "def handler(:\n"}))).encode(),
+        400,
+        "InvalidCodePackage",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("case", "raw", "status", "code"), BAD_FUNCTIONS, ids=[c[0] for c in BAD_FUNCTIONS])
+@pytest.mark.parametrize(
+    ("case", "raw", "status", "code"), BAD_FUNCTIONS, ids=[c[0] for c in BAD_FUNCTIONS]
+)
 async def test_bad_function_bodies_are_rejected_and_change_nothing(
     client: Client, case: str, raw: bytes, status: int, code: str
 ) -> None:
     service = unique("svc")
     assert (await client.call("POST", "/v1/services", json={"serviceName": service}))[0] == 201
     got, _, body = await client.call(
-        "POST", f"/v1/services/{service}/functions", data=raw,
+        "POST",
+        f"/v1/services/{service}/functions",
+        data=raw,
         headers={"Content-Type": "application/json"},
     )
     err = json.loads(body)
@@ -64,8 +95,12 @@ async def test_bad_function_bodies_are_rejected_and_change_nothing(
 
 
 async def test_bad_service_bodies(client: Client) -> None:
-    for raw in (b"{", b"{}", json.dumps({"serviceName": "has space"}).encode(),
-                json.dumps({"serviceName": "ok", "environmentVariables": {"1BAD": "x"}}).encode()):
+    for raw in (
+        b"{",
+        b"{}",
+        json.dumps({"serviceName": "has space"}).encode(),
+        json.dumps({"serviceName": "ok", "environmentVariables": {"1BAD": "x"}}).encode(),
+    ):
         status, _, body = await client.call("POST", "/v1/services", data=raw)
         assert status == 400, body
     name = unique("svc")
@@ -77,7 +112,12 @@ async def test_bad_service_bodies(client: Client) -> None:
 async def test_bad_update_keeps_the_function_working(client: Client) -> None:
     service, function = await deploy(client)
     path = f"/v1/services/{service}/functions/{function}"
-    for update in ({"handler": "index.missing"}, {"code": {"zipFile": "bm90emlw"}}, {"memorySize": 99999}, {}):
+    for update in (
+        {"handler": "index.missing"},
+        {"code": {"zipFile": "bm90emlw"}},
+        {"memorySize": 99999},
+        {},
+    ):
         status, _, body = await client.call("PUT", path, json=update)
         assert status == 400, (update, body)
     _, _, body = await client.call("GET", path)
@@ -106,7 +146,9 @@ async def test_auth_missing_wrong_and_cross_tenant(client: Client, stack: Stack)
     async with client.session.get(stack.url + path) as r:
         assert r.status == 401
         assert (await r.json())["errorCode"] == "Unauthorized"
-    async with client.session.get(stack.url + path, headers={"Authorization": "Bearer pyfc_wrong"}) as r:
+    async with client.session.get(
+        stack.url + path, headers={"Authorization": "Bearer pyfc_wrong"}
+    ) as r:
         assert r.status == 401
     _, other_key = stack.create_tenant()
     other = Client(client.session, stack.url, other_key)

@@ -67,7 +67,9 @@ async def test_async_invocation_survives_worker_sigkill(crash_stack: Stack, tmp_
         assert len(runs) == 2, runs  # first (killed) run + the redelivered one
 
 
-async def test_sync_caller_gets_prompt_error_when_worker_dies(crash_stack: Stack, tmp_path: Path) -> None:
+async def test_sync_caller_gets_prompt_error_when_worker_dies(
+    crash_stack: Stack, tmp_path: Path
+) -> None:
     _, key = crash_stack.create_tenant()
     marker = tmp_path / "sync-runs.txt"
     import asyncio

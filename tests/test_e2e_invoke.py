@@ -53,7 +53,9 @@ async def test_warm_instance_is_reused_and_logs_tail(client: Client) -> None:
 
 async def test_async_returns_202_and_result_is_retrievable(client: Client) -> None:
     service, function = await deploy(client)
-    status, headers, body = await invoke(client, service, function, b"later", X_Fc_Invocation_Type="Async")
+    status, headers, body = await invoke(
+        client, service, function, b"later", X_Fc_Invocation_Type="Async"
+    )
     assert status == 202, body
     request_id = headers["X-Fc-Request-Id"]
     rec = await wait_result(client, service, function, request_id)

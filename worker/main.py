@@ -9,9 +9,8 @@ from shared import logs
 from shared.blobs import open_blob_store
 from shared.broker import connect
 from shared.process import run_role
-from shared.settings import Settings
+from shared.settings import Settings, load_or_exit
 from shared.topology import Topology
-
 from worker.codecache import CodeCache
 from worker.pool import InstancePool
 from worker.service import Worker
@@ -20,7 +19,7 @@ log = logging.getLogger("pyfc.worker")
 
 
 def main(settings: Settings | None = None) -> int:
-    settings = settings or Settings.from_env()
+    settings = settings or load_or_exit()
     logs.setup(f"worker:{settings.worker_id[-4:]}", settings.log_level)
 
     async def serve(stop: asyncio.Event) -> None:

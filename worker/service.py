@@ -20,7 +20,6 @@ from shared.errors import BadRequest, PyfcError
 from shared.logs import request_id_var
 from shared.protocol import Invocation, Outcome
 from shared.topology import Topology, declare_all
-
 from worker.codecache import CodeCache
 from worker.pool import InstancePool
 
@@ -115,7 +114,7 @@ class Worker:
             await message.reject(requeue=False)
             return
         request_id_var.set(inv.id)
-        outcome = skip_reason(inv, message.redelivered, time.time())
+        outcome = skip_reason(inv, bool(message.redelivered), time.time())
         if outcome is None:
             outcome = await self._run(inv)
         await self._answer(message, inv, outcome)
@@ -141,7 +140,9 @@ class Worker:
         )
         return outcome
 
-    async def _answer(self, message: AbstractIncomingMessage, inv: Invocation, outcome: Outcome) -> None:
+    async def _answer(
+        self, message: AbstractIncomingMessage, inv: Invocation, outcome: Outcome
+    ) -> None:
         assert self._confirmed is not None and self._fast is not None
         body = codec.encode(outcome)
         if inv.kind == "sync":

@@ -1,0 +1,122 @@
+"""Metadata tables (SQLAlchemy Core). The migrations in `shared/migrations/` create them.
+
+`tests/test_store.py` checks that a migrated database matches these definitions, so a
+column added here without a migration (or the other way round) fails the tests.
+Times are ISO-8601 UTC strings ending in `Z`; JSON-ish columns hold msgspec-encoded text.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Column,
+    Float,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+# Named constraints, so later migrations (SQLite batch mode included) can refer to them.
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+tenants = Table(
+    "tenants",
+    metadata,
+    Column("name", String(63), primary_key=True),
+    Column("concurrency", Integer, nullable=False),
+    Column("created_time", String(32), nullable=False),
+)
+
+# A table of its own so a tenant can hold several keys (rotation) later on.
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("key_sha256", String(64), primary_key=True),
+    Column(
+        "tenant",
+        String(63),
+        ForeignKey("tenants.name", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    Column("created_time", String(32), nullable=False),
+)
+
+services = Table(
+    "services",
+    metadata,
+    Column(
+        "tenant",
+        String(63),
+        ForeignKey("tenants.name", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("service_name", String(128), primary_key=True),
+    Column("service_id", String(36), nullable=False),
+    Column("description", Text, nullable=False),
+    Column("role", Text, nullable=False),
+    Column("log_config", Text, nullable=False),
+    Column("environment_variables", Text, nullable=False),
+    Column("created_time", String(32), nullable=False),
+    Column("last_modified_time", String(32), nullable=False),
+)
+
+functions = Table(
+    "functions",
+    metadata,
+    Column("tenant", String(63), primary_key=True),
+    Column("service_name", String(128), primary_key=True),
+    Column("function_name", String(128), primary_key=True),
+    Column("function_id", String(36), nullable=False),
+    Column("description", Text, nullable=False),
+    Column("runtime", String(32), nullable=False),
+    Column("handler", String(256), nullable=False),
+    Column("timeout", Float, nullable=False),
+    Column("memory_size", Integer, nullable=False),
+    Column("initializer", String(256), nullable=True),
+    Column("initialization_timeout", Float, nullable=False),
+    Column("instance_concurrency", Integer, nullable=False),
+    Column("environment_variables", Text, nullable=False),
+    Column("code_checksum", String(64), nullable=False),
+    Column("code_size", Integer, nullable=False),
+    Column("revision", Integer, nullable=False),
+    Column("created_time", String(32), nullable=False),
+    Column("last_modified_time", String(32), nullable=False),
+    # RESTRICT: deleting a service that still has functions fails in the database
+    # itself, so a concurrent create_function cannot slip in between check and delete.
+    ForeignKeyConstraint(
+        ["tenant", "service_name"],
+        ["services.tenant", "services.service_name"],
+        ondelete="RESTRICT",
+        name="fk_functions_service",
+    ),
+)
+
+# No foreign key to functions: the record of an invocation outlives its function.
+invocations = Table(
+    "invocations",
+    metadata,
+    Column("tenant", String(63), primary_key=True),
+    Column("request_id", String(128), primary_key=True),
+    Column("service_name", String(128), nullable=False),
+    Column("qualifier", String(128), nullable=False),
+    Column("function_name", String(128), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("error_type", Text, nullable=False),
+    Column("error_message", Text, nullable=False),
+    Column("result", LargeBinary, nullable=False),
+    Column("created_time", String(32), nullable=False),
+    Column("finished_time", String(32), nullable=False),
+)

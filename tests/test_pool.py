@@ -1,0 +1,193 @@
+"""The instance pool: pure placement decisions (tables) and real instances behind them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.instances import bootstrap_children, eventually, make_inv, make_spec, write_code
+from worker.pool import Decision, InstancePool, choose, expired
+
+
+@dataclass(frozen=True)
+class Idle:
+    name: str
+    last_used: float
+    alive: bool = True
+
+
+A1, A2, B1, C1 = Idle("a1", 10.0), Idle("a2", 20.0), Idle("b1", 5.0), Idle("c1", 1.0)
+
+
+@pytest.mark.parametrize(
+    ("key", "idle", "used", "capacity", "expected"),
+    [
+        # an idle instance of the function wins, the most recently used one
+        ("a", {"a": [A1, A2]}, 2, 4, Decision("warm", A2)),
+        ("a", {"a": [A2, A1]}, 2, 2, Decision("warm", A2)),
+        # warm beats cold even with free slots, and beats evicting others when full
+        ("a", {"a": [A1], "b": [B1]}, 4, 4, Decision("warm", A1)),
+        # nothing idle for it: cold start while a slot is free
+        ("a", {}, 0, 1, Decision("cold")),
+        ("a", {"b": [B1]}, 3, 4, Decision("cold")),
+        ("a", {"a": []}, 0, 1, Decision("cold")),
+        # full: evict the least recently used idle instance of another function
+        ("a", {"b": [B1], "c": [C1]}, 2, 2, Decision("evict", C1)),
+        ("c", {"b": [B1], "c": []}, 2, 2, Decision("evict", B1)),
+        # full and everything busy: wait
+        ("a", {}, 2, 2, Decision("wait")),
+        ("a", {"a": []}, 3, 2, Decision("wait")),
+    ],
+)
+def test_choose(
+    key: str, idle: dict[str, list[Idle]], used: int, capacity: int, expected: Decision[Idle]
+) -> None:
+    assert choose(key, idle, used, capacity) == expected
+
+
+DEAD = Idle("dead", 100.0, alive=False)
+
+
+@pytest.mark.parametrize(
+    ("idle", "now", "idle_seconds", "expected"),
+    [
+        ({}, 100.0, 10.0, []),
+        ({"a": [A1, A2], "b": [B1]}, 25.0, 10.0, [A1, B1]),
+        ({"a": [A1, A2]}, 30.0, 10.0, [A1, A2]),  # exactly idle_seconds counts
+        ({"a": [A1, A2]}, 19.0, 10.0, []),
+        ({"a": [DEAD]}, 100.0, 600.0, [DEAD]),  # dead ones go whatever their age
+    ],
+)
+def test_expired(
+    idle: dict[str, list[Idle]], now: float, idle_seconds: float, expected: list[Idle]
+) -> None:
+    assert expired(idle, now, idle_seconds) == expected
+
+
+COUNTER = """
+import os, time
+calls = 0
+def handler(event, context):
+    global calls
+    calls += 1
+    if event.startswith(b"sleep "):
+        time.sleep(float(event[6:]))
+    return {"calls": calls, "pid": os.getpid()}
+"""
+
+
+@pytest.fixture
+async def pool() -> AsyncIterator[InstancePool]:
+    p = InstancePool(max_instances=2, stop_grace=1.0)
+    yield p
+    await p.close()
+    await eventually(lambda: not bootstrap_children())
+
+
+def result(body: bytes) -> dict[str, int]:
+    value = json.loads(body)
+    assert isinstance(value, dict)
+    return value
+
+
+async def test_warm_and_cold_starts(tmp_path: Path, pool: InstancePool) -> None:
+    spec, code = make_spec(), write_code(tmp_path, COUNTER)
+    outcomes = [await pool.invoke(spec, code, make_inv()) for _ in range(3)]
+    assert [o.cold_start for o in outcomes] == [True, False, False]
+    assert [result(o.body)["calls"] for o in outcomes] == [1, 2, 3]
+    assert (pool.stats.cold_starts, pool.stats.warm_starts) == (1, 2)
+    assert pool.stats.last_init_ms > 0
+    assert (pool.instances_alive, pool.instances_busy, pool.instances_idle) == (1, 0, 1)
+
+
+async def test_concurrent_calls_get_their_own_instances(tmp_path: Path, pool: InstancePool) -> None:
+    spec, code = make_spec(), write_code(tmp_path, COUNTER)
+    first, second = await asyncio.gather(
+        pool.invoke(spec, code, make_inv(b"sleep 0.3")),
+        pool.invoke(spec, code, make_inv(b"sleep 0.3")),
+    )
+    assert result(first.body)["pid"] != result(second.body)["pid"]
+    assert pool.instances_alive == 2
+
+
+async def test_full_pool_waits_for_a_slot(tmp_path: Path) -> None:
+    pool = InstancePool(max_instances=1, stop_grace=1.0)
+    try:
+        spec, code = make_spec(), write_code(tmp_path, COUNTER)
+        slow = asyncio.create_task(pool.invoke(spec, code, make_inv(b"sleep 0.3")))
+        await eventually(lambda: pool.instances_busy == 1)
+        waiting = await pool.invoke(spec, code, make_inv())
+        assert (await slow).status == waiting.status == "succeeded"
+        assert result(waiting.body)["calls"] == 2  # ran on the same, now warm, instance
+        # A caller whose deadline passes while waiting gets a 504 without running.
+        slow = asyncio.create_task(pool.invoke(spec, code, make_inv(b"sleep 0.5")))
+        await eventually(lambda: pool.instances_busy == 1)
+        late = await pool.invoke(spec, code, make_inv(deadline=time.time() + 0.1))
+        assert (late.status, late.error_type, late.http_status) == (
+            "system_error",
+            "DeadlineExceeded",
+            504,
+        )
+        await slow
+    finally:
+        await pool.close()
+
+
+async def test_idle_instance_of_another_function_is_evicted(tmp_path: Path) -> None:
+    pool = InstancePool(max_instances=1, stop_grace=1.0)
+    try:
+        code = write_code(tmp_path, COUNTER)
+        a, b = make_spec(function="a"), make_spec(function="b")
+        first = result((await pool.invoke(a, code, make_inv())).body)
+        second = result((await pool.invoke(b, code, make_inv())).body)
+        assert first["pid"] != second["pid"]
+        assert pool.stats.evictions == 1 and pool.instances_alive == 1
+        assert bootstrap_children() == [second["pid"]]
+    finally:
+        await pool.close()
+
+
+async def test_dead_instance_is_never_reused(tmp_path: Path, pool: InstancePool) -> None:
+    spec, code = make_spec(timeout=0.5), write_code(tmp_path, COUNTER)
+    first = result((await pool.invoke(spec, code, make_inv())).body)
+    timed_out = await pool.invoke(spec, code, make_inv(b"sleep 30"))
+    assert timed_out.http_status == 504 and pool.instances_alive == 0
+    after = await pool.invoke(spec, code, make_inv())
+    assert after.cold_start and result(after.body)["pid"] != first["pid"]
+    assert pool.stats.cold_starts == 2
+
+
+async def test_start_failure_becomes_an_outcome(tmp_path: Path, pool: InstancePool) -> None:
+    code = write_code(tmp_path, "def init(context):\n    raise KeyError('cfg')\n" + COUNTER)
+    outcome = await pool.invoke(make_spec(initializer="index.init"), code, make_inv())
+    assert (outcome.status, outcome.error_type) == ("function_error", "UnhandledInvocationError")
+    body = json.loads(outcome.body)
+    assert body["errorType"] == "KeyError" and "cfg" in body["errorMessage"]
+    assert isinstance(body["stackTrace"], list)
+    assert pool.stats.start_failures == 1
+    assert pool.instances_alive == pool.instances_starting == 0
+    missing = await pool.invoke(make_spec(handler="index.nope"), code, make_inv())
+    assert json.loads(missing.body)["errorType"] == "FunctionNotFound"
+
+
+async def test_reap_idle_and_close(tmp_path: Path) -> None:
+    pool = InstancePool(max_instances=2, stop_grace=1.0)
+    code = write_code(tmp_path, COUNTER)
+    await pool.invoke(make_spec(function="a"), code, make_inv())
+    await pool.invoke(make_spec(function="b"), code, make_inv())
+    await pool.reap_idle(3600)
+    assert pool.instances_alive == 2
+    await pool.reap_idle(0)
+    assert pool.instances_alive == 0 and pool.stats.reaped == 2
+    assert not bootstrap_children()
+    await pool.invoke(make_spec(function="a"), code, make_inv())
+    await pool.close()
+    assert not bootstrap_children()
+    closed = await pool.invoke(make_spec(function="a"), code, make_inv())
+    assert (closed.status, closed.http_status) == ("system_error", 503)

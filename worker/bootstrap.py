@@ -1,0 +1,245 @@
+"""Entry of a function instance child process: `python -m worker.bootstrap <fd> <parent-pid>`.
+
+Imports the user's handler once, runs the initializer once, then serves `Invoke` frames
+from the parent over the socket `<fd>` until `Shutdown` or EOF. Only stdlib, msgspec and
+`worker.frames` / `worker.context` are imported here: every millisecond counts in a cold
+start, and user code must not find broker or database clients loaded in its process.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import socket
+import sys
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+from typing import Any, NoReturn
+
+import msgspec
+
+from worker.capture import LogCapture, RequestTag, setup_logging
+from worker.context import Credentials, FCContext, FunctionMeta, ServiceMeta, Tracing
+from worker.frames import FrameSocket, Init, InitDone, Invoke, Result, Shutdown
+
+_PR_SET_PDEATHSIG = 1
+_SIGKILL = 9
+_ALLOWED = "bytes, str, dict, list, int, float, bool or None"
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Have the kernel SIGKILL us when the worker dies, and exit if it already has."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, _SIGKILL, 0, 0, 0)
+    # Checked after prctl: a parent that died before the call would never signal us.
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def user_trace(exc: BaseException) -> list[str]:
+    """Traceback lines of `exc` without our own frames or importlib's machinery."""
+    frames = [
+        fs
+        for fs in traceback.extract_tb(exc.__traceback__)
+        if fs.filename != __file__ and not fs.filename.startswith("<frozen ")
+    ]
+    return traceback.format_list(frames)
+
+
+def to_body(value: object) -> bytes:
+    """The response body for a handler's return value (FC's rules, JSON for data)."""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if value is None:
+        return b""
+    if isinstance(value, bytearray | memoryview):
+        return bytes(value)
+    if isinstance(value, dict | list | tuple | int | float | bool):
+        return msgspec.json.encode(value)
+    raise TypeError(f"handler returned {type(value).__name__}; return {_ALLOWED}")
+
+
+class _InitFailure(Exception):
+    def __init__(self, error_type: str, message: str, trace: list[str]) -> None:
+        super().__init__(message)
+        self.error_type, self.message, self.trace = error_type, message, trace
+
+
+def _resolve(module: Any, name: str, what: str, spec: str) -> Callable[..., Any]:
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        raise _InitFailure(
+            "FunctionNotFound", f"{what} {spec!r}: module has no callable {name!r}", []
+        )
+    return fn  # type: ignore[no-any-return]
+
+
+def _import(spec: str, what: str) -> Callable[..., Any]:
+    """`pkg.module.func` → the function, with a clear error for each way it can be wrong."""
+    module_name, _, name = spec.rpartition(".")
+    if not module_name or not name:
+        raise _InitFailure("FunctionNotFound", f"{what} {spec!r} is not 'module.function'", [])
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as e:
+        raise _InitFailure(type(e).__name__, f"{what} {spec!r}: {e}", user_trace(e)) from e
+    return _resolve(module, name, what, spec)
+
+
+class Runtime:
+    """One imported function and the metadata its contexts share."""
+
+    def __init__(self, init: Init) -> None:
+        self.init = init
+        self.function = FunctionMeta(
+            init.function, init.handler, init.memory, init.timeout, init.initializer
+        )
+        self.service = ServiceMeta(init.service, init.log_store, init.qualifier, init.version)
+        self.credentials = Credentials()
+        self.handler = _import(init.handler, "handler")
+        self._loop: Any = None  # created on the first async call only (asyncio is slow to import)
+
+    def context(self, request_id: str, deadline: float, traceparent: str = "") -> FCContext:
+        """A fresh `context` for one call (handler, initializer or pre_stop)."""
+        return FCContext(
+            request_id=request_id,
+            deadline=deadline,
+            tenant=self.init.tenant,
+            instance_id=self.init.instance_id,
+            function=self.function,
+            service=self.service,
+            credentials=self.credentials,
+            tracing=Tracing(traceparent),
+        )
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Call `fn`; an `async def` one runs to completion on one persistent event loop."""
+        value = fn(*args)
+        if isinstance(value, Awaitable):
+            if self._loop is None:
+                import asyncio
+
+                self._loop = asyncio.new_event_loop()
+                asyncio.set_event_loop(self._loop)
+            return self._loop.run_until_complete(_awaited(value))
+        return value
+
+    def invoke(self, req: Invoke) -> Result:
+        """Run the handler once, capturing its output; never raises for the user's errors."""
+        ctx = self.context(req.request_id, req.deadline, req.traceparent)
+        ctx.retry_count = req.attempt - 1
+        capture = LogCapture()
+        saved = sys.stdout, sys.stderr
+        sys.stdout = sys.stderr = capture
+        RequestTag.request_id = req.request_id
+        started = time.perf_counter()
+        try:
+            body = to_body(self.call(self.handler, req.payload, ctx))
+            result = Result(request_id=req.request_id, ok=True, body=body)
+        except BaseException as e:  # the function's failure is its result, not our crash
+            result = Result(
+                request_id=req.request_id,
+                ok=False,
+                error_type=type(e).__name__,
+                error_message=str(e),
+                stack_trace=user_trace(e),
+            )
+        finally:
+            sys.stdout, sys.stderr = saved
+            RequestTag.request_id = ""
+        result.duration_ms = (time.perf_counter() - started) * 1000
+        result.log = capture.tail()
+        return result
+
+    def pre_stop(self) -> None:
+        """Run the module's `pre_stop(context)` if it has one; errors only get logged."""
+        module = sys.modules.get(self.init.handler.rpartition(".")[0])
+        hook = getattr(module, "pre_stop", None)
+        if callable(hook):
+            try:
+                self.call(hook, self.context("", 0.0))
+            except Exception:
+                traceback.print_exc()
+
+
+async def _awaited(value: Awaitable[Any]) -> Any:
+    return await value
+
+
+def start(init: Init) -> tuple[Runtime | None, InitDone]:
+    """Import the handler and run the initializer, capturing output and any failure."""
+    started = time.perf_counter()
+    capture = LogCapture()
+    saved = sys.stdout, sys.stderr
+    sys.stdout = sys.stderr = capture
+    RequestTag.request_id = init.instance_id
+    runtime: Runtime | None = None
+    try:
+        sys.path.insert(0, init.code_dir)
+        runtime = Runtime(init)
+        if init.initializer:
+            initializer = _import(init.initializer, "initializer")
+            deadline = time.time() + init.initialization_timeout
+            runtime.call(initializer, runtime.context("", deadline))
+        done = InitDone(ok=True)
+    except _InitFailure as e:
+        runtime, done = None, InitDone(ok=False, error_type=e.error_type, error_message=e.message)
+        done.stack_trace = e.trace
+    except BaseException as e:  # the initializer's failure, reported to the parent
+        runtime = None
+        done = InitDone(ok=False, error_type=type(e).__name__, error_message=str(e))
+        done.stack_trace = user_trace(e)
+    finally:
+        sys.stdout, sys.stderr = saved
+        RequestTag.request_id = ""
+    done.duration_ms = (time.perf_counter() - started) * 1000
+    done.log = capture.tail()
+    return runtime, done
+
+
+def serve(conn: FrameSocket, runtime: Runtime) -> NoReturn:
+    """Answer frames until Shutdown or until the parent closes the socket."""
+    while True:
+        frame = conn.read()
+        if isinstance(frame, Invoke):
+            conn.write(runtime.invoke(frame))
+        elif isinstance(frame, Shutdown):
+            runtime.pre_stop()
+            _exit(0)
+        else:  # EOF: the worker is gone or dropped us; nobody would read a result
+            _exit(0)
+
+
+def _exit(code: int) -> NoReturn:
+    # os._exit: threads the function left running must not keep the instance alive.
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)
+
+
+def main(argv: list[str]) -> NoReturn:
+    """Child entry point; see the module docstring for the arguments."""
+    fd, parent_pid = int(argv[1]), int(argv[2])
+    _die_with_parent(parent_pid)
+    sock = socket.socket(fileno=fd)
+    # Processes the function spawns must not hold our socket open after we die.
+    sock.set_inheritable(False)
+    conn = FrameSocket(sock)
+    first = conn.read()
+    if not isinstance(first, Init):
+        _exit(2)
+    setup_logging()
+    runtime, done = start(first)
+    conn.write(done)
+    if runtime is None:
+        _exit(1)
+    serve(conn, runtime)
+
+
+if __name__ == "__main__":
+    main(sys.argv)

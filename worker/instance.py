@@ -1,0 +1,370 @@
+"""One warm function instance, seen from the worker: a `worker.bootstrap` child process.
+
+The parent talks to the child over a socketpair with `worker.frames`; a reader task routes
+each `Result` to the waiting `invoke` by request id, and an exit watcher turns the child's
+death into `InstanceCrashed` for whatever was in flight. Timeouts are enforced here, by
+SIGKILL of the child's whole process group: the child cannot be trusted to stop itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import shutil
+import signal
+import sys
+import time
+from collections import deque
+from pathlib import Path
+
+from shared.errors import PyfcError
+from shared.protocol import FunctionSpec, Invocation, Outcome
+from worker.frames import (
+    FrameError,
+    Init,
+    InitDone,
+    Invoke,
+    Result,
+    Shutdown,
+    read_frame,
+    write_frame,
+)
+from worker.outcomes import crashed, from_result, late, timed_out
+from worker.spawn import spawn
+
+log = logging.getLogger(__name__)
+function_log = logging.getLogger("pyfc.function")
+
+_RECENT_OUTPUT_LINES = 50
+_MAX_OUTPUT_LINE = 64 * 1024
+# SIGKILL takes effect at once unless the process is stuck in the kernel (D state).
+_EXIT_WAIT = 10.0
+
+
+class InstanceStartError(PyfcError):
+    """An instance could not be brought up: the import, the initializer or the process failed."""
+
+    code = "FunctionInitializationError"
+
+    def __init__(
+        self, error_type: str, message: str, stack_trace: list[str] | None = None, log: bytes = b""
+    ) -> None:
+        super().__init__(f"{error_type}: {message}")
+        self.error_type = error_type
+        self.error_message = message
+        self.stack_trace = stack_trace or []
+        self.log = log
+
+
+class InstanceCrashed(Exception):
+    """The child process exited while a request was waiting for it."""
+
+    def __init__(self, returncode: int) -> None:
+        super().__init__(describe_exit(returncode))
+        self.returncode = returncode
+
+
+def describe_exit(returncode: int) -> str:
+    """Human wording of a child's exit status (negative = killed by that signal)."""
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"killed by {name}"
+    return f"exited with code {returncode}"
+
+
+def new_instance_id() -> str:
+    """`i-` and 16 hex digits: unique enough across a fleet, short in log lines."""
+    return f"i-{secrets.token_hex(8)}"
+
+
+def invocation_budget(timeout: float, deadline: float, now: float) -> float:
+    """Seconds the function may run: its own timeout, cut short by the caller's deadline."""
+    return min(timeout, deadline - now) if deadline else timeout
+
+
+class Instance:
+    """A running child process hosting one function version; see `start`."""
+
+    def __init__(
+        self,
+        spec: FunctionSpec,
+        instance_id: str,
+        proc: asyncio.subprocess.Process,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        workdir: Path,
+    ) -> None:
+        self.spec = spec
+        self.instance_id = instance_id
+        self.init_duration_ms = 0.0
+        self._proc = proc
+        self._reader = reader
+        self._writer = writer
+        self._workdir = workdir
+        self._pending: dict[str, asyncio.Future[Result]] = {}
+        self._alive = True
+        self._stopping = False
+        self._invoked = False
+        self._last_used = time.monotonic()
+        self._recent_output: deque[str] = deque(maxlen=_RECENT_OUTPUT_LINES)
+        self._closed = asyncio.Event()
+        self._reader_task: asyncio.Task[None] | None = None
+        self._output_task: asyncio.Task[None] | None = None
+        self._exit_task: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def start(
+        cls, spec: FunctionSpec, code_dir: Path, *, python: str = sys.executable
+    ) -> Instance:
+        """Spawn a child for `spec`, import its handler and run its initializer.
+
+        Raises `InstanceStartError` (error_type InitializationTimeout, InstanceCrashed, or
+        the child's own error such as FunctionNotFound / the initializer's exception type).
+        """
+        instance_id = new_instance_id()
+        try:
+            child = await spawn(spec, code_dir, instance_id, python)
+        except OSError as e:
+            raise InstanceStartError("InstanceStartFailed", f"cannot spawn {python}: {e}") from e
+        proc, reader, writer, out_read, workdir = child
+        self = cls(spec, instance_id, proc, reader, writer, workdir)
+        self._output_task = asyncio.create_task(self._forward_output(out_read))
+        self._exit_task = asyncio.create_task(self._watch_exit())
+        try:
+            await self._initialize(code_dir)
+        except BaseException:
+            self.kill()
+            await self.wait_closed()
+            raise
+        self._reader_task = asyncio.create_task(self._read_results())
+        return self
+
+    async def _initialize(self, code_dir: Path) -> None:
+        spec = self.spec
+        init = Init(
+            handler=spec.handler,
+            initializer=spec.initializer,
+            initialization_timeout=spec.initialization_timeout,
+            function=spec.function,
+            service=spec.service,
+            qualifier=spec.qualifier,
+            version=spec.version,
+            memory=spec.memory_size,
+            timeout=spec.timeout,
+            tenant=spec.tenant,
+            instance_id=self.instance_id,
+            code_dir=str(code_dir),
+            log_store=spec.log_store,
+        )
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(spec.initialization_timeout):
+                await write_frame(self._writer, init)
+                done = await read_frame(self._reader)
+        except TimeoutError:
+            raise InstanceStartError(
+                "InitializationTimeout",
+                f"initialization did not finish within {spec.initialization_timeout:g}s",
+            ) from None
+        except (asyncio.IncompleteReadError, ConnectionError, FrameError):
+            self._sigkill()
+            await self.wait_closed()
+            output = "\n".join(self._recent_output)
+            raise InstanceStartError(
+                "InstanceCrashed",
+                f"instance {describe_exit(self.returncode or 0)} during start",
+                log=output.encode()[-4096:],
+            ) from None
+        if not isinstance(done, InitDone):
+            raise InstanceStartError("InstanceCrashed", f"unexpected {type(done).__name__}")
+        self._log_output(done.log)
+        if not done.ok:
+            raise InstanceStartError(
+                done.error_type, done.error_message, done.stack_trace, done.log
+            )
+        self.init_duration_ms = (time.monotonic() - started) * 1000
+
+    @property
+    def alive(self) -> bool:
+        """False once the child died, was killed or is being stopped: never reuse it then."""
+        return self._alive
+
+    @property
+    def busy(self) -> bool:
+        """True while at least one request is in flight on this instance."""
+        return bool(self._pending)
+
+    @property
+    def in_flight(self) -> int:
+        """Requests currently running on this instance."""
+        return len(self._pending)
+
+    @property
+    def last_used(self) -> float:
+        """`time.monotonic()` when the last request finished (or the instance started)."""
+        return self._last_used
+
+    @property
+    def pid(self) -> int:
+        """The child's process id."""
+        return self._proc.pid
+
+    @property
+    def returncode(self) -> int | None:
+        """The child's exit status once it has exited."""
+        return self._proc.returncode
+
+    async def invoke(self, inv: Invocation) -> Outcome:
+        """Run `inv` on this instance; function failures come back as an Outcome, not raised."""
+        now = time.time()
+        budget = invocation_budget(self.spec.timeout, inv.deadline, now)
+        if budget <= 0:
+            return late(inv, self.instance_id)
+        if not self._alive:
+            return crashed(inv, self.instance_id, "instance is not running", cold=False)
+        cold, self._invoked = not self._invoked, True
+        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self._pending[inv.id] = future
+        request = Invoke(
+            request_id=inv.id,
+            payload=inv.payload,
+            deadline=now + budget,
+            attempt=inv.attempt,
+            traceparent=inv.traceparent,
+            trace_id=inv.lineage.trace_id,
+            hops=inv.lineage.hops,
+        )
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(budget):
+                await write_frame(self._writer, request)
+                result = await future
+        except TimeoutError:
+            log.info("instance %s killed: %s ran past %.3gs", self.instance_id, inv.id, budget)
+            self.kill()
+            await self.wait_closed()
+            elapsed = (time.monotonic() - started) * 1000
+            return timed_out(inv, self.instance_id, budget, elapsed, cold=cold)
+        except (InstanceCrashed, ConnectionError) as e:
+            self._sigkill()
+            await self.wait_closed()
+            reason = describe_exit(self.returncode) if self.returncode is not None else str(e)
+            tail = "\n".join(self._recent_output).encode()[-4096:]
+            return crashed(inv, self.instance_id, f"instance {reason}", cold=cold, log=tail)
+        finally:
+            self._pending.pop(inv.id, None)
+            self._last_used = time.monotonic()
+        return from_result(inv, self.instance_id, result, cold=cold)
+
+    def kill(self) -> None:
+        """SIGKILL the child and everything it spawned; cleanup follows in the exit watcher."""
+        self._stopping = True  # on purpose: not worth a warning when it exits
+        self._sigkill()
+
+    def _sigkill(self) -> None:
+        self._alive = False
+        if self._proc.returncode is None:  # not reaped: the pid (and group id) is still ours
+            # os.kill, not Popen.kill: that polls first and would reap the child under
+            # asyncio's child watcher, which then reports exit code 255.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._proc.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._proc.pid, signal.SIGKILL)  # before setsid ran in the child
+
+    async def stop(self, grace: float = 2.0) -> None:
+        """Ask the child to run `pre_stop` and exit; SIGKILL it if it takes longer than grace."""
+        self._stopping = True
+        self._alive = False
+        if self._proc.returncode is None:
+            with contextlib.suppress(ConnectionError, TimeoutError):
+                async with asyncio.timeout(grace):
+                    await write_frame(self._writer, Shutdown())
+                    await self._closed.wait()
+        self.kill()
+        await self.wait_closed()
+
+    async def wait_closed(self) -> bool:
+        """Wait until the child exited and its resources are released; False if it hangs."""
+        try:
+            async with asyncio.timeout(_EXIT_WAIT):
+                await self._closed.wait()
+        except TimeoutError:
+            log.error("instance %s (pid %d) did not exit after SIGKILL", self.instance_id, self.pid)
+            return False
+        return True
+
+    async def _read_results(self) -> None:
+        try:
+            while True:
+                frame = await read_frame(self._reader)
+                if isinstance(frame, Result):
+                    future = self._pending.get(frame.request_id)
+                    if future is not None and not future.done():
+                        future.set_result(frame)
+                else:
+                    log.warning("instance %s sent %s", self.instance_id, type(frame).__name__)
+        except (asyncio.IncompleteReadError, ConnectionError, FrameError) as e:
+            if not self._stopping:
+                log.debug("instance %s channel closed: %r", self.instance_id, e)
+        # A child whose channel broke cannot answer anything more; the exit watcher cleans up.
+        self._sigkill()
+
+    async def _watch_exit(self) -> None:
+        returncode = await self._proc.wait()
+        self._alive = False
+        # Whatever the function spawned dies with it (the group id cannot be reused while
+        # members remain, so this cannot hit a stranger).
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._proc.pid, signal.SIGKILL)
+        if not self._stopping:
+            log.warning("instance %s %s", self.instance_id, describe_exit(returncode))
+        crash = InstanceCrashed(returncode)
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(crash)
+        if self._reader_task is not None:
+            self._reader_task.cancel()
+        self._writer.close()
+        if self._output_task is not None:
+            # The pipe closes when the child exits; give the last lines a moment to arrive.
+            _, pending = await asyncio.wait({self._output_task}, timeout=1.0)
+            for task in pending:
+                task.cancel()
+        await asyncio.to_thread(shutil.rmtree, self._workdir, True)
+        self._closed.set()
+
+    async def _forward_output(self, fd: int) -> None:
+        """Relay the child's raw stdout/stderr (output outside requests) to the worker log."""
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader()
+        transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb", buffering=0)
+        )
+        partial = b""
+        try:
+            while chunk := await reader.read(65536):
+                *lines, partial = (partial + chunk).split(b"\n")
+                if len(partial) > _MAX_OUTPUT_LINE:
+                    lines.append(partial)
+                    partial = b""
+                for line in lines:
+                    self._emit_line(line)
+            if partial:
+                self._emit_line(partial)
+        finally:
+            transport.close()
+
+    def _log_output(self, output: bytes) -> None:
+        for line in output.splitlines():
+            self._emit_line(line)
+
+    def _emit_line(self, line: bytes) -> None:
+        text = line.decode("utf-8", "replace")
+        self._recent_output.append(text)
+        function_log.info("%s %s", self.instance_id, text)

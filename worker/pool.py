@@ -1,0 +1,238 @@
+"""Warm instances of many functions sharing one worker's slots.
+
+`InstancePool.invoke` takes an idle instance of the function (warm start), or starts one
+(cold start) while there is a free slot, or evicts the least recently used idle instance of
+another function, or waits for a slot. Which of these happens is decided by `choose`, a
+pure function over plain data; the pool only moves instances between its dicts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Generic, Literal, Protocol, TypeVar
+
+from shared.protocol import FunctionSpec, Invocation, Outcome
+from worker.instance import Instance, InstanceStartError
+from worker.outcomes import late, start_failed, unavailable
+
+log = logging.getLogger(__name__)
+
+
+class Candidate(Protocol):
+    """What `choose` needs to know about an idle instance."""
+
+    @property
+    def last_used(self) -> float: ...
+
+    @property
+    def alive(self) -> bool: ...
+
+
+C = TypeVar("C", bound=Candidate)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision(Generic[C]):
+    """`warm`: reuse `instance`; `cold`: start one in a free slot; `evict`: stop `instance`
+    (idle, another function's) and start one in its slot; `wait`: no slot can be had now."""
+
+    action: Literal["warm", "cold", "evict", "wait"]
+    instance: C | None = None
+
+
+def choose(key: str, idle: Mapping[str, Sequence[C]], used: int, capacity: int) -> Decision[C]:
+    """Where the next invocation of `key` runs.
+
+    `idle` maps instance keys to their idle instances; `used` counts every slot taken
+    (idle, busy and starting). The most recently used warm instance is reused so the rest
+    stay idle long enough to be reaped; the least recently used one is evicted.
+    """
+    same = idle.get(key)
+    if same:
+        return Decision("warm", max(same, key=lambda c: c.last_used))
+    if used < capacity:
+        return Decision("cold")
+    others = [c for k, cs in idle.items() if k != key for c in cs]
+    if others:
+        return Decision("evict", min(others, key=lambda c: c.last_used))
+    return Decision("wait")
+
+
+def expired(idle: Mapping[str, Sequence[C]], now: float, idle_seconds: float) -> list[C]:
+    """Idle instances unused for at least `idle_seconds` (monotonic clock), or dead."""
+    return [
+        c for cs in idle.values() for c in cs if not c.alive or now - c.last_used >= idle_seconds
+    ]
+
+
+@dataclass(slots=True)
+class PoolStats:
+    """Counters for metrics; plain ints so reading them costs nothing."""
+
+    cold_starts: int = 0
+    warm_starts: int = 0
+    start_failures: int = 0
+    evictions: int = 0
+    reaped: int = 0
+    last_init_ms: float = 0.0
+
+
+class InstancePool:
+    """Up to `max_instances` instances, of any functions, on this worker."""
+
+    def __init__(
+        self, max_instances: int, *, python: str = sys.executable, stop_grace: float = 2.0
+    ) -> None:
+        self.max_instances = max_instances
+        self.stats = PoolStats()
+        self._python = python
+        self._stop_grace = stop_grace
+        self._instances: dict[str, Instance] = {}  # every started, not yet dropped instance
+        self._idle: dict[str, list[Instance]] = {}  # instance key → idle instances
+        self._starting = 0
+        self._closed = False
+        self._cond = asyncio.Condition()
+
+    @property
+    def instances_alive(self) -> int:
+        """Instances started and not yet dropped (idle or busy)."""
+        return len(self._instances)
+
+    @property
+    def instances_idle(self) -> int:
+        """Warm instances waiting for work."""
+        return sum(len(v) for v in self._idle.values())
+
+    @property
+    def instances_busy(self) -> int:
+        """Instances running a request now."""
+        return len(self._instances) - self.instances_idle
+
+    @property
+    def instances_starting(self) -> int:
+        """Slots held by instances still in their cold start."""
+        return self._starting
+
+    async def invoke(self, spec: FunctionSpec, code_dir: Path, inv: Invocation) -> Outcome:
+        """Run `inv` on a warm or new instance of `spec`; failures come back as Outcomes."""
+        acquired = await self._acquire(spec.instance_key, inv.deadline)
+        if acquired is None:
+            return unavailable(inv) if self._closed else late(inv, "")
+        instance, victim = acquired
+        if victim is not None:
+            await victim.stop(self._stop_grace)
+        if instance is None:
+            try:
+                instance = await Instance.start(spec, code_dir, python=self._python)
+            except InstanceStartError as e:
+                self.stats.start_failures += 1
+                await self._unreserve()
+                log.warning("cannot start %s: %s", spec.instance_key, e.message)
+                return start_failed(inv, e.error_type, e.error_message, e.stack_trace, e.log)
+            except BaseException:
+                await self._unreserve()
+                raise
+            self.stats.cold_starts += 1
+            self.stats.last_init_ms = instance.init_duration_ms
+            async with self._cond:
+                self._starting -= 1
+                self._instances[instance.instance_id] = instance
+        try:
+            return await instance.invoke(inv)
+        finally:
+            await self._release(instance)
+
+    async def _acquire(
+        self, key: str, deadline: float
+    ) -> tuple[Instance | None, Instance | None] | None:
+        """(warm instance or None to start one, idle instance to evict first); None if late."""
+        async with self._cond:
+            while True:
+                if self._closed:
+                    return None
+                used = len(self._instances) + self._starting
+                decision = choose(key, self._idle, used, self.max_instances)
+                chosen = decision.instance
+                if decision.action == "warm" and chosen is not None:
+                    self._forget_idle(chosen)
+                    if not chosen.alive:  # died while idle (OOM killer, ...): drop, retry
+                        del self._instances[chosen.instance_id]
+                        continue
+                    self.stats.warm_starts += 1
+                    return chosen, None
+                if decision.action == "cold":
+                    self._starting += 1
+                    return None, None
+                if decision.action == "evict" and chosen is not None:
+                    self._forget_idle(chosen)
+                    del self._instances[chosen.instance_id]
+                    self._starting += 1
+                    self.stats.evictions += 1
+                    return None, chosen
+                if not await self._wait_for_slot(deadline):
+                    return None
+
+    async def _wait_for_slot(self, deadline: float) -> bool:
+        """Wait (lock held) until something is released; False if the deadline passes first."""
+        if not deadline:
+            await self._cond.wait()
+            return True
+        try:
+            async with asyncio.timeout(deadline - time.time()):
+                await self._cond.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def _unreserve(self) -> None:
+        async with self._cond:
+            self._starting -= 1
+            self._cond.notify_all()
+
+    async def _release(self, instance: Instance) -> None:
+        async with self._cond:
+            if instance.alive and not self._closed:
+                self._idle.setdefault(instance.spec.instance_key, []).append(instance)
+            else:
+                self._instances.pop(instance.instance_id, None)
+            self._cond.notify_all()
+        if self._closed and instance.alive:
+            await instance.stop(self._stop_grace)
+
+    def _forget_idle(self, instance: Instance) -> None:
+        key = instance.spec.instance_key
+        idle = self._idle[key]
+        idle.remove(instance)
+        if not idle:
+            del self._idle[key]
+
+    async def reap_idle(self, idle_seconds: float) -> None:
+        """Stop instances idle for `idle_seconds` or more (and any that died while idle)."""
+        now = time.monotonic()
+        async with self._cond:
+            victims = expired(self._idle, now, idle_seconds)
+            victims += [
+                i for v in self._idle.values() for i in v if not i.alive and i not in victims
+            ]
+            for instance in victims:
+                self._forget_idle(instance)
+                del self._instances[instance.instance_id]
+            self._cond.notify_all()
+        self.stats.reaped += len(victims)
+        await asyncio.gather(*(i.stop(self._stop_grace) for i in victims))
+
+    async def close(self) -> None:
+        """Stop every instance; invocations still waiting for a slot come back late."""
+        async with self._cond:
+            self._closed = True
+            instances = list(self._instances.values())
+            self._instances.clear()
+            self._idle.clear()
+            self._cond.notify_all()
+        await asyncio.gather(*(i.stop(self._stop_grace) for i in instances))

@@ -1,0 +1,131 @@
+"""How an instance process is launched: its clean environment, private dirs and group.
+
+The child gets nothing of the worker's environment but PATH (no broker or database URLs),
+a private HOME and TMPDIR per instance, its own process group, and one end of a
+socketpair for frames; its stdout/stderr go to a pipe the worker reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import NamedTuple
+
+import worker
+from shared.protocol import FunctionSpec
+
+
+class Spawned(NamedTuple):
+    """A started child, not yet initialized; the caller owns every part of it."""
+
+    proc: asyncio.subprocess.Process
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    output_fd: int  # read end of the child's stdout/stderr pipe
+    workdir: Path  # holds home/ and tmp/; remove once the child exited
+
+
+def package_root() -> str:
+    """The directory holding the `worker` package, so `-m worker.bootstrap` resolves."""
+    return str(Path(worker.__file__).resolve().parent.parent)
+
+
+def build_environment(
+    spec: FunctionSpec,
+    *,
+    code_dir: Path,
+    instance_id: str,
+    home: Path,
+    tmp: Path,
+    inherited: Mapping[str, str],
+) -> dict[str, str]:
+    """The child's whole environment: nothing of the worker's leaks in but PATH.
+
+    PYFC_* is the platform's reserved prefix (it holds broker and database URLs), so it is
+    dropped even from the function's own variables.
+    """
+    env = {
+        "PATH": inherited.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "HOME": str(home),
+        "TMPDIR": str(tmp),
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+    env.update(spec.environment)
+    # Ours first: a PYTHONPATH of the function's must not hide worker.bootstrap.
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (package_root(), spec.environment.get("PYTHONPATH", "")) if p
+    )
+    env.update(
+        FC_FUNCTION_NAME=spec.function,
+        FC_SERVICE_NAME=spec.service,
+        FC_QUALIFIER=spec.qualifier,
+        FC_INSTANCE_ID=instance_id,
+        FC_FUNCTION_HANDLER=spec.handler,
+        FC_FUNCTION_MEMORY_SIZE=str(spec.memory_size),
+        FC_FUNC_CODE_PATH=str(code_dir),
+        FC_REGION="local",
+    )
+    return {k: v for k, v in env.items() if not k.startswith("PYFC_")}
+
+
+async def spawn(spec: FunctionSpec, code_dir: Path, instance_id: str, python: str) -> Spawned:
+    """Start `python -m worker.bootstrap` for `spec`; raises OSError if it cannot start."""
+    workdir = Path(tempfile.mkdtemp(prefix=f"pyfc-{instance_id}-"))
+    (workdir / "home").mkdir()
+    (workdir / "tmp").mkdir()
+    env = build_environment(
+        spec,
+        code_dir=code_dir,
+        instance_id=instance_id,
+        home=workdir / "home",
+        tmp=workdir / "tmp",
+        inherited=os.environ,
+    )
+    parent_sock, child_sock = socket.socketpair()
+    out_read, out_write = os.pipe()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            python,
+            *("-u", "-X", "faulthandler", "-m", "worker.bootstrap"),
+            *(str(child_sock.fileno()), str(os.getpid())),
+            pass_fds=(child_sock.fileno(),),
+            env=env,
+            cwd=code_dir,
+            stdin=subprocess.DEVNULL,
+            # Our own pipe, not PIPE: asyncio's wait() would also wait for PIPE to close,
+            # which a grandchild of the function can hold open forever.
+            stdout=out_write,
+            stderr=out_write,
+            # Own process group: killing the instance takes what it spawned along, and
+            # a Ctrl-C meant for the worker does not hit functions mid-request.
+            start_new_session=True,
+        )
+    except BaseException:
+        parent_sock.close()
+        os.close(out_read)
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    finally:
+        child_sock.close()
+        os.close(out_write)
+    try:
+        reader, writer = await asyncio.open_connection(sock=parent_sock)
+    except BaseException:
+        parent_sock.close()
+        os.close(out_read)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGKILL)
+        await proc.wait()
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    return Spawned(proc, reader, writer, out_read, workdir)
