@@ -46,8 +46,11 @@ class RpcClient:
     async def call(self, inv: Invocation, timeout: float) -> Outcome:
         """Send `inv` and wait for its outcome, at most `timeout` seconds."""
         correlation_id = uuid.uuid4().hex
-        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Outcome] = loop.create_future()
         self._pending[correlation_id] = future
+        # A timer handle instead of asyncio.wait_for: no extra task per call on the hot path.
+        timer = loop.call_later(timeout, _expire, future)
         try:
             await self._exchange.publish(
                 aio_pika.Message(
@@ -59,8 +62,14 @@ class RpcClient:
                 ),
                 routing_key="invoke",
             )
-            return await asyncio.wait_for(future, timeout)
+            return await future
         except TimeoutError as e:
             raise DeadlineExceeded(f"no result within {timeout:.1f}s (request {inv.id})") from e
         finally:
+            timer.cancel()
             self._pending.pop(correlation_id, None)
+
+
+def _expire(future: asyncio.Future[Outcome]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError())

@@ -129,12 +129,17 @@ class Worker:
             log.error("cannot fetch code %s: %s", inv.spec.code_digest[:12], e.message)
             return system_outcome(inv, e.code, f"cannot fetch function code: {e.message}", 503)
         outcome = await self._pool.invoke(inv.spec, code_dir, inv)
-        log.info(
-            "%s %s/%s %s in %.1f ms%s",
+        # Warm successful sync calls are the hot path: DEBUG keeps them out of the way;
+        # async work, errors and cold starts are always logged.
+        quiet = inv.kind == "sync" and outcome.status == "succeeded" and not outcome.cold_start
+        log.log(
+            logging.DEBUG if quiet else logging.INFO,
+            "%s %s/%s %s%s in %.1f ms%s",
             inv.kind,
             inv.service,
             inv.function,
             outcome.status,
+            f" {outcome.error_type}" if outcome.error_type else "",
             outcome.duration_ms,
             " (cold)" if outcome.cold_start else "",
         )
