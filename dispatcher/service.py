@@ -7,6 +7,7 @@ metadata store before they are acked, so nothing accepted is lost across crashes
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -18,17 +19,19 @@ from aio_pika.abc import (
 )
 
 from shared import codec, control
+from shared.broker import decode_or_drop
 from shared.catalog import FunctionCatalog
-from shared.errors import BadRequest, PyfcError
+from shared.errors import PyfcError
 from shared.logs import request_id_var
 from shared.models import InvocationStatus
-from shared.protocol import Invocation, Outcome
+from shared.protocol import Invocation, Outcome, system_outcome
 from shared.store import Store
 from shared.topology import HDR_HOPS, HDR_KIND, HDR_TENANT, Topology, declare_all
 
 log = logging.getLogger("pyfc.dispatcher")
 
 PREFETCH = 256
+RECORD_RETRY_SECONDS = 1.0
 
 
 def outcome_status(outcome: Outcome) -> InvocationStatus:
@@ -66,11 +69,8 @@ class Dispatcher:
                 await channel.close()
 
     async def _on_invoke(self, message: AbstractIncomingMessage) -> None:
-        try:
-            inv = codec.decode(message.body, Invocation)
-        except BadRequest:
-            log.error("dropping undecodable invocation message (%d bytes)", len(message.body))
-            await message.reject(requeue=False)
+        inv = await decode_or_drop(message, Invocation)
+        if inv is None:
             return
         request_id_var.set(inv.id)
         try:
@@ -105,15 +105,7 @@ class Dispatcher:
     ) -> None:
         """The invocation cannot be admitted: tell the sync caller, or record the async failure."""
         log.warning("invocation not admitted: %s: %s", err.code, err.message)
-        outcome = Outcome(
-            request_id=inv.id,
-            tenant=inv.tenant,
-            status="system_error",
-            error_type=err.code,
-            error_message=err.message,
-            http_status=err.status,
-            attempt=inv.attempt,
-        )
+        outcome = system_outcome(inv, err.code, err.message, err.status)
         if inv.kind == "sync":
             if message.reply_to:
                 assert self._fast is not None
@@ -127,18 +119,17 @@ class Dispatcher:
         await message.ack()
 
     async def _on_done(self, message: AbstractIncomingMessage) -> None:
-        try:
-            outcome = codec.decode(message.body, Outcome)
-        except BadRequest:
-            log.error("dropping undecodable outcome message (%d bytes)", len(message.body))
-            await message.reject(requeue=False)
+        outcome = await decode_or_drop(message, Outcome)
+        if outcome is None:
             return
         request_id_var.set(outcome.request_id)
         try:
             await self._record(outcome)
         except PyfcError:
-            # The store is down: keep the outcome on the queue and try again.
-            log.exception("cannot record outcome yet; requeueing")
+            # The store is down: keep the outcome on the queue and try again, after a
+            # pause so a long outage is not a hot requeue loop.
+            log.exception("cannot record outcome yet; requeueing in %.0fs", RECORD_RETRY_SECONDS)
+            await asyncio.sleep(RECORD_RETRY_SECONDS)
             await message.nack(requeue=True)
             return
         await message.ack()

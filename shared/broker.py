@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import logging
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 import aio_pika
-from aio_pika.abc import AbstractRobustConnection
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
-from shared.errors import Unavailable
+from shared import codec
+from shared.errors import BadRequest, Unavailable
 
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 10.0
+
+T = TypeVar("T")
 
 
 def redact(url: str) -> str:
@@ -37,3 +41,18 @@ async def connect(
             f"cannot reach RabbitMQ at {redact(url)} ({type(e).__name__}: {e}); "
             "is it running? start it with `rabbitmq-server -detached` or set PYFC_AMQP_URL"
         ) from e
+
+
+async def decode_or_drop(message: AbstractIncomingMessage, kind: type[T]) -> T | None:
+    """Decode a consumed message as `kind`; an undecodable one is logged and dropped.
+
+    Requeueing bytes that can never decode would only loop them forever.
+    """
+    try:
+        return codec.decode(message.body, kind)
+    except BadRequest as e:
+        log.error(
+            "dropping undecodable %s message (%d bytes): %s", kind.__name__, len(message.body), e
+        )
+        await message.reject(requeue=False)
+        return None

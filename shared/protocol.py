@@ -96,6 +96,19 @@ class Outcome(msgspec.Struct, kw_only=True):
     attempt: int = 1
 
 
+def system_outcome(inv: Invocation, code: str, message: str, http_status: int) -> Outcome:
+    """The platform (not the function) could not run `inv`: one constructor for every role."""
+    return Outcome(
+        request_id=inv.id,
+        tenant=inv.tenant,
+        status="system_error",
+        error_type=code,
+        error_message=message,
+        http_status=http_status,
+        attempt=inv.attempt,
+    )
+
+
 class ControlEvent(msgspec.Struct, kw_only=True):
     """Fanout notice that metadata changed; every process drops what it cached."""
 

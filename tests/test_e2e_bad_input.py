@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import Client
-from tests.helpers import ECHO, deploy, invoke, unique
+from tests.helpers import ECHO, deploy, invoke, unique, wait_result
 from tests.stack import Stack, code_body, make_zip
 
 
@@ -171,3 +171,37 @@ async def test_bad_invoke_headers(client: Client) -> None:
 async def test_unknown_route_and_method(client: Client) -> None:
     assert (await client.call("GET", "/v1/nothing"))[0] == 404
     assert (await client.call("PATCH", "/v1/services"))[0] == 405
+
+
+async def test_undecodable_broker_messages_are_dropped_and_work_goes_on(
+    client: Client, stack: Stack
+) -> None:
+    import aio_pika
+
+    from shared.topology import Topology
+    from tests.stack import AMQP_URL
+
+    topo = Topology(stack.namespace)
+    service, function = await deploy(client)
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection:
+        channel = await connection.channel()
+        exchange = await channel.get_exchange(topo.invoke_exchange)
+        for garbage in (b"", b"\xc1", b"not msgpack at all", b"\x81\xa1x\x01"):
+            await exchange.publish(aio_pika.Message(garbage), routing_key="invoke")
+            await channel.default_exchange.publish(
+                aio_pika.Message(garbage), routing_key=topo.work_queue
+            )
+            await channel.default_exchange.publish(
+                aio_pika.Message(garbage), routing_key=topo.done_queue
+            )
+        # An async call passes through all three queues after the garbage (FIFO per queue).
+        status, headers, _ = await invoke(
+            client, service, function, b"after garbage", X_Fc_Invocation_Type="Async"
+        )
+        assert status == 202
+        rec = await wait_result(client, service, function, headers["X-Fc-Request-Id"])
+        assert rec["result"] == "after garbage"
+        for name in (topo.dispatch_queue, topo.work_queue, topo.done_queue):
+            queue = await channel.declare_queue(name, durable=True, passive=True)
+            assert queue.declaration_result.message_count == 0, name

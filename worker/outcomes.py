@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import msgspec
 
-from shared.protocol import Invocation, Outcome
+from shared.protocol import Invocation, Outcome, system_outcome
 from worker.frames import Result
 
 UNHANDLED = "UnhandledInvocationError"
@@ -108,26 +108,13 @@ def start_failed(
 
 def late(inv: Invocation, instance_id: str) -> Outcome:
     """The caller's deadline passed before the function could start; nothing ran."""
-    return Outcome(
-        request_id=inv.id,
-        tenant=inv.tenant,
-        status="system_error",
-        error_type="DeadlineExceeded",
-        error_message="the invocation deadline passed before the function started",
-        http_status=504,
-        instance_id=instance_id,
-        attempt=inv.attempt,
+    outcome = system_outcome(
+        inv, "DeadlineExceeded", "the invocation deadline passed before the function started", 504
     )
+    outcome.instance_id = instance_id
+    return outcome
 
 
 def unavailable(inv: Invocation) -> Outcome:
     """The worker is shutting down; the dispatcher retries system errors elsewhere."""
-    return Outcome(
-        request_id=inv.id,
-        tenant=inv.tenant,
-        status="system_error",
-        error_type="ServiceUnavailable",
-        error_message="the worker is shutting down",
-        http_status=503,
-        attempt=inv.attempt,
-    )
+    return system_outcome(inv, "ServiceUnavailable", "the worker is shutting down", 503)

@@ -16,26 +16,15 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 
 from shared import codec
-from shared.errors import BadRequest, PyfcError
+from shared.broker import decode_or_drop
+from shared.errors import PyfcError
 from shared.logs import request_id_var
-from shared.protocol import Invocation, Outcome
+from shared.protocol import Invocation, Outcome, system_outcome
 from shared.topology import Topology, declare_all
 from worker.codecache import CodeCache
 from worker.pool import InstancePool
 
 log = logging.getLogger("pyfc.worker")
-
-
-def system_outcome(inv: Invocation, code: str, message: str, status: int) -> Outcome:
-    return Outcome(
-        request_id=inv.id,
-        tenant=inv.tenant,
-        status="system_error",
-        error_type=code,
-        error_message=message,
-        http_status=status,
-        attempt=inv.attempt,
-    )
 
 
 def skip_reason(inv: Invocation, redelivered: bool, now: float) -> Outcome | None:
@@ -107,11 +96,8 @@ class Worker:
                 log.exception("idle reaping failed")
 
     async def _on_work(self, message: AbstractIncomingMessage) -> None:
-        try:
-            inv = codec.decode(message.body, Invocation)
-        except BadRequest:
-            log.error("dropping undecodable work message (%d bytes)", len(message.body))
-            await message.reject(requeue=False)
+        inv = await decode_or_drop(message, Invocation)
+        if inv is None:
             return
         request_id_var.set(inv.id)
         outcome = skip_reason(inv, bool(message.redelivered), time.time())
