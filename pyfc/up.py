@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import sys
 import time
+from pathlib import Path
 
 import aiohttp
 
@@ -20,6 +22,16 @@ from shared.topology import Topology, declare_all
 STOP_GRACE_SECONDS = 10.0
 MAX_BACKOFF_SECONDS = 30.0
 CREDENTIALS_FILE = "credentials"
+
+
+def command_name() -> str:
+    """How the person who ran us can run `pyfc` again (it may not be on PATH)."""
+    argv0 = Path(sys.argv[0])
+    if argv0.name == "pyfc" and shutil.which("pyfc") != str(argv0.resolve()):
+        with contextlib.suppress(ValueError):
+            return str(argv0.resolve().relative_to(Path.cwd()))
+        return str(argv0)
+    return "pyfc"
 
 
 def say(message: str) -> None:
@@ -114,9 +126,10 @@ async def up(settings: Settings, workers: int) -> int:
             say(
                 f'tenant "default" created; API key saved in {settings.data_dir / CREDENTIALS_FILE}'
             )
+        cli = command_name()
         say(
-            "try: pyfc deploy docs/examples/echo --service demo --function echo && "
-            "pyfc invoke demo/echo --data hello    (Ctrl-C stops everything)"
+            f"try: {cli} deploy docs/examples/echo --service demo --function echo && "
+            f"{cli} invoke demo/echo --data hello    (Ctrl-C stops everything)"
         )
     elif not stopping.is_set():
         say(f"gateway did not answer on {base}/healthz within 60s; see the logs above")
