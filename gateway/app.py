@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 import time
 from dataclasses import dataclass, field
@@ -12,11 +13,12 @@ import msgspec
 from aio_pika.abc import AbstractChannel, AbstractExchange
 from aiohttp import web
 
+from gateway.metrics import GatewayMetrics
 from gateway.rpc import RpcClient
 from shared import control
 from shared.blobs import BlobStore
 from shared.catalog import FunctionCatalog
-from shared.errors import PayloadTooLarge, PyfcError, Unauthorized
+from shared.errors import Forbidden, PayloadTooLarge, PyfcError, Unauthorized
 from shared.logs import request_id_var
 from shared.models import Tenant
 from shared.protocol import ControlEvent
@@ -41,6 +43,7 @@ class Gateway:
     invoke_exchange: AbstractExchange  # on a confirming channel: async accept = persisted
     control_channel: AbstractChannel
     catalog: FunctionCatalog
+    metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
     _auth_cache: dict[str, tuple[Tenant, float]] = field(default_factory=dict)
 
     async def authenticate(self, header: str | None) -> Tenant:
@@ -93,6 +96,16 @@ def error_response(err: PyfcError, headers: dict[str, str] | None = None) -> web
 
 
 @web.middleware
+async def count_requests(request: web.Request, handler: Any) -> web.StreamResponse:
+    response: web.StreamResponse = await handler(request)
+    # The route pattern, not the path: one series per endpoint, not per resource.
+    route = request.match_info.route.resource
+    name = route.canonical if route is not None else "unmatched"
+    gateway_of(request).metrics.requests.labels(request.method, name, str(response.status)).inc()
+    return response
+
+
+@web.middleware
 async def errors_and_auth(request: web.Request, handler: Any) -> web.StreamResponse:
     request_id_var.set("-")
     try:
@@ -124,6 +137,26 @@ async def healthz(request: web.Request) -> web.Response:
     return json_response({"status": "ok"})
 
 
+LOOPBACK = ("127.", "::1")
+
+
+def may_scrape(peer: str | None, authorization: str | None, token: str) -> bool:
+    """Metrics carry tenant names: only loopback peers or holders of the scrape token."""
+    if token:
+        return hmac.compare_digest(authorization or "", f"Bearer {token}")
+    return peer is not None and peer.startswith(LOOPBACK)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    gw = gateway_of(request)
+    if not may_scrape(
+        request.remote, request.headers.get("Authorization"), gw.settings.metrics_token
+    ):
+        raise Forbidden("metrics are served to loopback clients or with PYFC_METRICS_TOKEN")
+    body, content_type = gw.metrics.exposition()
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
 def build_app(gateway: Gateway) -> web.Application:
     from gateway import control_api, invoke_api, openapi
 
@@ -131,10 +164,11 @@ def build_app(gateway: Gateway) -> web.Application:
     max_size = max(
         gateway.settings.max_event_bytes, gateway.settings.max_code_bytes * 4 // 3 + 65536
     )
-    app = web.Application(middlewares=[errors_and_auth], client_max_size=max_size)
+    app = web.Application(middlewares=[count_requests, errors_and_auth], client_max_size=max_size)
     app[GATEWAY_KEY] = gateway
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", healthz)
+    app.router.add_get("/metrics", metrics)
     app.router.add_get("/v1/openapi.json", openapi.document)
     control_api.add_routes(app.router)
     invoke_api.add_routes(app.router)

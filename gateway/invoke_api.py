@@ -14,7 +14,7 @@ from aiohttp import web
 from gateway.app import gateway_of, json_response, tenant_of
 from gateway.rpc import invocation_headers
 from shared import codec
-from shared.errors import BadRequest, InvocationNotFound, PayloadTooLarge, Unavailable
+from shared.errors import BadRequest, InvocationNotFound, PayloadTooLarge, PyfcError, Unavailable
 from shared.logs import request_id_var
 from shared.models import InvocationRecord
 from shared.protocol import LATEST, Invocation, Lineage, Outcome
@@ -110,9 +110,18 @@ async def invoke(request: web.Request) -> web.Response:
         min_revision=spec.revision,
     )
     if inv.kind == "sync":
-        outcome = await gw.rpc.call(inv, timeout)
+        started = time.perf_counter()
+        try:
+            outcome = await gw.rpc.call(inv, timeout)
+        except PyfcError as e:
+            gw.metrics.invocations.labels(tenant.name, "sync", e.code).inc()
+            raise
+        gw.metrics.invoke_seconds.labels(tenant.name).observe(time.perf_counter() - started)
+        gw.metrics.invocations.labels(tenant.name, "sync", outcome.status).inc()
         return outcome_response(outcome, inv.log_tail)
-    return await _accept_async(request, inv)
+    response = await _accept_async(request, inv)
+    gw.metrics.invocations.labels(tenant.name, "async", "accepted").inc()
+    return response
 
 
 async def _accept_async(request: web.Request, inv: Invocation) -> web.Response:

@@ -48,6 +48,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     # Limits at the HTTP edge.
     max_event_bytes: int = 6 * 1024 * 1024
     max_code_bytes: int = 50 * 1024 * 1024
+    # `/metrics` names tenants: served to loopback peers, or to holders of this token.
+    metrics_token: str = ""
     # Default tenant concurrency cap for `pyfc tenant create`.
     tenant_concurrency: int = 100
 

@@ -26,8 +26,10 @@ def stack(
 class Client:
     """A tenant's view of the HTTP API."""
 
-    def __init__(self, session: aiohttp.ClientSession, base: str, key: str) -> None:
-        self.session, self.base, self.key = session, base, key
+    def __init__(
+        self, session: aiohttp.ClientSession, base: str, key: str, tenant: str = ""
+    ) -> None:
+        self.session, self.base, self.key, self.tenant = session, base, key, tenant
 
     async def call(
         self, method: str, path: str, *, headers: dict[str, str] | None = None, **kw: Any
@@ -50,7 +52,7 @@ def tenant(stack: Stack) -> tuple[str, str]:
 
 @pytest.fixture
 def client(session: aiohttp.ClientSession, stack: Stack, tenant: tuple[str, str]) -> Client:
-    return Client(session, stack.url, tenant[1])
+    return Client(session, stack.url, tenant[1], tenant[0])
 
 
 @pytest.fixture
