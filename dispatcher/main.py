@@ -23,7 +23,7 @@ def main(settings: Settings | None = None) -> int:
     async def serve(stop: asyncio.Event) -> None:
         store = await Store.open(settings.effective_database_url)
         await store.migrate()
-        connection = await connect(settings.amqp_url, "pyfc-dispatcher")
+        connection = await connect(settings.amqp_url, f"pyfc-dispatcher@{settings.namespace}")
         dispatcher = Dispatcher(connection, store, Topology(settings.namespace))
         try:
             await dispatcher.start()

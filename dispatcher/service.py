@@ -14,12 +14,12 @@ import time
 import aio_pika
 from aio_pika.abc import (
     AbstractChannel,
-    AbstractIncomingMessage,
     AbstractRobustConnection,
 )
+from aiormq.abc import DeliveredMessage
 
 from shared import codec, control
-from shared.broker import decode_or_drop
+from shared.broker import consume_fast, decode_delivery, settle
 from shared.catalog import FunctionCatalog
 from shared.errors import PyfcError
 from shared.logs import request_id_var
@@ -58,18 +58,16 @@ class Dispatcher:
         self._fast = await self._connection.channel(publisher_confirms=False)
         await declare_all(self._consume, self._topo)
         await control.subscribe(self._consume, self._topo, self._catalog.invalidate)
-        dispatch = await self._consume.get_queue(self._topo.dispatch_queue)
-        done = await self._consume.get_queue(self._topo.done_queue)
-        await dispatch.consume(self._on_invoke)
-        await done.consume(self._on_done)
+        await consume_fast(self._consume, self._topo.dispatch_queue, self._on_invoke)
+        await consume_fast(self._consume, self._topo.done_queue, self._on_done)
 
     async def close(self) -> None:
         for channel in (self._consume, self._confirmed, self._fast):
             if channel is not None and not channel.is_closed:
                 await channel.close()
 
-    async def _on_invoke(self, message: AbstractIncomingMessage) -> None:
-        inv = await decode_or_drop(message, Invocation)
+    async def _on_invoke(self, message: DeliveredMessage) -> None:
+        inv = await decode_delivery(message, Invocation)
         if inv is None:
             return
         request_id_var.set(inv.id)
@@ -81,9 +79,9 @@ class Dispatcher:
             await self._fail(message, inv, e)
             return
         await self._route(message, inv)
-        await message.ack()
+        await settle(message)
 
-    async def _route(self, message: AbstractIncomingMessage, inv: Invocation) -> None:
+    async def _route(self, message: DeliveredMessage, inv: Invocation) -> None:
         assert self._confirmed is not None and self._fast is not None
         persistent = inv.kind == "async"
         out = aio_pika.Message(
@@ -93,33 +91,32 @@ class Dispatcher:
                 if persistent
                 else aio_pika.DeliveryMode.NOT_PERSISTENT
             ),
-            reply_to=message.reply_to,
-            correlation_id=message.correlation_id,
+            reply_to=message.header.properties.reply_to,
+            correlation_id=message.header.properties.correlation_id,
             headers={HDR_TENANT: inv.tenant, HDR_HOPS: inv.lineage.hops, HDR_KIND: inv.kind},
         )
         channel = self._confirmed if persistent else self._fast
         await channel.default_exchange.publish(out, routing_key=self._topo.work_queue)
 
-    async def _fail(
-        self, message: AbstractIncomingMessage, inv: Invocation, err: PyfcError
-    ) -> None:
+    async def _fail(self, message: DeliveredMessage, inv: Invocation, err: PyfcError) -> None:
         """The invocation cannot be admitted: tell the sync caller, or record the async failure."""
         log.warning("invocation not admitted: %s: %s", err.code, err.message)
         outcome = system_outcome(inv, err.code, err.message, err.status)
+        props = message.header.properties
         if inv.kind == "sync":
-            if message.reply_to:
+            if props.reply_to:
                 assert self._fast is not None
                 await self._fast.default_exchange.publish(
-                    aio_pika.Message(codec.encode(outcome), correlation_id=message.correlation_id),
-                    routing_key=message.reply_to,
+                    aio_pika.Message(codec.encode(outcome), correlation_id=props.correlation_id),
+                    routing_key=props.reply_to,
                     mandatory=False,
                 )
         else:
             await self._record(outcome)
-        await message.ack()
+        await settle(message)
 
-    async def _on_done(self, message: AbstractIncomingMessage) -> None:
-        outcome = await decode_or_drop(message, Outcome)
+    async def _on_done(self, message: DeliveredMessage) -> None:
+        outcome = await decode_delivery(message, Outcome)
         if outcome is None:
             return
         request_id_var.set(outcome.request_id)
@@ -130,9 +127,9 @@ class Dispatcher:
             # pause so a long outage is not a hot requeue loop.
             log.exception("cannot record outcome yet; requeueing in %.0fs", RECORD_RETRY_SECONDS)
             await asyncio.sleep(RECORD_RETRY_SECONDS)
-            await message.nack(requeue=True)
+            await settle(message, ack=False, requeue=True)
             return
-        await message.ack()
+        await settle(message)
 
     async def _record(self, outcome: Outcome) -> None:
         started = time.perf_counter()

@@ -29,7 +29,7 @@ def main(settings: Settings | None = None) -> int:
         store = await Store.open(settings.effective_database_url)
         await store.migrate()
         blobs = open_blob_store(settings.effective_blob_url)
-        connection = await connect(settings.amqp_url, "pyfc-gateway")
+        connection = await connect(settings.amqp_url, f"pyfc-gateway@{settings.namespace}")
         topo = Topology(settings.namespace)
         rpc_channel = await connection.channel(publisher_confirms=False)
         await declare_all(rpc_channel, topo)

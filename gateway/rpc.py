@@ -6,9 +6,11 @@ import asyncio
 import uuid
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage, FieldValue
+from aio_pika.abc import AbstractChannel, AbstractExchange, FieldValue
+from aiormq.abc import DeliveredMessage
 
 from shared import codec
+from shared.broker import consume_fast
 from shared.errors import DeadlineExceeded
 from shared.protocol import Invocation, Outcome
 from shared.topology import DIRECT_REPLY_TO, HDR_HOPS, HDR_KIND, HDR_TENANT
@@ -35,11 +37,10 @@ class RpcClient:
         self._pending: dict[str, asyncio.Future[Outcome]] = {}
 
     async def start(self) -> None:
-        queue = await self._channel.get_queue(DIRECT_REPLY_TO, ensure=False)
-        await queue.consume(self._on_reply, no_ack=True)
+        await consume_fast(self._channel, DIRECT_REPLY_TO, self._on_reply, no_ack=True)
 
-    async def _on_reply(self, message: AbstractIncomingMessage) -> None:
-        future = self._pending.pop(message.correlation_id or "", None)
+    async def _on_reply(self, message: DeliveredMessage) -> None:
+        future = self._pending.pop(message.header.properties.correlation_id or "", None)
         if future is not None and not future.done():
             future.set_result(codec.decode(message.body, Outcome))
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
-from typing import TypeVar
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import aio_pika
-from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+from aio_pika.abc import AbstractChannel, AbstractRobustConnection
+from aiormq.abc import DeliveredMessage
 
 from shared import codec
 from shared.errors import BadRequest, Unavailable
@@ -43,16 +45,54 @@ async def connect(
         ) from e
 
 
-async def decode_or_drop(message: AbstractIncomingMessage, kind: type[T]) -> T | None:
-    """Decode a consumed message as `kind`; an undecodable one is logged and dropped.
+RawHandler = Callable[[DeliveredMessage], Coroutine[Any, Any, None]]
 
-    Requeueing bytes that can never decode would only loop them forever.
+
+async def consume_fast(
+    channel: AbstractChannel, queue: str, handler: RawHandler, *, no_ack: bool = False
+) -> None:
+    """Consume `queue` below aio-pika's per-message wrapper on the hot paths.
+
+    aio-pika wraps every delivery in an IncomingMessage and a second task (aiormq already
+    runs each in one); measured at ~0.05 ms of CPU per delivery per role. A robust channel
+    restores only consumers aio-pika registered itself, so this one is re-registered from
+    the channel's reopen callback after a reconnect.
     """
+
+    async def register(*_: object) -> None:
+        underlay = await channel.get_underlay_channel()
+        await underlay.basic_consume(queue, handler, no_ack=no_ack)
+
+    await register()
+    reopen = getattr(channel, "reopen_callbacks", None)
+    if reopen is not None:
+        reopen.add(register)
+
+
+async def settle(message: DeliveredMessage, *, ack: bool = True, requeue: bool = False) -> None:
+    """Ack (or reject) on the channel the message came from.
+
+    If that channel is gone the broker already returned the message to its queue, so
+    there is nothing left to settle (and its delivery tag means nothing on a new channel).
+    """
+    tag = message.delivery_tag
+    if tag is None or message.channel.is_closed:
+        log.warning("channel closed before settling delivery %s", tag)
+        return
+    if ack:
+        await message.channel.basic_ack(tag)
+    else:
+        await message.channel.basic_reject(tag, requeue=requeue)
+
+
+async def decode_delivery(message: DeliveredMessage, kind: type[T]) -> T | None:
+    """Decode a delivery as `kind`; an undecodable one is logged and dropped (never requeued:
+    bytes that cannot decode would loop forever)."""
     try:
         return codec.decode(message.body, kind)
     except BadRequest as e:
         log.error(
             "dropping undecodable %s message (%d bytes): %s", kind.__name__, len(message.body), e
         )
-        await message.reject(requeue=False)
+        await settle(message, ack=False)
         return None

@@ -25,6 +25,7 @@ from tests.instances import (
     write_code,
 )
 from worker.instance import Instance, InstanceStartError, invocation_budget
+from worker.limits import release_worker_group
 from worker.spawn import build_environment
 
 Start = Callable[..., Awaitable[Instance]]
@@ -45,6 +46,7 @@ async def start() -> AsyncIterator[Start]:
 
     yield _start
     await asyncio.gather(*(i.stop(grace=1.0) for i in started))
+    release_worker_group()
     assert all(process_gone(i.pid) for i in started)
 
 

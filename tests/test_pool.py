@@ -20,9 +20,21 @@ class Idle:
     name: str
     last_used: float
     alive: bool = True
+    reserved: int = 0
+    concurrency: int = 1
+
+    @property
+    def room(self) -> int:
+        return self.concurrency - self.reserved
 
 
 A1, A2, B1, C1 = Idle("a1", 10.0), Idle("a2", 20.0), Idle("b1", 5.0), Idle("c1", 1.0)
+# instance_concurrency 5: partly busy (room left), full, and idle
+P3 = Idle("p3", 3.0, reserved=3, concurrency=5)
+P1 = Idle("p1", 30.0, reserved=1, concurrency=5)
+PFULL = Idle("pfull", 40.0, reserved=5, concurrency=5)
+PIDLE = Idle("pidle", 50.0, concurrency=5)
+B_BUSY = Idle("b_busy", 0.5, reserved=2, concurrency=5)
 
 
 @pytest.mark.parametrize(
@@ -43,6 +55,17 @@ A1, A2, B1, C1 = Idle("a1", 10.0), Idle("a2", 20.0), Idle("b1", 5.0), Idle("c1",
         # full and everything busy: wait
         ("a", {}, 2, 2, Decision("wait")),
         ("a", {"a": []}, 3, 2, Decision("wait")),
+        # instance_concurrency > 1: a busy instance with room takes the request (warm),
+        # the busiest one first so the others can go idle; a full one never does
+        ("a", {"a": [P1, P3]}, 2, 2, Decision("warm", P3)),
+        ("a", {"a": [PIDLE, P1]}, 2, 4, Decision("warm", P1)),
+        ("a", {"a": [PFULL, PIDLE]}, 2, 4, Decision("warm", PIDLE)),
+        # full instances only: a new instance while a slot is free (slots count instances)
+        ("a", {"a": [PFULL]}, 1, 2, Decision("cold")),
+        ("a", {"a": [PFULL]}, 1, 1, Decision("wait")),
+        # partly busy instances of other functions are never evicted
+        ("a", {"b": [B_BUSY]}, 1, 1, Decision("wait")),
+        ("a", {"b": [B_BUSY, B1]}, 2, 2, Decision("evict", B1)),
     ],
 )
 def test_choose(
@@ -62,6 +85,7 @@ DEAD = Idle("dead", 100.0, alive=False)
         ({"a": [A1, A2]}, 30.0, 10.0, [A1, A2]),  # exactly idle_seconds counts
         ({"a": [A1, A2]}, 19.0, 10.0, []),
         ({"a": [DEAD]}, 100.0, 600.0, [DEAD]),  # dead ones go whatever their age
+        ({"a": [P1, PIDLE]}, 1000.0, 10.0, [PIDLE]),  # never one with requests in flight
     ],
 )
 def test_expired(

@@ -12,6 +12,7 @@ import importlib
 import os
 import socket
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Awaitable, Callable
@@ -19,7 +20,7 @@ from typing import Any, NoReturn
 
 import msgspec
 
-from worker.capture import LogCapture, RequestTag, setup_logging
+from worker.capture import capturing, install, setup_logging
 from worker.context import Credentials, FCContext, FunctionMeta, ServiceMeta, Tracing
 from worker.frames import FrameSocket, Init, InitDone, Invoke, Result, Shutdown
 
@@ -37,6 +38,30 @@ def _die_with_parent(parent_pid: int) -> None:
     # Checked after prctl: a parent that died before the call would never signal us.
     if os.getppid() != parent_pid:
         os._exit(1)
+
+
+_M_ARENA_MAX = -8
+_MALLOC_ARENAS = 2
+_THREAD_STACK_BYTES = 2 * 1024 * 1024  # worker.limits.THREAD_STACK_MB
+
+
+def _limit_address_space(limit: int) -> None:
+    """memorySize without a cgroup: over `limit` bytes of address space, MemoryError.
+
+    Address space is not memory: cap what glibc reserves without using (a 64 MB arena per
+    thread, 8 MB stacks) so the limit tracks what the function allocates.
+    """
+    import resource
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None).mallopt(_M_ARENA_MAX, _MALLOC_ARENAS)
+    threading.stack_size(_THREAD_STACK_BYTES)
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
 
 
 def user_trace(exc: BaseException) -> list[str]:
@@ -102,7 +127,14 @@ class Runtime:
         self.service = ServiceMeta(init.service, init.log_store, init.qualifier, init.version)
         self.credentials = Credentials()
         self.handler = _import(init.handler, "handler")
-        self._loop: Any = None  # created on the first async call only (asyncio is slow to import)
+        # Created on the first async call only (asyncio is slow to import). With
+        # instanceConcurrency > 1 it runs forever in its own thread and request threads
+        # hand their coroutines to it, so all async requests share one loop.
+        self._loop: Any = None
+        self._loop_lock = threading.Lock()
+        # One request at a time: the handler runs in the main thread and stray threads'
+        # output belongs to the request running.
+        self.serial = init.instance_concurrency <= 1
 
     def context(self, request_id: str, deadline: float, traceparent: str = "") -> FCContext:
         """A fresh `context` for one call (handler, initializer or pre_stop)."""
@@ -120,38 +152,47 @@ class Runtime:
     def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Call `fn`; an `async def` one runs to completion on one persistent event loop."""
         value = fn(*args)
-        if isinstance(value, Awaitable):
+        if not isinstance(value, Awaitable):
+            return value
+        loop = self._event_loop()
+        if self.serial:
+            return loop.run_until_complete(_awaited(value))
+        import asyncio
+
+        # The task copies this thread's context, so the request's capture follows it.
+        return asyncio.run_coroutine_threadsafe(_awaited(value), loop).result()
+
+    def _event_loop(self) -> Any:
+        with self._loop_lock:
             if self._loop is None:
                 import asyncio
 
                 self._loop = asyncio.new_event_loop()
-                asyncio.set_event_loop(self._loop)
-            return self._loop.run_until_complete(_awaited(value))
-        return value
+                if self.serial:
+                    asyncio.set_event_loop(self._loop)
+                else:
+                    threading.Thread(
+                        target=self._loop.run_forever, name="pyfc-event-loop", daemon=True
+                    ).start()
+            return self._loop
 
     def invoke(self, req: Invoke) -> Result:
         """Run the handler once, capturing its output; never raises for the user's errors."""
         ctx = self.context(req.request_id, req.deadline, req.traceparent)
         ctx.retry_count = req.attempt - 1
-        capture = LogCapture()
-        saved = sys.stdout, sys.stderr
-        sys.stdout = sys.stderr = capture
-        RequestTag.request_id = req.request_id
         started = time.perf_counter()
-        try:
-            body = to_body(self.call(self.handler, req.payload, ctx))
-            result = Result(request_id=req.request_id, ok=True, body=body)
-        except BaseException as e:  # the function's failure is its result, not our crash
-            result = Result(
-                request_id=req.request_id,
-                ok=False,
-                error_type=type(e).__name__,
-                error_message=str(e),
-                stack_trace=user_trace(e),
-            )
-        finally:
-            sys.stdout, sys.stderr = saved
-            RequestTag.request_id = ""
+        with capturing(req.request_id, shared=self.serial) as capture:
+            try:
+                body = to_body(self.call(self.handler, req.payload, ctx))
+                result = Result(request_id=req.request_id, ok=True, body=body)
+            except BaseException as e:  # the function's failure is its result, not our crash
+                result = Result(
+                    request_id=req.request_id,
+                    ok=False,
+                    error_type=type(e).__name__,
+                    error_message=str(e),
+                    stack_trace=user_trace(e),
+                )
         result.duration_ms = (time.perf_counter() - started) * 1000
         result.log = capture.tail()
         return result
@@ -174,40 +215,68 @@ async def _awaited(value: Awaitable[Any]) -> Any:
 def start(init: Init) -> tuple[Runtime | None, InitDone]:
     """Import the handler and run the initializer, capturing output and any failure."""
     started = time.perf_counter()
-    capture = LogCapture()
-    saved = sys.stdout, sys.stderr
-    sys.stdout = sys.stderr = capture
-    RequestTag.request_id = init.instance_id
     runtime: Runtime | None = None
-    try:
-        sys.path.insert(0, init.code_dir)
-        runtime = Runtime(init)
-        if init.initializer:
-            initializer = _import(init.initializer, "initializer")
-            deadline = time.time() + init.initialization_timeout
-            runtime.call(initializer, runtime.context("", deadline))
-        done = InitDone(ok=True)
-    except _InitFailure as e:
-        runtime, done = None, InitDone(ok=False, error_type=e.error_type, error_message=e.message)
-        done.stack_trace = e.trace
-    except BaseException as e:  # the initializer's failure, reported to the parent
-        runtime = None
-        done = InitDone(ok=False, error_type=type(e).__name__, error_message=str(e))
-        done.stack_trace = user_trace(e)
-    finally:
-        sys.stdout, sys.stderr = saved
-        RequestTag.request_id = ""
+    with capturing(init.instance_id, shared=True) as capture:
+        try:
+            sys.path.insert(0, init.code_dir)
+            runtime = Runtime(init)
+            if init.initializer:
+                initializer = _import(init.initializer, "initializer")
+                deadline = time.time() + init.initialization_timeout
+                runtime.call(initializer, runtime.context("", deadline))
+            done = InitDone(ok=True)
+        except _InitFailure as e:
+            runtime = None
+            done = InitDone(ok=False, error_type=e.error_type, error_message=e.message)
+            done.stack_trace = e.trace
+        except BaseException as e:  # the initializer's failure, reported to the parent
+            runtime = None
+            done = InitDone(ok=False, error_type=type(e).__name__, error_message=str(e))
+            done.stack_trace = user_trace(e)
     done.duration_ms = (time.perf_counter() - started) * 1000
     done.log = capture.tail()
     return runtime, done
 
 
+def _serial(conn: FrameSocket, runtime: Runtime) -> Callable[[Invoke], None]:
+    def run(req: Invoke) -> None:
+        conn.write(runtime.invoke(req))
+
+    return run
+
+
+def _concurrent(conn: FrameSocket, runtime: Runtime) -> Callable[[Invoke], None]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    threads = ThreadPoolExecutor(runtime.init.instance_concurrency, "pyfc-request")
+    write_lock = threading.Lock()
+
+    def answer(req: Invoke) -> None:
+        result = runtime.invoke(req)
+        try:
+            with write_lock:
+                conn.write(result)
+        except OSError:  # the parent is gone or dropped us: nobody reads results now
+            _exit(0)
+
+    def run(req: Invoke) -> None:
+        threads.submit(answer, req)
+
+    return run
+
+
 def serve(conn: FrameSocket, runtime: Runtime) -> NoReturn:
-    """Answer frames until Shutdown or until the parent closes the socket."""
+    """Answer frames until Shutdown or until the parent closes the socket.
+
+    With instanceConcurrency 1 each request runs here, in the main thread. Above that
+    this loop only reads: requests run in a pool of that many threads (async handlers
+    on the shared event loop), and results are written under a lock, whole frames each.
+    """
+    run = _serial(conn, runtime) if runtime.serial else _concurrent(conn, runtime)
     while True:
         frame = conn.read()
         if isinstance(frame, Invoke):
-            conn.write(runtime.invoke(frame))
+            run(frame)
         elif isinstance(frame, Shutdown):
             runtime.pre_stop()
             _exit(0)
@@ -233,6 +302,9 @@ def main(argv: list[str]) -> NoReturn:
     first = conn.read()
     if not isinstance(first, Init):
         _exit(2)
+    if first.address_space_limit:
+        _limit_address_space(first.address_space_limit)
+    install()
     setup_logging()
     runtime, done = start(first)
     conn.write(done)

@@ -1,21 +1,25 @@
 """Output capture inside a function instance: stdout, stderr and `logging` per request.
 
+`install()` replaces `sys.stdout` / `sys.stderr` once with routers that write to the
+capture of the request running in the current context (a `ContextVar`: each request
+thread, and each asyncio task, sees its own), so concurrent requests never mix their logs.
+Output from outside any request (threads the function started itself) goes to the
+`shared` capture while a lone request runs, else to the real stream (the worker log).
+
 Imported by the instance child process: stdlib only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
+from collections.abc import Iterator
+from contextvars import ContextVar
+from typing import Any, TextIO
 
 from worker.frames import LOG_TAIL_BYTES
-
-
-class RequestTag:
-    """The request being served, stamped on log lines (one request at a time for now)."""
-
-    request_id = ""
 
 
 class LogCapture:
@@ -58,6 +62,75 @@ class LogCapture:
         return "".join(self._parts).encode("utf-8", "replace")[-self._limit :]
 
 
+class _Scope:
+    __slots__ = ("capture", "request_id")
+
+    def __init__(self, request_id: str, capture: LogCapture) -> None:
+        self.request_id, self.capture = request_id, capture
+
+
+_current: ContextVar[_Scope | None] = ContextVar("pyfc_request_capture", default=None)
+# The capture of the only request running, for output of threads outside its context.
+_shared: _Scope | None = None
+
+
+def current_request_id() -> str:
+    """Id of the request (or instance, during start) whose output is being captured here."""
+    scope = _current.get() or _shared
+    return scope.request_id if scope is not None else ""
+
+
+@contextlib.contextmanager
+def capturing(request_id: str, *, shared: bool = False) -> Iterator[LogCapture]:
+    """Capture this context's output for one request; `shared`: also stray threads' output."""
+    global _shared
+    scope = _Scope(request_id, LogCapture())
+    token = _current.set(scope)
+    if shared:
+        _shared = scope
+    try:
+        yield scope.capture
+    finally:
+        _current.reset(token)
+        if shared:
+            _shared = None
+
+
+class _Router:
+    """`sys.stdout` / `sys.stderr` while serving: writes go to the current request's capture."""
+
+    def __init__(self, real: TextIO) -> None:
+        self._real = real
+
+    def _target(self) -> Any:
+        scope = _current.get() or _shared
+        return scope.capture if scope is not None else self._real
+
+    def write(self, text: str) -> int:
+        return int(self._target().write(text))
+
+    def writelines(self, lines: list[str]) -> None:
+        self._target().writelines(lines)
+
+    def flush(self) -> None:
+        self._target().flush()
+
+    @property
+    def buffer(self) -> Any:
+        return self._target().buffer
+
+    def __getattr__(self, name: str) -> Any:  # encoding, isatty, fileno, ...
+        return getattr(self._target(), name)
+
+
+def install() -> None:
+    """Route `sys.stdout` / `sys.stderr` through the per-request captures (once, at start)."""
+    if not isinstance(sys.stdout, _Router):
+        sys.stdout = _Router(sys.stdout)
+    if not isinstance(sys.stderr, _Router):
+        sys.stderr = _Router(sys.stderr)
+
+
 class _BytesSink:
     """`sys.stdout.buffer` for code that writes bytes."""
 
@@ -77,7 +150,7 @@ class _FCFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        return f"{stamp}.{int(record.msecs):03d}Z {RequestTag.request_id} [{record.levelname}] " + (
+        return f"{stamp}.{int(record.msecs):03d}Z {current_request_id()} [{record.levelname}] " + (
             super().format(record)
         )
 

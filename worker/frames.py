@@ -43,6 +43,10 @@ class Init(msgspec.Struct, tag=True, kw_only=True):
     instance_id: str
     code_dir: str
     log_store: str = ""
+    # Requests the instance runs at once (threads for sync handlers, one event loop for async).
+    instance_concurrency: int = 1
+    # RLIMIT_AS in bytes, set before user code is imported; 0 when a cgroup limits memory.
+    address_space_limit: int = 0
 
 
 class InitDone(msgspec.Struct, tag=True, kw_only=True):

@@ -32,7 +32,8 @@ from worker.frames import (
     read_frame,
     write_frame,
 )
-from worker.outcomes import crashed, from_result, late, timed_out
+from worker.limits import MemoryCgroup, address_space_bytes, detect_worker_group
+from worker.outcomes import crashed, from_result, late, out_of_memory, timed_out
 from worker.spawn import spawn
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,14 @@ class Instance:
         self._writer = writer
         self._workdir = workdir
         self._pending: dict[str, asyncio.Future[Result]] = {}
+        # Requests the pool has promised to this instance (in flight or about to be).
+        self.reserved = 0
+        self._memory_group: MemoryCgroup | None = None
+        self._address_space_limit = 0
+        self._out_of_memory = False
+        self._retiring = False
+        # Why we killed the child ourselves, for the other requests it was running.
+        self._kill_reason = ""
         self._alive = True
         self._stopping = False
         self._invoked = False
@@ -120,10 +129,17 @@ class Instance:
 
     @classmethod
     async def start(
-        cls, spec: FunctionSpec, code_dir: Path, *, python: str = sys.executable
+        cls,
+        spec: FunctionSpec,
+        code_dir: Path,
+        *,
+        python: str = sys.executable,
+        memory_cgroups: bool = True,
     ) -> Instance:
         """Spawn a child for `spec`, import its handler and run its initializer.
 
+        memorySize is enforced by a cgroup of its own when the machine has a writable
+        cgroup v1 memory controller (and `memory_cgroups`), else by RLIMIT_AS in the child.
         Raises `InstanceStartError` (error_type InitializationTimeout, InstanceCrashed, or
         the child's own error such as FunctionNotFound / the initializer's exception type).
         """
@@ -137,6 +153,8 @@ class Instance:
         self._output_task = asyncio.create_task(self._forward_output(out_read))
         self._exit_task = asyncio.create_task(self._watch_exit())
         try:
+            # Before Init: the child imports no user code until it has that frame.
+            await self._limit_memory(memory_cgroups)
             await self._initialize(code_dir)
         except BaseException:
             self.kill()
@@ -144,6 +162,23 @@ class Instance:
             raise
         self._reader_task = asyncio.create_task(self._read_results())
         return self
+
+    async def _limit_memory(self, memory_cgroups: bool) -> None:
+        parent = detect_worker_group() if memory_cgroups else None
+        if parent is not None:
+            try:
+                self._memory_group = await asyncio.to_thread(
+                    MemoryCgroup.create, parent, self.instance_id, self.spec.memory_size
+                )
+                await asyncio.to_thread(self._memory_group.attach, self.pid)
+                return
+            except OSError as e:  # removed again by the exit watcher
+                log.warning(
+                    "instance %s: no memory cgroup, RLIMIT_AS instead (%s)", self.instance_id, e
+                )
+        self._address_space_limit = address_space_bytes(
+            self.spec.memory_size, self.spec.instance_concurrency
+        )
 
     async def _initialize(self, code_dir: Path) -> None:
         spec = self.spec
@@ -161,6 +196,8 @@ class Instance:
             instance_id=self.instance_id,
             code_dir=str(code_dir),
             log_store=spec.log_store,
+            instance_concurrency=spec.instance_concurrency,
+            address_space_limit=self._address_space_limit,
         )
         started = time.monotonic()
         try:
@@ -206,6 +243,11 @@ class Instance:
         return len(self._pending)
 
     @property
+    def room(self) -> int:
+        """How many more requests the pool may promise this instance."""
+        return self.spec.instance_concurrency - self.reserved
+
+    @property
     def last_used(self) -> float:
         """`time.monotonic()` when the last request finished (or the instance started)."""
         return self._last_used
@@ -247,6 +289,9 @@ class Instance:
                 result = await future
         except TimeoutError:
             log.info("instance %s killed: %s ran past %.3gs", self.instance_id, inv.id, budget)
+            self._kill_reason = self._kill_reason or (
+                f"request {inv.id} on it timed out after {round(budget, 3):g}s"
+            )
             self.kill()
             await self.wait_closed()
             elapsed = (time.monotonic() - started) * 1000
@@ -254,13 +299,34 @@ class Instance:
         except (InstanceCrashed, ConnectionError) as e:
             self._sigkill()
             await self.wait_closed()
-            reason = describe_exit(self.returncode) if self.returncode is not None else str(e)
             tail = "\n".join(self._recent_output).encode()[-4096:]
+            if self._out_of_memory:
+                return out_of_memory(
+                    inv, self.instance_id, self.spec.memory_size, cold=cold, log=tail
+                )
+            reason = describe_exit(self.returncode) if self.returncode is not None else str(e)
+            if self._kill_reason:
+                reason = f"{reason}: {self._kill_reason}"
             return crashed(inv, self.instance_id, f"instance {reason}", cold=cold, log=tail)
         finally:
             self._pending.pop(inv.id, None)
             self._last_used = time.monotonic()
+            if self._retiring and not self._pending:
+                self.kill()
+        if not result.ok and result.error_type == "MemoryError" and self._address_space_limit:
+            # RLIMIT_AS hit: the process may be left half-broken, so it serves no one else.
+            self._retire()
+            return out_of_memory(
+                inv, self.instance_id, self.spec.memory_size, cold=cold, log=result.log
+            )
         return from_result(inv, self.instance_id, result, cold=cold)
+
+    def _retire(self) -> None:
+        """Take no more requests; the child is killed once those in flight have finished."""
+        self._alive = False
+        self._retiring = True
+        if not self._pending:
+            self.kill()
 
     def kill(self) -> None:
         """SIGKILL the child and everything it spawned; cleanup follows in the exit watcher."""
@@ -322,8 +388,16 @@ class Instance:
         # members remain, so this cannot hit a stranger).
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self._proc.pid, signal.SIGKILL)
+        group = self._memory_group
+        if group is not None and not self._stopping:
+            self._out_of_memory = await asyncio.to_thread(group.out_of_memory)
         if not self._stopping:
-            log.warning("instance %s %s", self.instance_id, describe_exit(returncode))
+            log.warning(
+                "instance %s %s%s",
+                self.instance_id,
+                describe_exit(returncode),
+                " (over its memorySize)" if self._out_of_memory else "",
+            )
         crash = InstanceCrashed(returncode)
         for future in self._pending.values():
             if not future.done():
@@ -337,6 +411,8 @@ class Instance:
             for task in pending:
                 task.cancel()
         await asyncio.to_thread(shutil.rmtree, self._workdir, True)
+        if group is not None:
+            await asyncio.to_thread(group.remove)
         self._closed.set()
 
     async def _forward_output(self, fd: int) -> None:

@@ -24,7 +24,9 @@ def main(settings: Settings | None = None) -> int:
 
     async def serve(stop: asyncio.Event) -> None:
         blobs = open_blob_store(settings.effective_blob_url)
-        connection = await connect(settings.amqp_url, f"pyfc-worker-{settings.worker_id}")
+        connection = await connect(
+            settings.amqp_url, f"pyfc-worker-{settings.worker_id}@{settings.namespace}"
+        )
         pool = InstancePool(max_instances=settings.worker_slots)
         code = CodeCache(blobs, settings.data_dir / "code")
         worker = Worker(

@@ -97,6 +97,14 @@ def crashed(
     )
 
 
+def out_of_memory(
+    inv: Invocation, instance_id: str, memory_size: int, *, cold: bool, log: bytes = b""
+) -> Outcome:
+    """The instance went over its memorySize: OOM-killed by its cgroup, or MemoryError."""
+    message = f"instance exceeded memorySize {memory_size} MB"
+    return _failure(inv, instance_id, "OutOfMemory", message, http_status=502, cold=cold, log=log)
+
+
 def start_failed(
     inv: Invocation, error_type: str, message: str, stack_trace: list[str], log: bytes
 ) -> Outcome:

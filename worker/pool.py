@@ -1,9 +1,11 @@
 """Warm instances of many functions sharing one worker's slots.
 
-`InstancePool.invoke` takes an idle instance of the function (warm start), or starts one
+`InstancePool.invoke` takes an instance of the function with room for one more request
+(warm start; an instance runs up to `instance_concurrency` requests at once), or starts one
 (cold start) while there is a free slot, or evicts the least recently used idle instance of
-another function, or waits for a slot. Which of these happens is decided by `choose`, a
-pure function over plain data; the pool only moves instances between its dicts.
+another function, or waits for a slot. Slots count instances, not requests. Which of these
+happens is decided by `choose`, a pure function over plain data; the pool only moves
+instances between its dicts.
 """
 
 from __future__ import annotations
@@ -19,13 +21,14 @@ from typing import Generic, Literal, Protocol, TypeVar
 
 from shared.protocol import FunctionSpec, Invocation, Outcome
 from worker.instance import Instance, InstanceStartError
+from worker.limits import release_worker_group
 from worker.outcomes import late, start_failed, unavailable
 
 log = logging.getLogger(__name__)
 
 
 class Candidate(Protocol):
-    """What `choose` needs to know about an idle instance."""
+    """What `choose` needs to know about an instance that could take a request."""
 
     @property
     def last_used(self) -> float: ...
@@ -33,14 +36,24 @@ class Candidate(Protocol):
     @property
     def alive(self) -> bool: ...
 
+    @property
+    def reserved(self) -> int:
+        """Requests promised to it (running or about to)."""
+        ...
+
+    @property
+    def room(self) -> int:
+        """Requests it may still take (instance_concurrency - reserved)."""
+        ...
+
 
 C = TypeVar("C", bound=Candidate)
 
 
 @dataclass(frozen=True, slots=True)
 class Decision(Generic[C]):
-    """`warm`: reuse `instance`; `cold`: start one in a free slot; `evict`: stop `instance`
-    (idle, another function's) and start one in its slot; `wait`: no slot can be had now."""
+    """`warm`: send it to `instance`; `cold`: start one in a free slot; `evict`: stop
+    `instance` (idle, another function's) and start one in its slot; `wait`: no slot now."""
 
     action: Literal["warm", "cold", "evict", "wait"]
     instance: C | None = None
@@ -49,16 +62,18 @@ class Decision(Generic[C]):
 def choose(key: str, idle: Mapping[str, Sequence[C]], used: int, capacity: int) -> Decision[C]:
     """Where the next invocation of `key` runs.
 
-    `idle` maps instance keys to their idle instances; `used` counts every slot taken
-    (idle, busy and starting). The most recently used warm instance is reused so the rest
-    stay idle long enough to be reaped; the least recently used one is evicted.
+    `idle` maps instance keys to their instances with room for a request (idle, or busy
+    below their instance_concurrency); `used` counts every slot taken (instances idle,
+    busy and starting). Requests pack onto the busiest instance with room, then the most
+    recently used, so the rest stay idle long enough to be reaped; the least recently used
+    idle one is evicted.
     """
-    same = idle.get(key)
+    same = [c for c in idle.get(key, ()) if c.room > 0]
     if same:
-        return Decision("warm", max(same, key=lambda c: c.last_used))
+        return Decision("warm", max(same, key=lambda c: (c.reserved, c.last_used)))
     if used < capacity:
         return Decision("cold")
-    others = [c for k, cs in idle.items() if k != key for c in cs]
+    others = [c for k, cs in idle.items() if k != key for c in cs if c.reserved == 0]
     if others:
         return Decision("evict", min(others, key=lambda c: c.last_used))
     return Decision("wait")
@@ -67,7 +82,10 @@ def choose(key: str, idle: Mapping[str, Sequence[C]], used: int, capacity: int) 
 def expired(idle: Mapping[str, Sequence[C]], now: float, idle_seconds: float) -> list[C]:
     """Idle instances unused for at least `idle_seconds` (monotonic clock), or dead."""
     return [
-        c for cs in idle.values() for c in cs if not c.alive or now - c.last_used >= idle_seconds
+        c
+        for cs in idle.values()
+        for c in cs
+        if c.reserved == 0 and (not c.alive or now - c.last_used >= idle_seconds)
     ]
 
 
@@ -87,14 +105,21 @@ class InstancePool:
     """Up to `max_instances` instances, of any functions, on this worker."""
 
     def __init__(
-        self, max_instances: int, *, python: str = sys.executable, stop_grace: float = 2.0
+        self,
+        max_instances: int,
+        *,
+        python: str = sys.executable,
+        stop_grace: float = 2.0,
+        memory_cgroups: bool = True,
     ) -> None:
         self.max_instances = max_instances
         self.stats = PoolStats()
         self._python = python
         self._stop_grace = stop_grace
+        self._memory_cgroups = memory_cgroups
         self._instances: dict[str, Instance] = {}  # every started, not yet dropped instance
-        self._idle: dict[str, list[Instance]] = {}  # instance key → idle instances
+        # instance key → instances with room for another request (idle or partly busy)
+        self._idle: dict[str, list[Instance]] = {}
         self._starting = 0
         self._closed = False
         self._cond = asyncio.Condition()
@@ -106,12 +131,12 @@ class InstancePool:
 
     @property
     def instances_idle(self) -> int:
-        """Warm instances waiting for work."""
-        return sum(len(v) for v in self._idle.values())
+        """Warm instances waiting for work (no request in flight)."""
+        return sum(1 for v in self._idle.values() for i in v if i.reserved == 0)
 
     @property
     def instances_busy(self) -> int:
-        """Instances running a request now."""
+        """Instances running at least one request now."""
         return len(self._instances) - self.instances_idle
 
     @property
@@ -129,7 +154,9 @@ class InstancePool:
             await victim.stop(self._stop_grace)
         if instance is None:
             try:
-                instance = await Instance.start(spec, code_dir, python=self._python)
+                instance = await Instance.start(
+                    spec, code_dir, python=self._python, memory_cgroups=self._memory_cgroups
+                )
             except InstanceStartError as e:
                 self.stats.start_failures += 1
                 await self._unreserve()
@@ -143,6 +170,10 @@ class InstancePool:
             async with self._cond:
                 self._starting -= 1
                 self._instances[instance.instance_id] = instance
+                instance.reserved = 1
+                if instance.room > 0:  # concurrent requests may join it while it runs
+                    self._idle.setdefault(spec.instance_key, []).append(instance)
+                    self._cond.notify_all()
         try:
             return await instance.invoke(inv)
         finally:
@@ -160,10 +191,14 @@ class InstancePool:
                 decision = choose(key, self._idle, used, self.max_instances)
                 chosen = decision.instance
                 if decision.action == "warm" and chosen is not None:
-                    self._forget_idle(chosen)
-                    if not chosen.alive:  # died while idle (OOM killer, ...): drop, retry
-                        del self._instances[chosen.instance_id]
+                    if not chosen.alive:  # died (OOM killer, ...): drop, retry
+                        self._forget_idle(chosen)
+                        if chosen.reserved == 0:
+                            del self._instances[chosen.instance_id]
                         continue
+                    chosen.reserved += 1
+                    if chosen.room <= 0:
+                        self._forget_idle(chosen)
                     self.stats.warm_starts += 1
                     return chosen, None
                 if decision.action == "cold":
@@ -197,12 +232,18 @@ class InstancePool:
 
     async def _release(self, instance: Instance) -> None:
         async with self._cond:
+            instance.reserved -= 1
+            listed = instance in self._idle.get(instance.spec.instance_key, ())
             if instance.alive and not self._closed:
-                self._idle.setdefault(instance.spec.instance_key, []).append(instance)
+                if not listed:
+                    self._idle.setdefault(instance.spec.instance_key, []).append(instance)
             else:
+                if listed:
+                    self._forget_idle(instance)
+                # A dead instance frees its slot at once, even with requests still failing.
                 self._instances.pop(instance.instance_id, None)
             self._cond.notify_all()
-        if self._closed and instance.alive:
+        if self._closed and instance.alive and instance.reserved == 0:
             await instance.stop(self._stop_grace)
 
     def _forget_idle(self, instance: Instance) -> None:
@@ -217,9 +258,6 @@ class InstancePool:
         now = time.monotonic()
         async with self._cond:
             victims = expired(self._idle, now, idle_seconds)
-            victims += [
-                i for v in self._idle.values() for i in v if not i.alive and i not in victims
-            ]
             for instance in victims:
                 self._forget_idle(instance)
                 del self._instances[instance.instance_id]
@@ -236,3 +274,4 @@ class InstancePool:
             self._idle.clear()
             self._cond.notify_all()
         await asyncio.gather(*(i.stop(self._stop_grace) for i in instances))
+        await asyncio.to_thread(release_worker_group)

@@ -13,10 +13,11 @@ import logging
 import time
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
+from aio_pika.abc import AbstractChannel, AbstractRobustConnection
+from aiormq.abc import DeliveredMessage
 
 from shared import codec
-from shared.broker import decode_or_drop
+from shared.broker import consume_fast, decode_delivery, settle
 from shared.errors import PyfcError
 from shared.logs import request_id_var
 from shared.protocol import Invocation, Outcome, system_outcome
@@ -73,8 +74,7 @@ class Worker:
         self._confirmed = await self._connection.channel(publisher_confirms=True)
         self._fast = await self._connection.channel(publisher_confirms=False)
         await declare_all(self._consume, self._topo)
-        work = await self._consume.get_queue(self._topo.work_queue)
-        await work.consume(self._on_work)
+        await consume_fast(self._consume, self._topo.work_queue, self._on_work)
         self._reaper = asyncio.create_task(self._reap_forever())
 
     async def close(self) -> None:
@@ -95,8 +95,8 @@ class Worker:
             except Exception:
                 log.exception("idle reaping failed")
 
-    async def _on_work(self, message: AbstractIncomingMessage) -> None:
-        inv = await decode_or_drop(message, Invocation)
+    async def _on_work(self, message: DeliveredMessage) -> None:
+        inv = await decode_delivery(message, Invocation)
         if inv is None:
             return
         request_id_var.set(inv.id)
@@ -104,7 +104,7 @@ class Worker:
         if outcome is None:
             outcome = await self._run(inv)
         await self._answer(message, inv, outcome)
-        await message.ack()
+        await settle(message)
 
     async def _run(self, inv: Invocation) -> Outcome:
         if inv.spec is None:
@@ -131,16 +131,15 @@ class Worker:
         )
         return outcome
 
-    async def _answer(
-        self, message: AbstractIncomingMessage, inv: Invocation, outcome: Outcome
-    ) -> None:
+    async def _answer(self, message: DeliveredMessage, inv: Invocation, outcome: Outcome) -> None:
         assert self._confirmed is not None and self._fast is not None
         body = codec.encode(outcome)
         if inv.kind == "sync":
-            if message.reply_to:
+            props = message.header.properties
+            if props.reply_to:
                 await self._fast.default_exchange.publish(
-                    aio_pika.Message(body, correlation_id=message.correlation_id),
-                    routing_key=message.reply_to,
+                    aio_pika.Message(body, correlation_id=props.correlation_id),
+                    routing_key=props.reply_to,
                     mandatory=False,
                 )
             return
