@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import hmac
 import logging
 import time
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from shared.errors import Forbidden, PayloadTooLarge, PyfcError, Unauthorized
 from shared.logs import request_id_var
 from shared.models import Tenant
 from shared.protocol import ControlEvent
+from shared.scrape import may_scrape
 from shared.settings import Settings
 from shared.store import Store
 from shared.topology import Topology
@@ -135,16 +135,6 @@ async def errors_and_auth(request: web.Request, handler: Any) -> web.StreamRespo
 
 async def healthz(request: web.Request) -> web.Response:
     return json_response({"status": "ok"})
-
-
-LOOPBACK = ("127.", "::1")
-
-
-def may_scrape(peer: str | None, authorization: str | None, token: str) -> bool:
-    """Metrics carry tenant names: only loopback peers or holders of the scrape token."""
-    if token:
-        return hmac.compare_digest(authorization or "", f"Bearer {token}")
-    return peer is not None and peer.startswith(LOOPBACK)
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -45,6 +45,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     worker_id: str = ""
     worker_slots: int = 8
     instance_idle_seconds: float = 300.0
+    # Worker Prometheus endpoint (per-function instance metrics); 0 = off.
+    worker_metrics_port: int = 0
     # Limits at the HTTP edge.
     max_event_bytes: int = 6 * 1024 * 1024
     max_code_bytes: int = 50 * 1024 * 1024

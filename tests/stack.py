@@ -125,8 +125,8 @@ class Stack:
     def logs(self, name: str) -> str:
         return self.log_path(name).read_text(errors="replace")[-8000:]
 
-    def start_worker(self) -> str:
-        name = self.spawn("worker")
+    def start_worker(self, extra_env: dict[str, str] | None = None) -> str:
+        name = self.spawn("worker", extra_env=extra_env)
         self.wait_log(name, "ready")
         return name
 

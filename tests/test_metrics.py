@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.app import may_scrape
+from shared.scrape import may_scrape
 from tests.conftest import Client
 from tests.helpers import deploy, invoke
 from tests.stack import Stack

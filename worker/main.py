@@ -12,6 +12,7 @@ from shared.process import run_role
 from shared.settings import Settings, load_or_exit
 from shared.topology import Topology
 from worker.codecache import CodeCache
+from worker.metrics import WorkerMetrics
 from worker.pool import InstancePool
 from worker.service import Worker
 
@@ -29,6 +30,12 @@ def main(settings: Settings | None = None) -> int:
         )
         pool = InstancePool(max_instances=settings.worker_slots)
         code = CodeCache(blobs, settings.data_dir / "code")
+        metrics = WorkerMetrics(pool)
+        metrics_runner = None
+        if settings.worker_metrics_port:
+            metrics_runner = await metrics.serve(
+                settings.http_host, settings.worker_metrics_port, settings.metrics_token
+            )
         worker = Worker(
             connection,
             Topology(settings.namespace),
@@ -36,6 +43,7 @@ def main(settings: Settings | None = None) -> int:
             code,
             slots=settings.worker_slots,
             idle_seconds=settings.instance_idle_seconds,
+            metrics=metrics,
         )
         try:
             await worker.start()
@@ -48,6 +56,8 @@ def main(settings: Settings | None = None) -> int:
             await stop.wait()
         finally:
             await worker.close()
+            if metrics_runner is not None:
+                await metrics_runner.cleanup()
             await pool.close()
             await connection.close()
             await blobs.close()

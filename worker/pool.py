@@ -139,6 +139,13 @@ class InstancePool:
         """Instances running at least one request now."""
         return len(self._instances) - self.instances_idle
 
+    def snapshot(self) -> list[Instance]:
+        """Every live instance now (for metrics read at scrape time)."""
+        return list(self._instances.values())
+
+    def instance(self, instance_id: str) -> Instance | None:
+        return self._instances.get(instance_id)
+
     @property
     def instances_starting(self) -> int:
         """Slots held by instances still in their cold start."""

@@ -23,6 +23,7 @@ from shared.logs import request_id_var
 from shared.protocol import Invocation, Outcome, system_outcome
 from shared.topology import Topology, declare_all
 from worker.codecache import CodeCache
+from worker.metrics import WorkerMetrics
 from worker.pool import InstancePool
 
 log = logging.getLogger("pyfc.worker")
@@ -55,6 +56,7 @@ class Worker:
         *,
         slots: int,
         idle_seconds: float,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self._connection = connection
         self._topo = topo
@@ -62,6 +64,7 @@ class Worker:
         self._code = code
         self._slots = slots
         self._idle_seconds = idle_seconds
+        self._metrics = metrics
         self._consume: AbstractChannel | None = None
         self._confirmed: AbstractChannel | None = None
         self._fast: AbstractChannel | None = None
@@ -115,6 +118,8 @@ class Worker:
             log.error("cannot fetch code %s: %s", inv.spec.code_digest[:12], e.message)
             return system_outcome(inv, e.code, f"cannot fetch function code: {e.message}", 503)
         outcome = await self._pool.invoke(inv.spec, code_dir, inv)
+        if self._metrics is not None:
+            self._metrics.observe(inv.spec, outcome)
         # Warm successful sync calls are the hot path: DEBUG keeps them out of the way;
         # async work, errors and cold starts are always logged.
         quiet = inv.kind == "sync" and outcome.status == "succeeded" and not outcome.cold_start
