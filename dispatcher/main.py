@@ -6,7 +6,7 @@ import asyncio
 import logging
 
 from dispatcher.service import Dispatcher
-from shared import logs
+from shared import logs, telemetry
 from shared.broker import connect
 from shared.process import run_role
 from shared.settings import Settings, load_or_exit
@@ -19,6 +19,7 @@ log = logging.getLogger("pyfc.dispatcher")
 def main(settings: Settings | None = None) -> int:
     settings = settings or load_or_exit()
     logs.setup("dispatcher", settings.log_level)
+    tracing = telemetry.setup("dispatcher", settings.otel_exporter)
 
     async def serve(stop: asyncio.Event) -> None:
         store = await Store.open(settings.effective_database_url)
@@ -33,6 +34,8 @@ def main(settings: Settings | None = None) -> int:
             await dispatcher.close()
             await connection.close()
             await store.close()
+            if tracing is not None:
+                tracing.shutdown()
             log.info("dispatcher stopped")
 
     return run_role(serve)

@@ -17,8 +17,9 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 from aiormq.abc import DeliveredMessage
+from opentelemetry.trace import SpanKind
 
-from shared import codec, control
+from shared import codec, control, telemetry
 from shared.broker import consume_fast, decode_delivery, settle
 from shared.catalog import FunctionCatalog
 from shared.errors import PyfcError
@@ -71,14 +72,21 @@ class Dispatcher:
         if inv is None:
             return
         request_id_var.set(inv.id)
-        try:
-            inv.spec = await self._catalog.spec(
-                inv.tenant, inv.service, inv.qualifier, inv.function, inv.min_revision
-            )
-        except PyfcError as e:
-            await self._fail(message, inv, e)
-            return
-        await self._route(message, inv)
+        with telemetry.tracer().start_as_current_span(
+            "pyfc.dispatch",
+            context=telemetry.context_from(inv.traceparent),
+            kind=SpanKind.CONSUMER,
+            attributes={"faas.invocation_id": inv.id, "pyfc.tenant": inv.tenant},
+        ):
+            try:
+                inv.spec = await self._catalog.spec(
+                    inv.tenant, inv.service, inv.qualifier, inv.function, inv.min_revision
+                )
+            except PyfcError as e:
+                await self._fail(message, inv, e)
+                return
+            inv.traceparent = telemetry.current_traceparent(fallback=inv.traceparent)
+            await self._route(message, inv)
         await settle(message)
 
     async def _route(self, message: DeliveredMessage, inv: Invocation) -> None:

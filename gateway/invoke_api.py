@@ -10,10 +10,11 @@ import uuid
 
 import aio_pika
 from aiohttp import web
+from opentelemetry.trace import SpanKind, StatusCode
 
 from gateway.app import gateway_of, json_response, tenant_of
 from gateway.rpc import invocation_headers
-from shared import codec
+from shared import codec, telemetry
 from shared.errors import BadRequest, InvocationNotFound, PayloadTooLarge, PyfcError, Unavailable
 from shared.logs import request_id_var
 from shared.models import InvocationRecord
@@ -23,6 +24,7 @@ log = logging.getLogger("pyfc.gateway")
 
 # Cold start, initializer and queueing come on top of the function's own timeout.
 SYNC_SLACK_SECONDS = 10.0
+TRACEPARENT_RE = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
 LINEAGE_RE = re.compile(
     r"^(?P<trace>[A-Za-z0-9-]{1,64})/(?P<hops>\d{1,4})(?:/(?P<origin>[\w.:/-]{0,200}))?$"
 )
@@ -91,37 +93,54 @@ async def invoke(request: web.Request) -> web.Response:
             f"event is {len(payload)} bytes; the limit is {gw.settings.max_event_bytes}"
         )
     spec = await gw.catalog.spec(tenant.name, service, qualifier, function)
-    now = time.time()
-    timeout = spec.timeout + spec.initialization_timeout + SYNC_SLACK_SECONDS
-    inv = Invocation(
-        id=request_id,
-        tenant=tenant.name,
-        service=service,
-        qualifier=qualifier,
-        function=function,
-        kind="sync" if kind == "sync" else "async",
-        source="http",
-        payload=payload,
-        created_at=now,
-        deadline=now + timeout if kind == "sync" else 0.0,
-        lineage=lineage,
-        traceparent=request.headers.get("traceparent", ""),
-        log_tail=request.headers.get("X-Fc-Log-Type", "").lower() == "tail",
-        min_revision=spec.revision,
-    )
-    if inv.kind == "sync":
-        started = time.perf_counter()
-        try:
-            outcome = await gw.rpc.call(inv, timeout)
-        except PyfcError as e:
-            gw.metrics.invocations.labels(tenant.name, "sync", e.code).inc()
-            raise
-        gw.metrics.invoke_seconds.labels(tenant.name).observe(time.perf_counter() - started)
-        gw.metrics.invocations.labels(tenant.name, "sync", outcome.status).inc()
-        return outcome_response(outcome, inv.log_tail)
-    response = await _accept_async(request, inv)
-    gw.metrics.invocations.labels(tenant.name, "async", "accepted").inc()
-    return response
+    # W3C says to ignore (not reject) a malformed traceparent: start a new trace instead.
+    incoming = request.headers.get("traceparent", "")
+    incoming = incoming if TRACEPARENT_RE.match(incoming) else ""
+    with telemetry.tracer().start_as_current_span(
+        "pyfc.invoke",
+        context=telemetry.context_from(incoming),
+        kind=SpanKind.SERVER,
+        attributes={
+            "faas.invocation_id": request_id,
+            "faas.name": f"{service}/{function}",
+            "faas.trigger": "http",
+            "pyfc.tenant": tenant.name,
+            "pyfc.kind": kind,
+        },
+    ) as span:
+        now = time.time()
+        timeout = spec.timeout + spec.initialization_timeout + SYNC_SLACK_SECONDS
+        inv = Invocation(
+            id=request_id,
+            tenant=tenant.name,
+            service=service,
+            qualifier=qualifier,
+            function=function,
+            kind="sync" if kind == "sync" else "async",
+            source="http",
+            payload=payload,
+            created_at=now,
+            deadline=now + timeout if kind == "sync" else 0.0,
+            lineage=lineage,
+            traceparent=telemetry.current_traceparent(fallback=incoming),
+            log_tail=request.headers.get("X-Fc-Log-Type", "").lower() == "tail",
+            min_revision=spec.revision,
+        )
+        if inv.kind == "sync":
+            started = time.perf_counter()
+            try:
+                outcome = await gw.rpc.call(inv, timeout)
+            except PyfcError as e:
+                gw.metrics.invocations.labels(tenant.name, "sync", e.code).inc()
+                span.set_status(StatusCode.ERROR, e.code)
+                raise
+            gw.metrics.invoke_seconds.labels(tenant.name).observe(time.perf_counter() - started)
+            gw.metrics.invocations.labels(tenant.name, "sync", outcome.status).inc()
+            span.set_attribute("pyfc.outcome", outcome.status)
+            return outcome_response(outcome, inv.log_tail)
+        response = await _accept_async(request, inv)
+        gw.metrics.invocations.labels(tenant.name, "async", "accepted").inc()
+        return response
 
 
 async def _accept_async(request: web.Request, inv: Invocation) -> web.Response:

@@ -9,7 +9,7 @@ from aiohttp import web
 
 from gateway.app import Gateway, build_app
 from gateway.rpc import RpcClient
-from shared import control, logs
+from shared import control, logs, telemetry
 from shared.blobs import open_blob_store
 from shared.broker import connect
 from shared.catalog import FunctionCatalog
@@ -24,6 +24,7 @@ log = logging.getLogger("pyfc.gateway")
 def main(settings: Settings | None = None) -> int:
     settings = settings or load_or_exit()
     logs.setup("gateway", settings.log_level)
+    tracing = telemetry.setup("gateway", settings.otel_exporter)
 
     async def serve(stop: asyncio.Event) -> None:
         store = await Store.open(settings.effective_database_url)
@@ -61,6 +62,8 @@ def main(settings: Settings | None = None) -> int:
             await connection.close()
             await blobs.close()
             await store.close()
+            if tracing is not None:
+                tracing.shutdown()
             log.info("gateway stopped")
 
     return run_role(serve)

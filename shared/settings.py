@@ -52,6 +52,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     max_code_bytes: int = 50 * 1024 * 1024
     # `/metrics` names tenants: served to loopback peers, or to holders of this token.
     metrics_token: str = ""
+    # Traces: "" (off), "console", or "jsonl:<dir>" (see shared/telemetry.py).
+    otel_exporter: str = ""
     # Default tenant concurrency cap for `pyfc tenant create`.
     tenant_concurrency: int = 100
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from shared import logs
+from shared import logs, telemetry
 from shared.blobs import open_blob_store
 from shared.broker import connect
 from shared.process import run_role
@@ -22,6 +22,7 @@ log = logging.getLogger("pyfc.worker")
 def main(settings: Settings | None = None) -> int:
     settings = settings or load_or_exit()
     logs.setup(f"worker:{settings.worker_id[-4:]}", settings.log_level)
+    tracing = telemetry.setup("worker", settings.otel_exporter)
 
     async def serve(stop: asyncio.Event) -> None:
         blobs = open_blob_store(settings.effective_blob_url)
@@ -61,6 +62,8 @@ def main(settings: Settings | None = None) -> int:
             await pool.close()
             await connection.close()
             await blobs.close()
+            if tracing is not None:
+                tracing.shutdown()
             log.info("worker stopped")
 
     return run_role(serve)

@@ -15,8 +15,9 @@ import time
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from aiormq.abc import DeliveredMessage
+from opentelemetry.trace import SpanKind, StatusCode
 
-from shared import codec
+from shared import codec, telemetry
 from shared.broker import consume_fast, decode_delivery, settle
 from shared.errors import PyfcError
 from shared.logs import request_id_var
@@ -117,7 +118,18 @@ class Worker:
         except PyfcError as e:
             log.error("cannot fetch code %s: %s", inv.spec.code_digest[:12], e.message)
             return system_outcome(inv, e.code, f"cannot fetch function code: {e.message}", 503)
-        outcome = await self._pool.invoke(inv.spec, code_dir, inv)
+        with telemetry.tracer().start_as_current_span(
+            "pyfc.run",
+            context=telemetry.context_from(inv.traceparent),
+            kind=SpanKind.CONSUMER,
+            attributes={"faas.invocation_id": inv.id, "faas.name": f"{inv.service}/{inv.function}"},
+        ) as span:
+            outcome = await self._pool.invoke(inv.spec, code_dir, inv)
+            span.set_attribute("faas.coldstart", outcome.cold_start)
+            span.set_attribute("faas.instance", outcome.instance_id)
+            span.set_attribute("pyfc.outcome", outcome.status)
+            if outcome.status != "succeeded":
+                span.set_status(StatusCode.ERROR, outcome.error_type)
         if self._metrics is not None:
             self._metrics.observe(inv.spec, outcome)
         # Warm successful sync calls are the hot path: DEBUG keeps them out of the way;
