@@ -13,7 +13,7 @@ from aiohttp import web
 from opentelemetry.trace import SpanKind, StatusCode
 
 from gateway.app import gateway_of, json_response, tenant_of
-from gateway.rpc import invocation_headers
+from gateway.rpc import BROKER_ERRORS, invocation_headers
 from shared import codec, telemetry
 from shared.errors import BadRequest, InvocationNotFound, PayloadTooLarge, PyfcError, Unavailable
 from shared.logs import request_id_var
@@ -166,7 +166,7 @@ async def _accept_async(request: web.Request, inv: Invocation) -> web.Response:
             routing_key="invoke",
             timeout=10.0,
         )
-    except Exception as e:
+    except BROKER_ERRORS as e:
         await gw.store.record_outcome(
             inv.tenant,
             inv.id,

@@ -8,12 +8,16 @@ import uuid
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange, FieldValue
 from aiormq.abc import DeliveredMessage
+from aiormq.exceptions import AMQPError, ChannelInvalidStateError
 
 from shared import codec
 from shared.broker import consume_fast
-from shared.errors import DeadlineExceeded
+from shared.errors import DeadlineExceeded, Unavailable
 from shared.protocol import Invocation, Outcome
 from shared.topology import DIRECT_REPLY_TO, HDR_HOPS, HDR_KIND, HDR_TENANT
+
+# What a publish raises while the broker connection is down or being restored.
+BROKER_ERRORS = (AMQPError, ChannelInvalidStateError, ConnectionError, RuntimeError)
 
 
 def invocation_headers(inv: Invocation) -> dict[str, FieldValue]:
@@ -52,17 +56,18 @@ class RpcClient:
         self._pending[correlation_id] = future
         # A timer handle instead of asyncio.wait_for: no extra task per call on the hot path.
         timer = loop.call_later(timeout, _expire, future)
+        message = aio_pika.Message(
+            codec.encode(inv),
+            reply_to=DIRECT_REPLY_TO,
+            correlation_id=correlation_id,
+            headers=invocation_headers(inv),
+            delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,
+        )
         try:
-            await self._exchange.publish(
-                aio_pika.Message(
-                    codec.encode(inv),
-                    reply_to=DIRECT_REPLY_TO,
-                    correlation_id=correlation_id,
-                    headers=invocation_headers(inv),
-                    delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,
-                ),
-                routing_key="invoke",
-            )
+            try:
+                await self._exchange.publish(message, routing_key="invoke")
+            except BROKER_ERRORS as e:
+                raise Unavailable(f"cannot reach the broker: {type(e).__name__}: {e}") from e
             return await future
         except TimeoutError as e:
             raise DeadlineExceeded(f"no result within {timeout:.1f}s (request {inv.id})") from e
