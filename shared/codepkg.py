@@ -27,9 +27,10 @@ import msgspec
 from shared.errors import BadRequest, InvalidCode
 
 PYTHON_RUNTIMES = ("python3", "python3.9", "python3.10", "python3.11", "python3.12")
-# `custom` (any executable speaking the HTTP invoke protocol) joins this list when the
-# worker can run it; until then it is refused at deploy time rather than failing later.
-SUPPORTED_RUNTIMES = PYTHON_RUNTIMES
+# Any executable `bootstrap` at the zip root serving FC's HTTP invoke protocol.
+CUSTOM_RUNTIME = "custom"
+SUPPORTED_RUNTIMES = (*PYTHON_RUNTIMES, CUSTOM_RUNTIME)
+BOOTSTRAP = "bootstrap"
 _ENTRY_POINT = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$", re.ASCII)
 # What zipfile raises for damaged or unsupported archives (OSError: bad seeks in BytesIO).
 _ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, NotImplementedError)
@@ -88,6 +89,8 @@ def inspect_package(
             _check_entry_point(zf, names, runtime, "handler", handler)
             if initializer:
                 _check_entry_point(zf, names, runtime, "initializer", initializer)
+        elif runtime == CUSTOM_RUNTIME:
+            _check_bootstrap(files)
     return PackageInfo(
         digest=hashlib.sha256(data).hexdigest(),
         size=len(data),
@@ -200,6 +203,20 @@ def _check_entry_point(
         raise InvalidCode(f"{what} {entry!r}: cannot parse {path}: {e}") from e
     if not _defines(tree.body, func):
         raise InvalidCode(f"{what} {entry!r}: {path} does not define {func!r} at top level")
+
+
+def _check_bootstrap(files: list[zipfile.ZipInfo]) -> None:
+    """Runtime custom: the zip root holds `bootstrap`, kept executable (unpack keeps modes)."""
+    info = next((i for i in files if i.filename == BOOTSTRAP), None)
+    if info is None:
+        names = {i.filename for i in files}
+        raise InvalidCode(f"runtime custom: {_where_is(names, (BOOTSTRAP,))}")
+    if not _is_symlink(info) and not (info.external_attr >> 16) & 0o111:
+        # Without the mode bits the worker could not exec it: refuse now, not at cold start.
+        raise InvalidCode(
+            "runtime custom: bootstrap is not executable in the zip; "
+            "`chmod +x bootstrap` before zipping (and zip with a tool that keeps modes)"
+        )
 
 
 def _where_is(names: set[str], candidates: tuple[str, ...]) -> str:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from shared.errors import PyfcError
 from shared.protocol import FunctionSpec, Invocation, Outcome
+from worker.forking import Zygote
 from worker.frames import (
     FrameError,
     Init,
@@ -34,7 +35,7 @@ from worker.frames import (
 )
 from worker.limits import MemoryCgroup, address_space_bytes, detect_worker_group
 from worker.outcomes import crashed, from_result, late, out_of_memory, timed_out
-from worker.spawn import spawn
+from worker.spawn import ChildProcess, spawn
 
 log = logging.getLogger(__name__)
 function_log = logging.getLogger("pyfc.function")
@@ -96,7 +97,7 @@ class Instance:
         self,
         spec: FunctionSpec,
         instance_id: str,
-        proc: asyncio.subprocess.Process,
+        proc: ChildProcess,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         workdir: Path,
@@ -135,6 +136,7 @@ class Instance:
         *,
         python: str = sys.executable,
         memory_cgroups: bool = True,
+        zygote: Zygote | None = None,
     ) -> Instance:
         """Spawn a child for `spec`, import its handler and run its initializer.
 
@@ -142,10 +144,11 @@ class Instance:
         cgroup v1 memory controller (and `memory_cgroups`), else by RLIMIT_AS in the child.
         Raises `InstanceStartError` (error_type InitializationTimeout, InstanceCrashed, or
         the child's own error such as FunctionNotFound / the initializer's exception type).
+        With a `zygote` the child is forked from it when it can be (see `spawn`).
         """
         instance_id = new_instance_id()
         try:
-            child = await spawn(spec, code_dir, instance_id, python)
+            child = await spawn(spec, code_dir, instance_id, python, zygote)
         except OSError as e:
             raise InstanceStartError("InstanceStartFailed", f"cannot spawn {python}: {e}") from e
         proc, reader, writer, out_read, workdir = child

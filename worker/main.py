@@ -12,6 +12,7 @@ from shared.process import run_role
 from shared.settings import Settings, load_or_exit
 from shared.topology import Topology
 from worker.codecache import CodeCache
+from worker.forking import Zygote
 from worker.metrics import WorkerMetrics
 from worker.pool import InstancePool
 from worker.service import Worker
@@ -29,7 +30,8 @@ def main(settings: Settings | None = None) -> int:
         connection = await connect(
             settings.amqp_url, f"pyfc-worker-{settings.worker_id}@{settings.namespace}"
         )
-        pool = InstancePool(max_instances=settings.worker_slots)
+        zygote = Zygote() if settings.worker_zygote else None
+        pool = InstancePool(max_instances=settings.worker_slots, zygote=zygote)
         code = CodeCache(blobs, settings.data_dir / "code")
         metrics = WorkerMetrics(pool)
         metrics_runner = None
@@ -60,6 +62,8 @@ def main(settings: Settings | None = None) -> int:
             if metrics_runner is not None:
                 await metrics_runner.cleanup()
             await pool.close()
+            if zygote is not None:
+                await zygote.close()
             await connection.close()
             await blobs.close()
             if tracing is not None:

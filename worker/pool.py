@@ -19,12 +19,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, Literal, Protocol, TypeVar
 
+from shared.codepkg import CUSTOM_RUNTIME
 from shared.protocol import FunctionSpec, Invocation, Outcome
+from worker.custom import CustomInstance
+from worker.forking import Zygote
 from worker.instance import Instance, InstanceStartError
 from worker.limits import release_worker_group
 from worker.outcomes import late, start_failed, unavailable
 
 log = logging.getLogger(__name__)
+
+# A Python instance (worker.bootstrap child) or a runtime-custom `bootstrap` process.
+AnyInstance = Instance | CustomInstance
 
 
 class Candidate(Protocol):
@@ -111,15 +117,17 @@ class InstancePool:
         python: str = sys.executable,
         stop_grace: float = 2.0,
         memory_cgroups: bool = True,
+        zygote: Zygote | None = None,
     ) -> None:
         self.max_instances = max_instances
+        self._zygote = zygote  # Python instances fork from it when set (worker.forking)
         self.stats = PoolStats()
         self._python = python
         self._stop_grace = stop_grace
         self._memory_cgroups = memory_cgroups
-        self._instances: dict[str, Instance] = {}  # every started, not yet dropped instance
+        self._instances: dict[str, AnyInstance] = {}  # every started, not yet dropped instance
         # instance key → instances with room for another request (idle or partly busy)
-        self._idle: dict[str, list[Instance]] = {}
+        self._idle: dict[str, list[AnyInstance]] = {}
         self._starting = 0
         self._closed = False
         self._cond = asyncio.Condition()
@@ -139,11 +147,11 @@ class InstancePool:
         """Instances running at least one request now."""
         return len(self._instances) - self.instances_idle
 
-    def snapshot(self) -> list[Instance]:
+    def snapshot(self) -> list[AnyInstance]:
         """Every live instance now (for metrics read at scrape time)."""
         return list(self._instances.values())
 
-    def instance(self, instance_id: str) -> Instance | None:
+    def instance(self, instance_id: str) -> AnyInstance | None:
         return self._instances.get(instance_id)
 
     @property
@@ -161,9 +169,7 @@ class InstancePool:
             await victim.stop(self._stop_grace)
         if instance is None:
             try:
-                instance = await Instance.start(
-                    spec, code_dir, python=self._python, memory_cgroups=self._memory_cgroups
-                )
+                instance = await self._start(spec, code_dir)
             except InstanceStartError as e:
                 self.stats.start_failures += 1
                 await self._unreserve()
@@ -186,9 +192,20 @@ class InstancePool:
         finally:
             await self._release(instance)
 
+    async def _start(self, spec: FunctionSpec, code_dir: Path) -> AnyInstance:
+        if spec.runtime == CUSTOM_RUNTIME:
+            return await CustomInstance.start(spec, code_dir, memory_cgroups=self._memory_cgroups)
+        return await Instance.start(
+            spec,
+            code_dir,
+            python=self._python,
+            memory_cgroups=self._memory_cgroups,
+            zygote=self._zygote,
+        )
+
     async def _acquire(
         self, key: str, deadline: float
-    ) -> tuple[Instance | None, Instance | None] | None:
+    ) -> tuple[AnyInstance | None, AnyInstance | None] | None:
         """(warm instance or None to start one, idle instance to evict first); None if late."""
         async with self._cond:
             while True:
@@ -237,7 +254,7 @@ class InstancePool:
             self._starting -= 1
             self._cond.notify_all()
 
-    async def _release(self, instance: Instance) -> None:
+    async def _release(self, instance: AnyInstance) -> None:
         async with self._cond:
             instance.reserved -= 1
             listed = instance in self._idle.get(instance.spec.instance_key, ())
@@ -253,7 +270,7 @@ class InstancePool:
         if self._closed and instance.alive and instance.reserved == 0:
             await instance.stop(self._stop_grace)
 
-    def _forget_idle(self, instance: Instance) -> None:
+    def _forget_idle(self, instance: AnyInstance) -> None:
         key = instance.spec.instance_key
         idle = self._idle[key]
         idle.remove(instance)

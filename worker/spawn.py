@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import shutil
 import signal
@@ -17,16 +18,31 @@ import subprocess
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import worker
 from shared.protocol import FunctionSpec
+from worker.forking import Zygote, ZygoteUnavailable, interpreter_settings
+
+log = logging.getLogger(__name__)
+
+
+class ChildProcess(Protocol):
+    """What `Instance` needs of its process: `asyncio.subprocess.Process` or `ForkedProcess`."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    async def wait(self) -> int: ...
 
 
 class Spawned(NamedTuple):
     """A started child, not yet initialized; the caller owns every part of it."""
 
-    proc: asyncio.subprocess.Process
+    proc: ChildProcess
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
     output_fd: int  # read end of the child's stdout/stderr pipe
@@ -78,8 +94,39 @@ def build_environment(
     return {k: v for k, v in env.items() if not k.startswith("PYFC_")}
 
 
-async def spawn(spec: FunctionSpec, code_dir: Path, instance_id: str, python: str) -> Spawned:
-    """Start `python -m worker.bootstrap` for `spec`; raises OSError if it cannot start."""
+def forkable(spec: FunctionSpec, python: str, zygote: Zygote) -> bool:
+    """Whether an instance of `spec` may be forked from `zygote` instead of spawned."""
+    return zygote.python == python and not interpreter_settings(spec.environment)
+
+
+async def _fork(
+    zygote: Zygote,
+    env: dict[str, str],
+    code_dir: Path,
+    child_sock: socket.socket,
+    out_write: int,
+    instance_id: str,
+) -> ChildProcess | None:
+    try:
+        return await zygote.fork(env, str(code_dir), child_sock.fileno(), out_write)
+    except ZygoteUnavailable as e:
+        log.warning("instance %s: spawned, not forked (%s)", instance_id, e)
+        return None
+
+
+async def spawn(
+    spec: FunctionSpec,
+    code_dir: Path,
+    instance_id: str,
+    python: str,
+    zygote: Zygote | None = None,
+) -> Spawned:
+    """Start `python -m worker.bootstrap` for `spec`; raises OSError if it cannot start.
+
+    With a `zygote` (of the same `python`) the child is forked from it, already imported;
+    it is spawned instead when the function sets interpreter variables (PYTHONHASHSEED...)
+    or the zygote is unavailable.
+    """
     workdir = Path(tempfile.mkdtemp(prefix=f"pyfc-{instance_id}-"))
     (workdir / "home").mkdir()
     (workdir / "tmp").mkdir()
@@ -94,7 +141,10 @@ async def spawn(spec: FunctionSpec, code_dir: Path, instance_id: str, python: st
     parent_sock, child_sock = socket.socketpair()
     out_read, out_write = os.pipe()
     try:
-        proc = await asyncio.create_subprocess_exec(
+        proc = None
+        if zygote is not None and forkable(spec, python, zygote):
+            proc = await _fork(zygote, env, code_dir, child_sock, out_write, instance_id)
+        proc = proc or await asyncio.create_subprocess_exec(
             python,
             *("-u", "-X", "faulthandler", "-m", "worker.bootstrap"),
             *(str(child_sock.fileno()), str(os.getpid())),

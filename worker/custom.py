@@ -1,0 +1,394 @@
+"""Runtime `custom`: the instance is the function's own `bootstrap` executable serving HTTP.
+
+Function Compute's custom runtime protocol, so any language works: the worker starts
+`<code>/bootstrap` with `FC_SERVER_HOST`/`FC_SERVER_PORT` in its environment and waits
+until that port accepts connections; then `POST /initialize` once (only when the function
+has an initializer) and `POST /invoke` per request, the event as body and the request's
+metadata as `x-fc-*` headers. A 2xx answer is the result; anything else is an unhandled
+error. As for Python instances (`worker.instance`), the worker enforces the timeout by
+SIGKILL of the process group and memorySize by a memory cgroup when it has one (there is
+no RLIMIT_AS fallback: runtimes such as V8 or Go reserve far more address space than
+they use). `CustomInstance` offers the pool what `Instance` does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import aiohttp
+
+from shared.codepkg import BOOTSTRAP
+from shared.protocol import FunctionSpec, Invocation, Outcome
+from worker.custom_protocol import (
+    HOST,
+    ResponseTooLarge,
+    error_from_response,
+    free_port,
+    read_capped,
+    request_headers,
+)
+from worker.frames import Result
+from worker.instance import InstanceStartError, describe_exit, invocation_budget, new_instance_id
+from worker.limits import MemoryCgroup, detect_worker_group
+from worker.outcomes import crashed, error_body, from_result, late, out_of_memory, timed_out
+from worker.output import ProcessOutput
+from worker.spawn import build_environment
+
+log = logging.getLogger(__name__)
+
+_CONNECT_POLL = 0.02
+# Below common servers' idle timeout (Node's is 5 s): never reuse a connection being closed.
+_KEEPALIVE = 4.0
+_LOST_WAIT = 1.0  # after a dropped connection, how long the process gets to show it died
+_EXIT_WAIT = 10.0
+_PR_SET_PDEATHSIG = 1
+
+
+def _child_setup(parent_pid: int, group: MemoryCgroup | None) -> Callable[[], None]:
+    """preexec_fn: die with the worker, and be in the memory cgroup before `bootstrap` runs."""
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up in the parent, not the fork
+
+    def setup() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent_pid:  # the worker died before prctl: nobody signals us
+            os._exit(1)
+        if group is not None:
+            group.attach(os.getpid())
+
+    return setup
+
+
+class CustomInstance:
+    """A running `bootstrap` process of one function version; see `start`."""
+
+    def __init__(
+        self,
+        spec: FunctionSpec,
+        instance_id: str,
+        proc: asyncio.subprocess.Process,
+        output_fd: int,
+        workdir: Path,
+        port: int,
+        memory_group: MemoryCgroup | None,
+    ) -> None:
+        self.spec = spec
+        self.instance_id = instance_id
+        self.port = port
+        self.init_duration_ms = 0.0
+        # Requests the pool has promised to this instance (in flight or about to be).
+        self.reserved = 0
+        self._proc = proc
+        self._workdir = workdir
+        self._memory_group = memory_group
+        self._session = aiohttp.ClientSession(
+            f"http://{HOST}:{port}",
+            connector=aiohttp.TCPConnector(
+                limit=spec.instance_concurrency, keepalive_timeout=_KEEPALIVE
+            ),
+            timeout=aiohttp.ClientTimeout(total=None),  # ours: asyncio.timeout per request
+        )
+        self._in_flight = 0
+        self._alive = True
+        self._stopping = False
+        self._invoked = False
+        self._out_of_memory = False
+        self._kill_reason = ""  # why we killed it, for the other requests it was running
+        self._last_used = time.monotonic()
+        self._output = ProcessOutput(output_fd, instance_id)
+        self._exited = asyncio.Event()
+        self._closed = asyncio.Event()
+        self._exit_task = asyncio.create_task(self._watch_exit())
+
+    @classmethod
+    async def start(
+        cls, spec: FunctionSpec, code_dir: Path, *, memory_cgroups: bool = True
+    ) -> CustomInstance:
+        """Spawn `bootstrap`, wait until it listens, and call its `/initialize` if configured.
+
+        Raises `InstanceStartError` (InstanceStartFailed, InstanceCrashed,
+        InitializationTimeout, or the initializer's own errorType).
+        """
+        bootstrap = code_dir / BOOTSTRAP
+        if not os.access(bootstrap, os.X_OK):
+            raise InstanceStartError(
+                "InstanceStartFailed", f"{BOOTSTRAP} is missing or not executable in the package"
+            )
+        instance_id = new_instance_id()
+        group = await _memory_group(instance_id, spec.memory_size) if memory_cgroups else None
+        port = free_port()
+        workdir = Path(tempfile.mkdtemp(prefix=f"pyfc-{instance_id}-"))
+        (workdir / "home").mkdir()
+        (workdir / "tmp").mkdir()
+        env = build_environment(
+            spec,
+            code_dir=code_dir,
+            instance_id=instance_id,
+            home=workdir / "home",
+            tmp=workdir / "tmp",
+            inherited=os.environ,
+        )
+        # Those two serve worker.bootstrap; a custom runtime gets only the function's own.
+        for name in ("PYTHONPATH", "PYTHONDONTWRITEBYTECODE"):
+            env.pop(name, None)
+            if name in spec.environment:
+                env[name] = spec.environment[name]
+        env.update(FC_SERVER_HOST=HOST, FC_SERVER_PORT=str(port), FC_RUNTIME="custom")
+        out_read, out_write = os.pipe()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                str(bootstrap),
+                env=env,
+                cwd=code_dir,
+                stdin=subprocess.DEVNULL,
+                stdout=out_write,  # our pipe, not PIPE: see worker.spawn
+                stderr=out_write,
+                start_new_session=True,
+                preexec_fn=_child_setup(os.getpid(), group),
+            )
+        except (OSError, subprocess.SubprocessError) as e:  # the latter: preexec_fn failed
+            os.close(out_read)
+            shutil.rmtree(workdir, ignore_errors=True)
+            if group is not None:
+                await asyncio.to_thread(group.remove)
+            raise InstanceStartError("InstanceStartFailed", f"cannot run {BOOTSTRAP}: {e}") from e
+        finally:
+            os.close(out_write)
+        self = cls(spec, instance_id, proc, out_read, workdir, port, group)
+        try:
+            await self._initialize()
+        except BaseException:
+            self.kill()
+            await self.wait_closed()
+            raise
+        return self
+
+    async def _initialize(self) -> None:
+        spec, started = self.spec, time.monotonic()
+        try:
+            async with asyncio.timeout(spec.initialization_timeout):
+                await self._wait_listening()
+                if spec.initializer:
+                    await self._call_initializer()
+        except TimeoutError:
+            self._output.read()
+            raise InstanceStartError(
+                "InitializationTimeout",
+                f"{BOOTSTRAP} did not listen on port {self.port} and initialize within "
+                f"{spec.initialization_timeout:g}s",
+                log=self._output.tail(0),
+            ) from None
+        except aiohttp.ClientError as e:
+            raise await self._start_crashed(f"connection lost during /initialize: {e}") from None
+        self.init_duration_ms = (time.monotonic() - started) * 1000
+
+    async def _wait_listening(self) -> None:
+        while True:
+            if self._exited.is_set():
+                raise await self._start_crashed(f"before listening on port {self.port}")
+            try:
+                _, writer = await asyncio.open_connection(HOST, self.port)
+            except OSError:
+                await asyncio.sleep(_CONNECT_POLL)
+                continue
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+            return
+
+    async def _call_initializer(self) -> None:
+        headers = request_headers(self.spec, f"init-{self.instance_id}")
+        async with self._session.post("/initialize", data=b"", headers=headers) as response:
+            body = await response.read()
+        self._output.read()
+        if not 200 <= response.status < 300:
+            error_type, message, trace = error_from_response(response.status, body)
+            raise InstanceStartError(error_type, message, trace, log=self._output.tail(0))
+
+    async def _start_crashed(self, when: str) -> InstanceStartError:
+        await self._settle(f"it failed {when}")
+        code = self._proc.returncode
+        reason = describe_exit(code) if code is not None else "stopped answering"
+        return InstanceStartError(
+            "InstanceCrashed", f"{BOOTSTRAP} {reason} {when}", log=self._output.tail(0)
+        )
+
+    async def _settle(self, why: str) -> None:
+        """After a broken connection: let a dying process show its exit status, or kill it
+        (a server that drops requests serves no one else); then wait until it is gone."""
+        try:
+            async with asyncio.timeout(_LOST_WAIT):
+                await self._exited.wait()
+        except TimeoutError:
+            self._kill_reason = self._kill_reason or why
+            self.kill()
+        await self.wait_closed()
+
+    @property
+    def alive(self) -> bool:
+        """False once the process died, was killed or is being stopped: never reuse it then."""
+        return self._alive
+
+    @property
+    def busy(self) -> bool:
+        return self._in_flight > 0
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    @property
+    def room(self) -> int:
+        """How many more requests the pool may promise this instance."""
+        return self.spec.instance_concurrency - self.reserved
+
+    @property
+    def last_used(self) -> float:
+        """`time.monotonic()` when the last request finished (or the instance started)."""
+        return self._last_used
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self._proc.returncode
+
+    async def invoke(self, inv: Invocation) -> Outcome:
+        """POST `inv` to `/invoke`; function failures come back as an Outcome, not raised."""
+        budget = invocation_budget(self.spec.timeout, inv.deadline, time.time())
+        if budget <= 0:
+            return late(inv, self.instance_id)
+        if not self._alive:
+            return crashed(inv, self.instance_id, "instance is not running", cold=False)
+        cold, self._invoked = not self._invoked, True
+        headers = request_headers(self.spec, inv.id)
+        if inv.traceparent:
+            headers["traceparent"] = inv.traceparent
+        mark, started = self._output.offset, time.monotonic()
+        self._in_flight += 1
+        try:
+            async with asyncio.timeout(budget):
+                async with self._session.post("/invoke", data=inv.payload, headers=headers) as r:
+                    status, body = r.status, await read_capped(r)
+        except TimeoutError:
+            log.info("instance %s killed: %s ran past %.3gs", self.instance_id, inv.id, budget)
+            self._kill_reason = self._kill_reason or (
+                f"request {inv.id} on it timed out after {round(budget, 3):g}s"
+            )
+            self.kill()
+            await self.wait_closed()
+            elapsed = (time.monotonic() - started) * 1000
+            return timed_out(inv, self.instance_id, budget, elapsed, cold=cold)
+        except aiohttp.ClientError as e:
+            return await self._lost(inv, e, mark, cold=cold)
+        except ResponseTooLarge as e:  # the connection is dropped; the process may go on
+            status, body = 502, error_body("ResponseTooLarge", str(e))
+        finally:
+            self._in_flight -= 1
+            self._last_used = time.monotonic()
+        self._output.read()  # what it printed before answering is in the pipe by now
+        result = Result(
+            request_id=inv.id,
+            ok=200 <= status < 300,
+            body=body,
+            log=self._output.tail(mark),
+            duration_ms=(time.monotonic() - started) * 1000,
+        )
+        if not result.ok:
+            result.error_type, result.error_message, result.stack_trace = error_from_response(
+                status, body
+            )
+        return from_result(inv, self.instance_id, result, cold=cold)
+
+    async def _lost(self, inv: Invocation, error: Exception, mark: int, *, cold: bool) -> Outcome:
+        """The connection broke mid-request: the process died, or is broken and is killed."""
+        await self._settle(f"it dropped request {inv.id} ({error})")
+        tail = self._output.tail(mark)
+        if self._out_of_memory:
+            return out_of_memory(inv, self.instance_id, self.spec.memory_size, cold=cold, log=tail)
+        code = self._proc.returncode
+        reason = describe_exit(code) if code is not None else str(error)
+        if self._kill_reason:
+            reason = f"{reason}: {self._kill_reason}"
+        return crashed(inv, self.instance_id, f"instance {reason}", cold=cold, log=tail)
+
+    def kill(self) -> None:
+        """SIGKILL the process and everything it spawned; cleanup follows in the exit watcher."""
+        self._stopping = True  # on purpose: not worth a warning when it exits
+        self._alive = False
+        if self._proc.returncode is None:  # not reaped: the pid (and group id) is still ours
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._proc.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._proc.pid, signal.SIGKILL)  # before setsid ran in the child
+
+    async def stop(self, grace: float = 2.0) -> None:
+        """SIGTERM the process group; SIGKILL it if it takes longer than `grace` to exit."""
+        self._stopping = True
+        self._alive = False
+        if self._proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._proc.pid, signal.SIGTERM)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace):
+                    await self._exited.wait()
+        self.kill()
+        await self.wait_closed()
+
+    async def wait_closed(self) -> bool:
+        """Wait until the process exited and its resources are released; False if it hangs."""
+        try:
+            async with asyncio.timeout(_EXIT_WAIT):
+                await self._closed.wait()
+        except TimeoutError:
+            log.error("instance %s (pid %d) did not exit after SIGKILL", self.instance_id, self.pid)
+            return False
+        return True
+
+    async def _watch_exit(self) -> None:
+        returncode = await self._proc.wait()
+        self._alive = False
+        self._exited.set()
+        # Whatever it spawned dies with it (the group id cannot be reused while members remain).
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._proc.pid, signal.SIGKILL)
+        group = self._memory_group
+        if group is not None and not self._stopping:
+            self._out_of_memory = await asyncio.to_thread(group.out_of_memory)
+        if not self._stopping:
+            log.warning(
+                "instance %s %s%s",
+                self.instance_id,
+                describe_exit(returncode),
+                " (over its memorySize)" if self._out_of_memory else "",
+            )
+        # Fails requests still waiting: a grandchild might hold their sockets open.
+        await self._session.close()
+        self._output.close()
+        await asyncio.to_thread(shutil.rmtree, self._workdir, True)
+        if group is not None:
+            await asyncio.to_thread(group.remove)
+        self._closed.set()
+
+
+async def _memory_group(instance_id: str, memory_size: int) -> MemoryCgroup | None:
+    parent = detect_worker_group()
+    if parent is None:
+        return None
+    try:
+        return await asyncio.to_thread(MemoryCgroup.create, parent, instance_id, memory_size)
+    except OSError as e:
+        log.warning("instance %s: no memory cgroup, memorySize not enforced (%s)", instance_id, e)
+        return None
