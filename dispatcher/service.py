@@ -72,11 +72,11 @@ class Dispatcher:
         if inv is None:
             return
         request_id_var.set(inv.id)
-        with telemetry.tracer().start_as_current_span(
+        with telemetry.span(
             "pyfc.dispatch",
-            context=telemetry.context_from(inv.traceparent),
-            kind=SpanKind.CONSUMER,
-            attributes={"faas.invocation_id": inv.id, "pyfc.tenant": inv.tenant},
+            inv.traceparent,
+            SpanKind.CONSUMER,
+            {"faas.invocation_id": inv.id, "pyfc.tenant": inv.tenant},
         ):
             try:
                 inv.spec = await self._catalog.spec(

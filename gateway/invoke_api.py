@@ -96,11 +96,11 @@ async def invoke(request: web.Request) -> web.Response:
     # W3C says to ignore (not reject) a malformed traceparent: start a new trace instead.
     incoming = request.headers.get("traceparent", "")
     incoming = incoming if TRACEPARENT_RE.match(incoming) else ""
-    with telemetry.tracer().start_as_current_span(
+    with telemetry.span(
         "pyfc.invoke",
-        context=telemetry.context_from(incoming),
-        kind=SpanKind.SERVER,
-        attributes={
+        incoming,
+        SpanKind.SERVER,
+        {
             "faas.invocation_id": request_id,
             "faas.name": f"{service}/{function}",
             "faas.trigger": "http",
@@ -132,11 +132,13 @@ async def invoke(request: web.Request) -> web.Response:
                 outcome = await gw.rpc.call(inv, timeout)
             except PyfcError as e:
                 gw.metrics.invocations.labels(tenant.name, "sync", e.code).inc()
-                span.set_status(StatusCode.ERROR, e.code)
+                if span is not None:
+                    span.set_status(StatusCode.ERROR, e.code)
                 raise
             gw.metrics.invoke_seconds.labels(tenant.name).observe(time.perf_counter() - started)
             gw.metrics.invocations.labels(tenant.name, "sync", outcome.status).inc()
-            span.set_attribute("pyfc.outcome", outcome.status)
+            if span is not None:
+                span.set_attribute("pyfc.outcome", outcome.status)
             return outcome_response(outcome, inv.log_tail)
         response = await _accept_async(request, inv)
         gw.metrics.invocations.labels(tenant.name, "async", "accepted").inc()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import IO
 
@@ -30,6 +31,9 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from shared.errors import BadRequest
 
 _propagator = TraceContextTextMapPropagator()
+# Set once by `setup` in a role's main. When off, `span()` costs nothing on the hot path
+# (even the API's no-op tracer attaches and detaches contexts on every hop).
+_enabled = False
 
 
 class JsonLinesExporter(SpanExporter):
@@ -64,11 +68,28 @@ def setup(role: str, exporter: str) -> TracerProvider | None:
             f"PYFC_OTEL_EXPORTER must be '', 'console' or 'jsonl:<dir>', not {exporter!r}"
         )
     trace.set_tracer_provider(provider)
+    global _enabled
+    _enabled = True
     return provider
 
 
 def tracer() -> trace.Tracer:
     return trace.get_tracer("pyfc")
+
+
+def enabled() -> bool:
+    return _enabled
+
+
+def span(
+    name: str, traceparent: str, kind: trace.SpanKind, attributes: dict[str, str | bool]
+) -> AbstractContextManager[trace.Span | None]:
+    """A span continuing `traceparent`, or a free null context when tracing is off."""
+    if not _enabled:
+        return nullcontext()
+    return tracer().start_as_current_span(
+        name, context=context_from(traceparent), kind=kind, attributes=attributes
+    )
 
 
 def context_from(traceparent: str) -> Context | None:
@@ -80,6 +101,8 @@ def context_from(traceparent: str) -> Context | None:
 
 def current_traceparent(fallback: str = "") -> str:
     """`traceparent` of the current span, for the next hop; `fallback` when not tracing."""
+    if not _enabled:
+        return fallback
     carrier: dict[str, str] = {}
     _propagator.inject(carrier)
     return carrier.get("traceparent", fallback)

@@ -118,18 +118,19 @@ class Worker:
         except PyfcError as e:
             log.error("cannot fetch code %s: %s", inv.spec.code_digest[:12], e.message)
             return system_outcome(inv, e.code, f"cannot fetch function code: {e.message}", 503)
-        with telemetry.tracer().start_as_current_span(
+        with telemetry.span(
             "pyfc.run",
-            context=telemetry.context_from(inv.traceparent),
-            kind=SpanKind.CONSUMER,
-            attributes={"faas.invocation_id": inv.id, "faas.name": f"{inv.service}/{inv.function}"},
+            inv.traceparent,
+            SpanKind.CONSUMER,
+            {"faas.invocation_id": inv.id, "faas.name": f"{inv.service}/{inv.function}"},
         ) as span:
             outcome = await self._pool.invoke(inv.spec, code_dir, inv)
-            span.set_attribute("faas.coldstart", outcome.cold_start)
-            span.set_attribute("faas.instance", outcome.instance_id)
-            span.set_attribute("pyfc.outcome", outcome.status)
-            if outcome.status != "succeeded":
-                span.set_status(StatusCode.ERROR, outcome.error_type)
+            if span is not None:
+                span.set_attribute("faas.coldstart", outcome.cold_start)
+                span.set_attribute("faas.instance", outcome.instance_id)
+                span.set_attribute("pyfc.outcome", outcome.status)
+                if outcome.status != "succeeded":
+                    span.set_status(StatusCode.ERROR, outcome.error_type)
         if self._metrics is not None:
             self._metrics.observe(inv.spec, outcome)
         # Warm successful sync calls are the hot path: DEBUG keeps them out of the way;
