@@ -21,7 +21,6 @@ import os
 import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -40,10 +39,11 @@ from worker.custom_protocol import (
 )
 from worker.frames import Result
 from worker.instance import InstanceStartError, describe_exit, invocation_budget, new_instance_id
+from worker.instance_base import InstanceBase
 from worker.limits import MemoryCgroup, detect_worker_group
 from worker.outcomes import crashed, error_body, from_result, late, out_of_memory, timed_out
 from worker.output import ProcessOutput
-from worker.spawn import build_environment
+from worker.spawn import private_workdir
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def _child_setup(parent_pid: int, group: MemoryCgroup | None) -> Callable[[], No
     return setup
 
 
-class CustomInstance:
+class CustomInstance(InstanceBase):
     """A running `bootstrap` process of one function version; see `start`."""
 
     def __init__(
@@ -82,13 +82,9 @@ class CustomInstance:
         port: int,
         memory_group: MemoryCgroup | None,
     ) -> None:
-        self.spec = spec
-        self.instance_id = instance_id
+        super().__init__(spec, instance_id, proc)
+        self._proc: asyncio.subprocess.Process = proc
         self.port = port
-        self.init_duration_ms = 0.0
-        # Requests the pool has promised to this instance (in flight or about to be).
-        self.reserved = 0
-        self._proc = proc
         self._workdir = workdir
         self._memory_group = memory_group
         self._session = aiohttp.ClientSession(
@@ -99,12 +95,10 @@ class CustomInstance:
             timeout=aiohttp.ClientTimeout(total=None),  # ours: asyncio.timeout per request
         )
         self._in_flight = 0
-        self._alive = True
         self._stopping = False
         self._invoked = False
         self._out_of_memory = False
         self._kill_reason = ""  # why we killed it, for the other requests it was running
-        self._last_used = time.monotonic()
         self._output = ProcessOutput(output_fd, instance_id)
         self._exited = asyncio.Event()
         self._closed = asyncio.Event()
@@ -127,17 +121,7 @@ class CustomInstance:
         instance_id = new_instance_id()
         group = await _memory_group(instance_id, spec.memory_size) if memory_cgroups else None
         port = free_port()
-        workdir = Path(tempfile.mkdtemp(prefix=f"pyfc-{instance_id}-"))
-        (workdir / "home").mkdir()
-        (workdir / "tmp").mkdir()
-        env = build_environment(
-            spec,
-            code_dir=code_dir,
-            instance_id=instance_id,
-            home=workdir / "home",
-            tmp=workdir / "tmp",
-            inherited=os.environ,
-        )
+        workdir, env = private_workdir(spec, code_dir, instance_id)
         # Those two serve worker.bootstrap; a custom runtime gets only the function's own.
         for name in ("PYTHONPATH", "PYTHONDONTWRITEBYTECODE"):
             env.pop(name, None)
@@ -235,35 +219,8 @@ class CustomInstance:
         await self.wait_closed()
 
     @property
-    def alive(self) -> bool:
-        """False once the process died, was killed or is being stopped: never reuse it then."""
-        return self._alive
-
-    @property
-    def busy(self) -> bool:
-        return self._in_flight > 0
-
-    @property
     def in_flight(self) -> int:
         return self._in_flight
-
-    @property
-    def room(self) -> int:
-        """How many more requests the pool may promise this instance."""
-        return self.spec.instance_concurrency - self.reserved
-
-    @property
-    def last_used(self) -> float:
-        """`time.monotonic()` when the last request finished (or the instance started)."""
-        return self._last_used
-
-    @property
-    def pid(self) -> int:
-        return self._proc.pid
-
-    @property
-    def returncode(self) -> int | None:
-        return self._proc.returncode
 
     async def invoke(self, inv: Invocation) -> Outcome:
         """POST `inv` to `/invoke`; function failures come back as an Outcome, not raised."""

@@ -33,6 +33,7 @@ from worker.frames import (
     read_frame,
     write_frame,
 )
+from worker.instance_base import InstanceBase
 from worker.limits import MemoryCgroup, address_space_bytes, detect_worker_group
 from worker.outcomes import crashed, from_result, late, out_of_memory, timed_out
 from worker.spawn import ChildProcess, spawn
@@ -90,7 +91,7 @@ def invocation_budget(timeout: float, deadline: float, now: float) -> float:
     return min(timeout, deadline - now) if deadline else timeout
 
 
-class Instance:
+class Instance(InstanceBase):
     """A running child process hosting one function version; see `start`."""
 
     def __init__(
@@ -102,26 +103,19 @@ class Instance:
         writer: asyncio.StreamWriter,
         workdir: Path,
     ) -> None:
-        self.spec = spec
-        self.instance_id = instance_id
-        self.init_duration_ms = 0.0
-        self._proc = proc
+        super().__init__(spec, instance_id, proc)
         self._reader = reader
         self._writer = writer
         self._workdir = workdir
         self._pending: dict[str, asyncio.Future[Result]] = {}
-        # Requests the pool has promised to this instance (in flight or about to be).
-        self.reserved = 0
         self._memory_group: MemoryCgroup | None = None
         self._address_space_limit = 0
         self._out_of_memory = False
         self._retiring = False
         # Why we killed the child ourselves, for the other requests it was running.
         self._kill_reason = ""
-        self._alive = True
         self._stopping = False
         self._invoked = False
-        self._last_used = time.monotonic()
         self._recent_output: deque[str] = deque(maxlen=_RECENT_OUTPUT_LINES)
         self._closed = asyncio.Event()
         self._reader_task: asyncio.Task[None] | None = None
@@ -231,39 +225,9 @@ class Instance:
         self.init_duration_ms = (time.monotonic() - started) * 1000
 
     @property
-    def alive(self) -> bool:
-        """False once the child died, was killed or is being stopped: never reuse it then."""
-        return self._alive
-
-    @property
-    def busy(self) -> bool:
-        """True while at least one request is in flight on this instance."""
-        return bool(self._pending)
-
-    @property
     def in_flight(self) -> int:
         """Requests currently running on this instance."""
         return len(self._pending)
-
-    @property
-    def room(self) -> int:
-        """How many more requests the pool may promise this instance."""
-        return self.spec.instance_concurrency - self.reserved
-
-    @property
-    def last_used(self) -> float:
-        """`time.monotonic()` when the last request finished (or the instance started)."""
-        return self._last_used
-
-    @property
-    def pid(self) -> int:
-        """The child's process id."""
-        return self._proc.pid
-
-    @property
-    def returncode(self) -> int | None:
-        """The child's exit status once it has exited."""
-        return self._proc.returncode
 
     async def invoke(self, inv: Invocation) -> Outcome:
         """Run `inv` on this instance; function failures come back as an Outcome, not raised."""

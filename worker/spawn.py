@@ -39,6 +39,24 @@ class ChildProcess(Protocol):
     async def wait(self) -> int: ...
 
 
+def private_workdir(
+    spec: FunctionSpec, code_dir: Path, instance_id: str
+) -> tuple[Path, dict[str, str]]:
+    """A fresh private HOME and TMPDIR for one instance, and its clean environment."""
+    workdir = Path(tempfile.mkdtemp(prefix=f"pyfc-{instance_id}-"))
+    (workdir / "home").mkdir()
+    (workdir / "tmp").mkdir()
+    env = build_environment(
+        spec,
+        code_dir=code_dir,
+        instance_id=instance_id,
+        home=workdir / "home",
+        tmp=workdir / "tmp",
+        inherited=os.environ,
+    )
+    return workdir, env
+
+
 class Spawned(NamedTuple):
     """A started child, not yet initialized; the caller owns every part of it."""
 
@@ -127,17 +145,7 @@ async def spawn(
     it is spawned instead when the function sets interpreter variables (PYTHONHASHSEED...)
     or the zygote is unavailable.
     """
-    workdir = Path(tempfile.mkdtemp(prefix=f"pyfc-{instance_id}-"))
-    (workdir / "home").mkdir()
-    (workdir / "tmp").mkdir()
-    env = build_environment(
-        spec,
-        code_dir=code_dir,
-        instance_id=instance_id,
-        home=workdir / "home",
-        tmp=workdir / "tmp",
-        inherited=os.environ,
-    )
+    workdir, env = private_workdir(spec, code_dir, instance_id)
     parent_sock, child_sock = socket.socketpair()
     out_read, out_write = os.pipe()
     try:
