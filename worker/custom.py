@@ -51,7 +51,6 @@ _CONNECT_POLL = 0.02
 # Below common servers' idle timeout (Node's is 5 s): never reuse a connection being closed.
 _KEEPALIVE = 4.0
 _LOST_WAIT = 1.0  # after a dropped connection, how long the process gets to show it died
-_EXIT_WAIT = 10.0
 _PR_SET_PDEATHSIG = 1
 
 
@@ -95,13 +94,11 @@ class CustomInstance(InstanceBase):
             timeout=aiohttp.ClientTimeout(total=None),  # ours: asyncio.timeout per request
         )
         self._in_flight = 0
-        self._stopping = False
         self._invoked = False
         self._out_of_memory = False
         self._kill_reason = ""  # why we killed it, for the other requests it was running
         self._output = ProcessOutput(output_fd, instance_id)
         self._exited = asyncio.Event()
-        self._closed = asyncio.Event()
         self._exit_task = asyncio.create_task(self._watch_exit())
 
     @classmethod
@@ -281,16 +278,6 @@ class CustomInstance(InstanceBase):
             reason = f"{reason}: {self._kill_reason}"
         return crashed(inv, self.instance_id, f"instance {reason}", cold=cold, log=tail)
 
-    def kill(self) -> None:
-        """SIGKILL the process and everything it spawned; cleanup follows in the exit watcher."""
-        self._stopping = True  # on purpose: not worth a warning when it exits
-        self._alive = False
-        if self._proc.returncode is None:  # not reaped: the pid (and group id) is still ours
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self._proc.pid, signal.SIGKILL)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self._proc.pid, signal.SIGKILL)  # before setsid ran in the child
-
     async def stop(self, grace: float = 2.0) -> None:
         """SIGTERM the process group; SIGKILL it if it takes longer than `grace` to exit."""
         self._stopping = True
@@ -303,16 +290,6 @@ class CustomInstance(InstanceBase):
                     await self._exited.wait()
         self.kill()
         await self.wait_closed()
-
-    async def wait_closed(self) -> bool:
-        """Wait until the process exited and its resources are released; False if it hangs."""
-        try:
-            async with asyncio.timeout(_EXIT_WAIT):
-                await self._closed.wait()
-        except TimeoutError:
-            log.error("instance %s (pid %d) did not exit after SIGKILL", self.instance_id, self.pid)
-            return False
-        return True
 
     async def _watch_exit(self) -> None:
         returncode = await self._proc.wait()

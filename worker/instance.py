@@ -44,7 +44,6 @@ function_log = logging.getLogger("pyfc.function")
 _RECENT_OUTPUT_LINES = 50
 _MAX_OUTPUT_LINE = 64 * 1024
 # SIGKILL takes effect at once unless the process is stuck in the kernel (D state).
-_EXIT_WAIT = 10.0
 
 
 class InstanceStartError(PyfcError):
@@ -114,10 +113,8 @@ class Instance(InstanceBase):
         self._retiring = False
         # Why we killed the child ourselves, for the other requests it was running.
         self._kill_reason = ""
-        self._stopping = False
         self._invoked = False
         self._recent_output: deque[str] = deque(maxlen=_RECENT_OUTPUT_LINES)
-        self._closed = asyncio.Event()
         self._reader_task: asyncio.Task[None] | None = None
         self._output_task: asyncio.Task[None] | None = None
         self._exit_task: asyncio.Task[None] | None = None
@@ -295,21 +292,6 @@ class Instance(InstanceBase):
         if not self._pending:
             self.kill()
 
-    def kill(self) -> None:
-        """SIGKILL the child and everything it spawned; cleanup follows in the exit watcher."""
-        self._stopping = True  # on purpose: not worth a warning when it exits
-        self._sigkill()
-
-    def _sigkill(self) -> None:
-        self._alive = False
-        if self._proc.returncode is None:  # not reaped: the pid (and group id) is still ours
-            # os.kill, not Popen.kill: that polls first and would reap the child under
-            # asyncio's child watcher, which then reports exit code 255.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self._proc.pid, signal.SIGKILL)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self._proc.pid, signal.SIGKILL)  # before setsid ran in the child
-
     async def stop(self, grace: float = 2.0) -> None:
         """Ask the child to run `pre_stop` and exit; SIGKILL it if it takes longer than grace."""
         self._stopping = True
@@ -321,16 +303,6 @@ class Instance(InstanceBase):
                     await self._closed.wait()
         self.kill()
         await self.wait_closed()
-
-    async def wait_closed(self) -> bool:
-        """Wait until the child exited and its resources are released; False if it hangs."""
-        try:
-            async with asyncio.timeout(_EXIT_WAIT):
-                await self._closed.wait()
-        except TimeoutError:
-            log.error("instance %s (pid %d) did not exit after SIGKILL", self.instance_id, self.pid)
-            return False
-        return True
 
     async def _read_results(self) -> None:
         try:

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import os
+import signal
 import time
 
 from shared.protocol import FunctionSpec
 from worker.spawn import ChildProcess
+
+log = logging.getLogger("pyfc.worker")
+
+# How long to wait for a SIGKILLed process to be reaped before reporting it as hung.
+EXIT_WAIT_SECONDS = 10.0
 
 
 class InstanceBase:
@@ -19,7 +29,11 @@ class InstanceBase:
         self.reserved = 0
         self._proc = proc
         self._alive = True
+        # Set when we stop or kill it ourselves: its exit is then expected, not a crash.
+        self._stopping = False
         self._last_used = time.monotonic()
+        # Set by the subclass's exit watcher once the process is reaped and cleaned up.
+        self._closed = asyncio.Event()
 
     @property
     def alive(self) -> bool:
@@ -55,3 +69,28 @@ class InstanceBase:
     def returncode(self) -> int | None:
         """The exit status once the process has exited."""
         return self._proc.returncode
+
+    def kill(self) -> None:
+        """SIGKILL the process and everything it spawned; cleanup follows in the exit watcher."""
+        self._stopping = True  # on purpose: not worth a warning when it exits
+        self._sigkill()
+
+    def _sigkill(self) -> None:
+        self._alive = False
+        if self._proc.returncode is None:  # not reaped: the pid (and group id) is still ours
+            # os.kill, not Popen.kill: that polls first and would reap the child under
+            # asyncio's child watcher, which then reports exit code 255.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._proc.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._proc.pid, signal.SIGKILL)  # before setsid ran in the child
+
+    async def wait_closed(self) -> bool:
+        """Wait until the process exited and its resources are released; False if it hangs."""
+        try:
+            async with asyncio.timeout(EXIT_WAIT_SECONDS):
+                await self._closed.wait()
+        except TimeoutError:
+            log.error("instance %s (pid %d) did not exit after SIGKILL", self.instance_id, self.pid)
+            return False
+        return True
