@@ -15,7 +15,7 @@ import uuid
 from collections.abc import AsyncIterator, Mapping
 
 import msgspec
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import ColumnElement, delete, insert, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -190,11 +190,7 @@ class Store:
 
     async def get_function(self, tenant: str, service: str, name: str) -> Function:
         """The function; ServiceNotFound or FunctionNotFound when missing."""
-        query = select(functions).where(
-            functions.c.tenant == tenant,
-            functions.c.service_name == service,
-            functions.c.function_name == name,
-        )
+        query = select(functions).where(*_function_key(tenant, service, name))
         async with self._begin() as conn:
             row = (await conn.execute(query)).mappings().first()
         if row is None:
@@ -221,11 +217,7 @@ class Store:
         values = rows.changes_to_values(Function, changes)
         query = (
             update(functions)
-            .where(
-                functions.c.tenant == tenant,
-                functions.c.service_name == service,
-                functions.c.function_name == name,
-            )
+            .where(*_function_key(tenant, service, name))
             .values(**values, revision=functions.c.revision + 1, last_modified_time=rows.now_iso())
             .returning(*functions.c)
         )
@@ -238,11 +230,7 @@ class Store:
 
     async def delete_function(self, tenant: str, service: str, name: str) -> None:
         """Delete a function; ServiceNotFound or FunctionNotFound when missing."""
-        query = delete(functions).where(
-            functions.c.tenant == tenant,
-            functions.c.service_name == service,
-            functions.c.function_name == name,
-        )
+        query = delete(functions).where(*_function_key(tenant, service, name))
         async with self._begin() as conn:
             deleted = (await conn.execute(query)).rowcount
         if not deleted:
@@ -341,6 +329,15 @@ class Store:
         except (OperationalError, InterfaceError, PoolTimeout, OSError, TimeoutError) as e:
             where = self._engine.url.render_as_string(hide_password=True)
             raise Unavailable(f"metadata database {where} unavailable: {_reason(e)}") from e
+
+
+def _function_key(tenant: str, service: str, name: str) -> tuple[ColumnElement[bool], ...]:
+    """The conditions that pick one function of one tenant's service."""
+    return (
+        functions.c.tenant == tenant,
+        functions.c.service_name == service,
+        functions.c.function_name == name,
+    )
 
 
 def _reason(e: BaseException) -> str:
