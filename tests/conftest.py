@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,28 @@ def stack(
         yield s
     finally:
         s.stop()
+
+
+StartStack = Callable[..., Stack]
+
+
+@pytest.fixture
+def fresh_stack(tmp_path: Path) -> Iterator[StartStack]:
+    """Start a private stack (SQLite) for a test that kills, reconnects or reconfigures roles.
+
+    `fresh_stack(workers=1, worker_slots=4, env={...})`; stopped and cleaned up after the test.
+    """
+    started: list[Stack] = []
+
+    def start(workers: int = 1, worker_slots: int = 4, env: dict[str, str] | None = None) -> Stack:
+        stack = Stack(tmp_path / f"stack-{len(started)}", worker_slots=worker_slots)
+        stack.env.update(env or {})
+        started.append(stack)  # before start(): a half-started stack is stopped too
+        return stack.start(workers=workers)
+
+    yield start
+    for stack in started:
+        stack.stop()
 
 
 class Client:

@@ -72,6 +72,7 @@ class PostgresDatabase:
 
 class Stack:
     def __init__(self, root: Path, database: str = "sqlite", worker_slots: int = 4) -> None:
+        root.mkdir(parents=True, exist_ok=True)
         self.root = root
         self.namespace = f"t{uuid.uuid4().hex[:10]}"
         self.port = free_port()

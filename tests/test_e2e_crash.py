@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from tests.conftest import Client
+from tests.conftest import Client, StartStack
 from tests.helpers import deploy, invoke, wait_result
 from tests.stack import Stack, wait_until
 
@@ -24,14 +23,8 @@ SLOW = (
 
 
 @pytest.fixture
-def crash_stack(tmp_path: Path) -> Iterator[Stack]:
-    s = Stack(tmp_path / "stack")
-    (tmp_path / "stack").mkdir()
-    try:
-        s.start(workers=1)
-        yield s
-    finally:
-        s.stop()
+def crash_stack(fresh_stack: StartStack) -> Stack:
+    return fresh_stack(workers=1)
 
 
 def pid_alive(pid: int) -> bool:

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from pathlib import Path
 
 import aiohttp
 import pytest
 
-from tests.conftest import Client
+from tests.conftest import Client, StartStack
 from tests.helpers import deploy, invoke
 from tests.stack import Stack
 
@@ -26,14 +24,8 @@ WHO = (
 
 
 @pytest.fixture
-def two_workers(tmp_path: Path) -> Iterator[Stack]:
-    (tmp_path / "stack").mkdir()
-    s = Stack(tmp_path / "stack", worker_slots=4)
-    try:
-        s.start(workers=2)
-        yield s
-    finally:
-        s.stop()
+def two_workers(fresh_stack: StartStack) -> Stack:
+    return fresh_stack(workers=2, worker_slots=4)
 
 
 async def test_two_workers_both_serve_one_function_under_load(two_workers: Stack) -> None:
@@ -50,26 +42,21 @@ async def test_two_workers_both_serve_one_function_under_load(two_workers: Stack
     assert served_by == worker_pids
 
 
-async def test_worker_metrics_per_function(tmp_path: Path) -> None:
+async def test_worker_metrics_per_function(fresh_stack: StartStack) -> None:
     from tests.stack import free_port
 
-    (tmp_path / "stack").mkdir()
-    stack = Stack(tmp_path / "stack")
-    try:
-        stack.start(workers=0)
-        port = free_port()
-        stack.start_worker({"PYFC_WORKER_METRICS_PORT": str(port)})
-        _, key = stack.create_tenant()
-        async with aiohttp.ClientSession() as session:
-            client = Client(session, stack.url, key)
-            service, function = await deploy(client)
-            for _ in range(3):
-                assert (await invoke(client, service, function, b"m"))[0] == 200
-            async with session.get(f"http://127.0.0.1:{port}/metrics") as r:
-                assert r.status == 200
-                text = await r.text()
-    finally:
-        await asyncio.to_thread(stack.stop)
+    stack = fresh_stack(workers=0)
+    port = free_port()
+    stack.start_worker({"PYFC_WORKER_METRICS_PORT": str(port)})
+    _, key = stack.create_tenant()
+    async with aiohttp.ClientSession() as session:
+        client = Client(session, stack.url, key)
+        service, function = await deploy(client)
+        for _ in range(3):
+            assert (await invoke(client, service, function, b"m"))[0] == 200
+        async with session.get(f"http://127.0.0.1:{port}/metrics") as r:
+            assert r.status == 200
+            text = await r.text()
     lines = text.splitlines()
 
     def value(metric: str, **labels: str) -> float:

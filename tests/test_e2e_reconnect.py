@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-from collections.abc import Iterator
-from pathlib import Path
 
 import aiohttp
 import pytest
 
-from tests.conftest import Client
+from tests.conftest import Client, StartStack
 from tests.helpers import deploy, invoke, wait_result
 from tests.stack import Stack
 
@@ -38,14 +36,8 @@ def close_connections(pids: list[str]) -> None:
 
 
 @pytest.fixture
-def own_stack(tmp_path: Path) -> Iterator[Stack]:
-    (tmp_path / "stack").mkdir()
-    s = Stack(tmp_path / "stack")
-    try:
-        s.start(workers=1)
-        yield s
-    finally:
-        s.stop()
+def own_stack(fresh_stack: StartStack) -> Stack:
+    return fresh_stack(workers=1)
 
 
 async def test_roles_reconnect_after_the_broker_closes_their_connections(own_stack: Stack) -> None:

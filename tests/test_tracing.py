@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,22 +12,15 @@ import aiohttp
 import pytest
 
 from shared.telemetry import current_traceparent, setup
-from tests.conftest import Client
+from tests.conftest import Client, StartStack
 from tests.helpers import deploy, invoke
 from tests.stack import Stack, wait_until
 
 
 @pytest.fixture
-def traced_stack(tmp_path: Path) -> Iterator[tuple[Stack, Path]]:
-    (tmp_path / "stack").mkdir()
+def traced_stack(fresh_stack: StartStack, tmp_path: Path) -> tuple[Stack, Path]:
     spans = tmp_path / "spans"
-    s = Stack(tmp_path / "stack")
-    s.env["PYFC_OTEL_EXPORTER"] = f"jsonl:{spans}"
-    try:
-        s.start(workers=1)
-        yield s, spans
-    finally:
-        s.stop()
+    return fresh_stack(env={"PYFC_OTEL_EXPORTER": f"jsonl:{spans}"}), spans
 
 
 def read_spans(folder: Path) -> list[dict[str, Any]]:
