@@ -22,4 +22,13 @@ if ! port_open 5432; then
   pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start || true
   wait_port 5432 PostgreSQL || exit 1
 fi
+# The invoke exchange shards tenants over dispatcher queues by consistent hashing.
+# (The enabled-plugins file is read first: the plugins CLI takes seconds to answer.)
+plugins_file=${RABBITMQ_ENABLED_PLUGINS_FILE:-/etc/rabbitmq/enabled_plugins}
+if ! grep -qs rabbitmq_consistent_hash_exchange "$plugins_file" \
+  && ! rabbitmq-plugins list -e -m 2>/dev/null | grep -qx rabbitmq_consistent_hash_exchange; then
+  echo "services: enabling the RabbitMQ consistent-hash exchange plugin"
+  rabbitmq-plugins enable rabbitmq_consistent_hash_exchange >/dev/null || {
+    echo "services: cannot enable rabbitmq_consistent_hash_exchange" >&2; exit 1; }
+fi
 exit 0
