@@ -1,7 +1,11 @@
-"""Cached resolution of (tenant, service, qualifier, function) to a runnable `FunctionSpec`.
+"""Cached resolution of (tenant, service, qualifier, function) to a runnable `FunctionSpec`,
+and of the admission settings the dispatcher needs: a function's `FunctionPolicy` and a
+tenant's `TenantLimits`.
 
 Cached per process for `ttl` seconds, dropped on control notices, and re-read whenever a
 caller knows of a newer revision than the cached one (so an update is never missed).
+A cache hit is a dict lookup with no await that yields: these sit on the dispatcher's
+hot path.
 """
 
 from __future__ import annotations
@@ -9,8 +13,10 @@ from __future__ import annotations
 import time
 from typing import Protocol
 
-from shared.errors import FunctionNotFound
-from shared.models import Function, Service
+import msgspec
+
+from shared.errors import AsyncConfigNotFound, FunctionNotFound
+from shared.models import AsyncConfig, Function, Service, Tenant
 from shared.protocol import LATEST, ControlEvent, FunctionSpec
 
 
@@ -18,6 +24,43 @@ class _MetadataReader(Protocol):
     async def get_service(self, tenant: str, name: str) -> Service: ...
 
     async def get_function(self, tenant: str, service: str, name: str) -> Function: ...
+
+    async def get_async_config(
+        self, tenant: str, service: str, qualifier: str, function: str
+    ) -> AsyncConfig: ...
+
+    async def get_tenant(self, name: str) -> Tenant: ...
+
+    async def reserved_total(self, tenant: str) -> int: ...
+
+
+class FunctionPolicy(msgspec.Struct, frozen=True):
+    """How the dispatcher admits and finishes async work of one function+qualifier."""
+
+    reserved_concurrency: int | None = None
+    max_retry_attempts: int = 3
+    max_event_age: float = 86400.0
+    on_success: str = ""  # destination strings as in the async config; "" = none
+    on_failure: str = ""
+
+
+class TenantLimits(msgspec.Struct, frozen=True):
+    concurrency: int = 100
+    reserved_total: int = 0  # sum of the tenant's functions' reserved concurrency
+    max_chain_depth: int = 16
+
+
+def build_policy(fn: Function, cfg: AsyncConfig | None) -> FunctionPolicy:
+    """A function's reservation plus its async config (defaults when it has none)."""
+    cfg = cfg or AsyncConfig()
+    dest = cfg.destination_config
+    return FunctionPolicy(
+        reserved_concurrency=fn.reserved_concurrency,
+        max_retry_attempts=cfg.max_async_retry_attempts,
+        max_event_age=float(cfg.max_async_event_age_in_seconds),
+        on_success=dest.on_success.destination if dest.on_success else "",
+        on_failure=dest.on_failure.destination if dest.on_failure else "",
+    )
 
 
 def build_spec(tenant: str, service: Service, fn: Function, qualifier: str) -> FunctionSpec:
@@ -50,6 +93,8 @@ class FunctionCatalog:
         self._store = store
         self._ttl = ttl
         self._cache: dict[Key, tuple[FunctionSpec, float]] = {}
+        self._policies: dict[Key, tuple[FunctionPolicy, float]] = {}
+        self._limits: dict[str, tuple[TenantLimits, float]] = {}
 
     async def spec(
         self, tenant: str, service: str, qualifier: str, function: str, min_revision: int = 0
@@ -71,14 +116,60 @@ class FunctionCatalog:
         self._cache[key] = (spec, now + self._ttl)
         return spec
 
+    async def policy(
+        self, tenant: str, service: str, qualifier: str, function: str
+    ) -> FunctionPolicy:
+        """Reserved concurrency and async config; FunctionNotFound when the function is gone."""
+        key = (tenant, service, qualifier, function)
+        hit = self._policies.get(key)
+        now = time.monotonic()
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        if qualifier != LATEST:
+            raise FunctionNotFound(
+                f"qualifier {qualifier!r} of {service}/{function} not found (only LATEST exists)"
+            )
+        fn = await self._store.get_function(tenant, service, function)
+        try:
+            cfg: AsyncConfig | None = await self._store.get_async_config(
+                tenant, service, qualifier, function
+            )
+        except AsyncConfigNotFound:
+            cfg = None
+        policy = build_policy(fn, cfg)
+        self._policies[key] = (policy, now + self._ttl)
+        return policy
+
+    async def tenant_limits(self, tenant: str) -> TenantLimits:
+        """The tenant's caps and the slots its functions reserve; NotFound for no tenant."""
+        hit = self._limits.get(tenant)
+        now = time.monotonic()
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        row = await self._store.get_tenant(tenant)
+        limits = TenantLimits(
+            concurrency=row.concurrency,
+            reserved_total=await self._store.reserved_total(tenant),
+            max_chain_depth=row.max_chain_depth,
+        )
+        self._limits[tenant] = (limits, now + self._ttl)
+        return limits
+
     def invalidate(self, event: ControlEvent) -> None:
-        """Drop every cached entry the notice could have changed."""
-        for key in list(self._cache):
-            tenant, service, _, function = key
-            if tenant != event.tenant:
-                continue
-            if event.kind == "tenant-changed" or (
-                service == event.service
-                and (event.kind == "service-changed" or function == event.function)
-            ):
-                del self._cache[key]
+        """Drop every cached entry the notice could have changed.
+
+        A changed function may have changed its reservation, so the tenant's limits
+        (which carry the reserved total) go too.
+        """
+        for cache in (self._cache, self._policies):
+            for key in list(cache):
+                tenant, service, _, function = key
+                if tenant != event.tenant:
+                    continue
+                if event.kind == "tenant-changed" or (
+                    service == event.service
+                    and (event.kind == "service-changed" or function == event.function)
+                ):
+                    del cache[key]
+        if event.kind in ("tenant-changed", "function-changed"):
+            self._limits.pop(event.tenant, None)

@@ -56,6 +56,18 @@ class InvocationNotFound(NotFound):
     code = "InvocationNotFound"
 
 
+class AsyncConfigNotFound(NotFound):
+    code = "AsyncConfigNotFound"
+
+
+class ProvisionConfigNotFound(NotFound):
+    code = "ProvisionConfigNotFound"
+
+
+class DeadLetterNotFound(NotFound):
+    code = "DeadLetterNotFound"
+
+
 class Conflict(PyfcError):
     status = 409
     code = "Conflict"
@@ -67,6 +79,12 @@ class AlreadyExists(Conflict):
 
 class NotEmpty(Conflict):
     code = "NotEmpty"
+
+
+class ReservationExceeded(Conflict):
+    """Reserved concurrency would add up to more than the tenant's concurrency cap."""
+
+    code = "ReservedConcurrencyExceeded"
 
 
 class PayloadTooLarge(PyfcError):

@@ -15,6 +15,8 @@ InvocationStatus = Literal["Enqueued", "Running", "Succeeded", "Failed"]
 class Tenant(msgspec.Struct, kw_only=True, frozen=True):
     name: str
     concurrency: int = 100
+    # Longest invocation chain (lineage hops) the dispatcher runs before stopping a loop.
+    max_chain_depth: int = 16
     created_time: str = ""
 
 
@@ -49,6 +51,10 @@ class Function(msgspec.Struct, kw_only=True, frozen=True, rename="camel"):
     environment_variables: dict[str, str] = {}
     code_checksum: str = ""  # sha256 hex of the code zip; the blob store key
     code_size: int = 0
+    # Slots of the tenant's concurrency set aside for (and capped at) this function;
+    # None = shares the tenant's unreserved slots. The sum over a tenant's functions never
+    # exceeds the tenant's concurrency (the store enforces it).
+    reserved_concurrency: int | None = None
     # Bumped on every change; warm instances of an older revision are not reused.
     revision: int = 1
     created_time: str = ""
@@ -70,3 +76,69 @@ class InvocationRecord(msgspec.Struct, kw_only=True, rename="camel"):
     result: bytes = b""
     created_time: str = ""
     finished_time: str = ""
+
+
+class DestinationTarget(msgspec.Struct, kw_only=True, frozen=True, rename="camel"):
+    """`function:{service}[.{qualifier}]/{function}` or `mq:{exchange}[/{routingKey}]`."""
+
+    destination: str
+
+
+class DestinationConfig(
+    msgspec.Struct, kw_only=True, frozen=True, rename="camel", omit_defaults=True
+):
+    on_success: DestinationTarget | None = None
+    on_failure: DestinationTarget | None = None
+
+
+class AsyncConfig(msgspec.Struct, kw_only=True, frozen=True, rename="camel"):
+    """How async invocations of one function+qualifier are retried and where results go."""
+
+    service_name: str = ""
+    qualifier: str = "LATEST"
+    function_name: str = ""
+    max_async_retry_attempts: int = 3
+    max_async_event_age_in_seconds: int = 86400
+    destination_config: DestinationConfig = DestinationConfig()
+    created_time: str = ""
+    last_modified_time: str = ""
+
+
+class ProvisionConfig(msgspec.Struct, kw_only=True, frozen=True, rename="camel"):
+    """Minimum warm instances kept for one function+qualifier."""
+
+    service_name: str = ""
+    qualifier: str = "LATEST"
+    function_name: str = ""
+    target: int = 0
+    created_time: str = ""
+    last_modified_time: str = ""
+
+
+# Why an async invocation was given up on.
+DEAD_LETTER_REASONS = frozenset(
+    ("RetriesExhausted", "EventAgeExceeded", "RecursiveLoopDetected", "NotRetryable")
+)
+
+
+class DeadLetter(msgspec.Struct, kw_only=True, frozen=True, rename="camel"):
+    """An async invocation given up on; kept (beyond its function's life) for redrive.
+
+    `reason` is one of `DEAD_LETTER_REASONS`. `envelope` is the codec-encoded
+    `shared.protocol.Invocation` that redrive publishes again; the API never shows it.
+    """
+
+    request_id: str
+    service_name: str
+    qualifier: str
+    function_name: str
+    reason: str
+    error_type: str = ""
+    error_message: str = ""
+    attempts: int = 0
+    hops: int = 0
+    trace_id: str = ""
+    payload: bytes = b""
+    response: bytes = b""
+    envelope: bytes = b""
+    created_time: str = ""

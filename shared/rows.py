@@ -37,7 +37,7 @@ FUNCTION_MUTABLE = frozenset(f.name for f in msgspec.structs.fields(Function)) -
     "created_time",
     "last_modified_time",
 }
-_JSON_COLUMNS = frozenset(("log_config", "environment_variables"))
+_JSON_COLUMNS = frozenset(("log_config", "environment_variables", "destination_config"))
 
 
 def now_iso() -> str:

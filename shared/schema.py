@@ -7,6 +7,8 @@ Times are ISO-8601 UTC strings ending in `Z`; JSON-ish columns hold msgspec-enco
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
     Column,
     Float,
@@ -18,6 +20,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
 )
 
 # Named constraints, so later migrations (SQLite batch mode included) can refer to them.
@@ -35,6 +38,7 @@ tenants = Table(
     metadata,
     Column("name", String(63), primary_key=True),
     Column("concurrency", Integer, nullable=False),
+    Column("max_chain_depth", Integer, nullable=False, server_default=text("16")),
     Column("created_time", String(32), nullable=False),
 )
 
@@ -90,6 +94,7 @@ functions = Table(
     Column("environment_variables", Text, nullable=False),
     Column("code_checksum", String(64), nullable=False),
     Column("code_size", Integer, nullable=False),
+    Column("reserved_concurrency", Integer, nullable=True),
     Column("revision", Integer, nullable=False),
     Column("created_time", String(32), nullable=False),
     Column("last_modified_time", String(32), nullable=False),
@@ -119,4 +124,61 @@ invocations = Table(
     Column("result", LargeBinary, nullable=False),
     Column("created_time", String(32), nullable=False),
     Column("finished_time", String(32), nullable=False),
+)
+
+
+def _function_config(name: str, *columns: Column[Any]) -> Table:
+    """A per function+qualifier config table; it goes when its function goes (CASCADE)."""
+    return Table(
+        name,
+        metadata,
+        Column("tenant", String(63), primary_key=True),
+        Column("service_name", String(128), primary_key=True),
+        Column("qualifier", String(128), primary_key=True),
+        Column("function_name", String(128), primary_key=True),
+        *columns,
+        Column("created_time", String(32), nullable=False),
+        Column("last_modified_time", String(32), nullable=False),
+        # The foreign key also makes "put a config" fail for a missing (or concurrently
+        # deleted) function, in the database itself.
+        ForeignKeyConstraint(
+            ["tenant", "service_name", "function_name"],
+            ["functions.tenant", "functions.service_name", "functions.function_name"],
+            ondelete="CASCADE",
+            name=f"fk_{name}_function",
+        ),
+    )
+
+
+async_configs = _function_config(
+    "async_configs",
+    Column("max_async_retry_attempts", Integer, nullable=False),
+    Column("max_async_event_age_in_seconds", Integer, nullable=False),
+    Column("destination_config", Text, nullable=False),
+)
+
+provision_configs = _function_config(
+    "provision_configs",
+    Column("target", Integer, nullable=False),
+)
+
+# No foreign key to functions: a dead letter outlives its function (like invocations).
+dead_letters = Table(
+    "dead_letters",
+    metadata,
+    Column("tenant", String(63), primary_key=True),
+    Column("request_id", String(128), primary_key=True),
+    Column("service_name", String(128), nullable=False),
+    Column("qualifier", String(128), nullable=False),
+    Column("function_name", String(128), nullable=False),
+    Column("reason", String(32), nullable=False),
+    Column("error_type", Text, nullable=False),
+    Column("error_message", Text, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("hops", Integer, nullable=False),
+    Column("trace_id", Text, nullable=False),
+    Column("payload", LargeBinary, nullable=False),
+    Column("response", LargeBinary, nullable=False),
+    Column("envelope", LargeBinary, nullable=False),
+    Column("created_time", String(32), nullable=False),
 )

@@ -1,4 +1,5 @@
-"""Metadata store (**contract**): tenants, services, functions, async invocation records.
+"""Metadata store (**contract**): tenants, services, functions, async invocation records,
+async and provision configs, dead letters.
 
 SQLAlchemy Core over asyncio; SQLite (embedded default) or PostgreSQL. Every query is
 scoped by tenant name, so one tenant never sees another's rows. Writes are single
@@ -13,9 +14,12 @@ import logging
 import secrets
 import uuid
 from collections.abc import AsyncIterator, Mapping
+from typing import TypeVar
 
 import msgspec
-from sqlalchemy import ColumnElement, delete, insert, select, update
+from sqlalchemy import ColumnElement, Table, and_, delete, func, insert, not_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -23,18 +27,48 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from shared import dbengine, rows
 from shared.errors import (
     AlreadyExists,
+    AsyncConfigNotFound,
     BadRequest,
+    DeadLetterNotFound,
     FunctionNotFound,
     InvocationNotFound,
     NotEmpty,
     NotFound,
+    ProvisionConfigNotFound,
+    ReservationExceeded,
     ServiceNotFound,
     Unavailable,
 )
-from shared.models import Function, InvocationRecord, InvocationStatus, Service, Tenant
-from shared.schema import api_keys, functions, invocations, services, tenants
+from shared.models import (
+    DEAD_LETTER_REASONS,
+    AsyncConfig,
+    DeadLetter,
+    Function,
+    InvocationRecord,
+    InvocationStatus,
+    ProvisionConfig,
+    Service,
+    Tenant,
+)
+from shared.schema import (
+    api_keys,
+    async_configs,
+    dead_letters,
+    functions,
+    invocations,
+    provision_configs,
+    services,
+    tenants,
+)
 
 log = logging.getLogger(__name__)
+
+MAX_CHAIN_DEPTH = 1000
+MAX_ASYNC_RETRY_ATTEMPTS = 8
+MAX_ASYNC_EVENT_AGE = 86400
+MAX_PROVISION_TARGET = 100
+_CONFIG_KEY = ("tenant", "service_name", "qualifier", "function_name")
+_Config = TypeVar("_Config", AsyncConfig, ProvisionConfig)
 
 
 class Store:
@@ -100,6 +134,42 @@ class Store:
         if row is None:
             raise NotFound(f"tenant {name!r} not found")
         return Tenant(**row)
+
+    async def update_tenant(
+        self, name: str, *, concurrency: int | None = None, max_chain_depth: int | None = None
+    ) -> Tenant:
+        """Change a tenant's caps; ReservationExceeded if its functions reserve more than
+        the new concurrency (checked under the tenant's row lock, like reservations)."""
+        values: dict[str, int] = {}
+        if concurrency is not None:
+            if concurrency < 1:
+                raise BadRequest(f"tenant concurrency must be at least 1, got {concurrency}")
+            values["concurrency"] = concurrency
+        if max_chain_depth is not None:
+            if not 1 <= max_chain_depth <= MAX_CHAIN_DEPTH:
+                raise BadRequest(
+                    f"maxChainDepth must be between 1 and {MAX_CHAIN_DEPTH}, got {max_chain_depth}"
+                )
+            values["max_chain_depth"] = max_chain_depth
+        if not values:
+            raise BadRequest("nothing to update: give concurrency or max chain depth")
+        query = update(tenants).where(tenants.c.name == name).values(values).returning(*tenants.c)
+        async with self._begin() as conn:
+            row = (await conn.execute(query)).mappings().first()
+            if row is None:
+                raise NotFound(f"tenant {name!r} not found")
+            reserved = 0 if concurrency is None else await _reserved_total(conn, name)
+            if concurrency is not None and reserved > concurrency:
+                raise ReservationExceeded(
+                    f"tenant {name!r} has {reserved} slots reserved by its functions; "
+                    f"lower their reservedConcurrency before the concurrency below that"
+                )
+        return Tenant(**row)
+
+    async def reserved_total(self, tenant: str) -> int:
+        """Sum of the reserved concurrency of the tenant's functions (0 when none)."""
+        async with self._begin() as conn:
+            return await _reserved_total(conn, tenant)
 
     # -- services --------------------------------------------------------------------
 
@@ -182,6 +252,10 @@ class Store:
         )
         try:
             async with self._begin() as conn:
+                if created.reserved_concurrency is not None:
+                    await _reserve(
+                        conn, tenant, service_name, fn.function_name, created.reserved_concurrency
+                    )
                 await conn.execute(insert(functions).values(rows.to_row(tenant, created)))
         except IntegrityError as e:
             await self.get_service(tenant, service_name)  # a missing service breaks the FK
@@ -213,15 +287,24 @@ class Store:
     async def update_function(
         self, tenant: str, service: str, name: str, changes: Mapping[str, object]
     ) -> Function:
-        """Change only the given fields and bump `revision` by one, in one statement."""
+        """Change only the given fields and bump `revision` by one, in one statement.
+
+        A change of `reserved_concurrency` alone keeps the revision: it is an admission
+        setting, and warm instances of the same code stay reusable.
+        """
         values = rows.changes_to_values(Function, changes)
+        if values.keys() - {"reserved_concurrency"}:
+            values["revision"] = functions.c.revision + 1
         query = (
             update(functions)
             .where(*_function_key(tenant, service, name))
-            .values(**values, revision=functions.c.revision + 1, last_modified_time=rows.now_iso())
+            .values(**values, last_modified_time=rows.now_iso())
             .returning(*functions.c)
         )
+        reserve = values.get("reserved_concurrency")
         async with self._begin() as conn:
+            if isinstance(reserve, int):
+                await _reserve(conn, tenant, service, name, reserve)
             row = (await conn.execute(query)).mappings().first()
         if row is None:
             await self.get_service(tenant, service)
@@ -229,9 +312,15 @@ class Store:
         return rows.from_row(Function, row)
 
     async def delete_function(self, tenant: str, service: str, name: str) -> None:
-        """Delete a function; ServiceNotFound or FunctionNotFound when missing."""
+        """Delete a function and its async and provision configs (not its dead letters,
+        which outlive it like invocation records); ServiceNotFound or FunctionNotFound."""
         query = delete(functions).where(*_function_key(tenant, service, name))
         async with self._begin() as conn:
+            # The foreign keys cascade too; explicit, so it does not hinge on the PRAGMA.
+            for table in (async_configs, provision_configs):
+                await conn.execute(
+                    delete(table).where(*_function_key(tenant, service, name, table))
+                )
             deleted = (await conn.execute(query)).rowcount
         if not deleted:
             await self.get_service(tenant, service)
@@ -314,7 +403,215 @@ class Store:
             raise InvocationNotFound(f"invocation {request_id!r} not found")
         return InvocationRecord(**row)
 
+    async def reenqueue(
+        self, tenant: str, request_id: str, service: str, qualifier: str, function: str
+    ) -> None:
+        """Mark an async invocation Enqueued again at attempt 0 (result, error and finished
+        time cleared; the row is created if absent), so its status follows a redrive."""
+        values = {
+            "service_name": service,
+            "qualifier": qualifier,
+            "function_name": function,
+            "status": "Enqueued",
+            "attempt": 0,
+            "error_type": "",
+            "error_message": "",
+            "result": b"",
+            "created_time": rows.now_iso(),
+            "finished_time": "",
+        }
+        query = (
+            self._insert(invocations)
+            .values(tenant=tenant, request_id=request_id, **values)
+            .on_conflict_do_update(index_elements=["tenant", "request_id"], set_=values)
+        )
+        async with self._begin() as conn:
+            await conn.execute(query)
+
+    # -- async and provision configs -------------------------------------------------
+
+    async def get_async_config(
+        self, tenant: str, service: str, qualifier: str, function: str
+    ) -> AsyncConfig:
+        """The async config of function+qualifier; AsyncConfigNotFound when none is set
+        (ServiceNotFound / FunctionNotFound when the function itself is missing)."""
+        row = await self._get_config(async_configs, tenant, service, qualifier, function)
+        if row is None:
+            await self.get_function(tenant, service, function)
+            raise AsyncConfigNotFound(f"no async config for {service}.{qualifier}/{function}")
+        return rows.from_row(AsyncConfig, row)
+
+    async def put_async_config(self, tenant: str, cfg: AsyncConfig) -> AsyncConfig:
+        """Create or replace the async config of an existing function (all fields given)."""
+        if not 0 <= cfg.max_async_retry_attempts <= MAX_ASYNC_RETRY_ATTEMPTS:
+            raise BadRequest(
+                f"maxAsyncRetryAttempts must be between 0 and {MAX_ASYNC_RETRY_ATTEMPTS}"
+            )
+        if not 1 <= cfg.max_async_event_age_in_seconds <= MAX_ASYNC_EVENT_AGE:
+            raise BadRequest(
+                f"maxAsyncEventAgeInSeconds must be between 1 and {MAX_ASYNC_EVENT_AGE}"
+            )
+        return await self._put_config(async_configs, tenant, cfg)
+
+    async def delete_async_config(
+        self, tenant: str, service: str, qualifier: str, function: str
+    ) -> None:
+        """Remove the async config (defaults apply again); AsyncConfigNotFound if none."""
+        if not await self._delete_config(async_configs, tenant, service, qualifier, function):
+            await self.get_function(tenant, service, function)
+            raise AsyncConfigNotFound(f"no async config for {service}.{qualifier}/{function}")
+
+    async def get_provision_config(
+        self, tenant: str, service: str, qualifier: str, function: str
+    ) -> ProvisionConfig:
+        """The provision config; ProvisionConfigNotFound when none is set."""
+        row = await self._get_config(provision_configs, tenant, service, qualifier, function)
+        if row is None:
+            await self.get_function(tenant, service, function)
+            raise ProvisionConfigNotFound(
+                f"no provision config for {service}.{qualifier}/{function}"
+            )
+        return rows.from_row(ProvisionConfig, row)
+
+    async def put_provision_config(self, tenant: str, cfg: ProvisionConfig) -> ProvisionConfig:
+        """Create or replace the provision config (min warm instances) of a function."""
+        if not 0 <= cfg.target <= MAX_PROVISION_TARGET:
+            raise BadRequest(f"target must be between 0 and {MAX_PROVISION_TARGET}")
+        return await self._put_config(provision_configs, tenant, cfg)
+
+    async def delete_provision_config(
+        self, tenant: str, service: str, qualifier: str, function: str
+    ) -> None:
+        """Remove the provision config; ProvisionConfigNotFound if none."""
+        if not await self._delete_config(provision_configs, tenant, service, qualifier, function):
+            await self.get_function(tenant, service, function)
+            raise ProvisionConfigNotFound(
+                f"no provision config for {service}.{qualifier}/{function}"
+            )
+
+    async def list_provision_configs(self) -> list[tuple[str, ProvisionConfig]]:
+        """(tenant, config) of every tenant's config with target > 0, for the reconciler."""
+        c = provision_configs.c
+        query = (
+            select(provision_configs)
+            .where(c.target > 0)
+            .order_by(c.tenant, c.service_name, c.qualifier, c.function_name)
+        )
+        async with self._begin() as conn:
+            found = (await conn.execute(query)).mappings().all()
+        return [(row["tenant"], rows.from_row(ProvisionConfig, row)) for row in found]
+
+    # -- dead letters ----------------------------------------------------------------
+
+    async def add_dead_letter(self, tenant: str, dl: DeadLetter) -> None:
+        """Keep an async invocation given up on. Idempotent per (tenant, request id): a
+        repeated add (completions arrive at least once) keeps the first record."""
+        if dl.reason not in DEAD_LETTER_REASONS:
+            raise BadRequest(f"unknown dead letter reason {dl.reason!r}")
+        row = {"tenant": tenant, **msgspec.structs.asdict(dl)}
+        row["created_time"] = dl.created_time or rows.now_iso()
+        query = (
+            self._insert(dead_letters)
+            .values(row)
+            .on_conflict_do_nothing(index_elements=["tenant", "request_id"])
+        )
+        async with self._begin() as conn:
+            await conn.execute(query)
+
+    async def list_dead_letters(
+        self,
+        tenant: str,
+        *,
+        service: str = "",
+        function: str = "",
+        limit: int,
+        start_key: str = "",
+    ) -> list[DeadLetter]:
+        """Dead letters ordered by request id from `start_key` (inclusive), filtered."""
+        query = rows.page(dead_letters, dead_letters.c.request_id, "", limit, start_key).where(
+            *_dead_letter_filter(tenant, service, function)
+        )
+        async with self._begin() as conn:
+            found = (await conn.execute(query)).mappings().all()
+        return [rows.from_row(DeadLetter, row) for row in found]
+
+    async def get_dead_letter(self, tenant: str, request_id: str) -> DeadLetter:
+        """One dead letter; DeadLetterNotFound (also for another tenant's)."""
+        query = select(dead_letters).where(
+            dead_letters.c.tenant == tenant, dead_letters.c.request_id == request_id
+        )
+        async with self._begin() as conn:
+            row = (await conn.execute(query)).mappings().first()
+        if row is None:
+            raise DeadLetterNotFound(f"dead letter {request_id!r} not found")
+        return rows.from_row(DeadLetter, row)
+
+    async def delete_dead_letter(self, tenant: str, request_id: str) -> None:
+        """Delete one dead letter; DeadLetterNotFound if there is none."""
+        query = delete(dead_letters).where(
+            dead_letters.c.tenant == tenant, dead_letters.c.request_id == request_id
+        )
+        async with self._begin() as conn:
+            deleted = (await conn.execute(query)).rowcount
+        if not deleted:
+            raise DeadLetterNotFound(f"dead letter {request_id!r} not found")
+
+    async def purge_dead_letters(
+        self, tenant: str, *, service: str = "", function: str = ""
+    ) -> int:
+        """Delete the tenant's dead letters (of one service / function if given); how many."""
+        query = delete(dead_letters).where(*_dead_letter_filter(tenant, service, function))
+        async with self._begin() as conn:
+            return int((await conn.execute(query)).rowcount)
+
     # -- plumbing --------------------------------------------------------------------
+
+    def _insert(self, table: Table) -> postgresql.Insert | sqlite.Insert:
+        """INSERT with the backend's ON CONFLICT clauses (both spell them the same)."""
+        if self._engine.dialect.name == "postgresql":
+            return postgresql.insert(table)
+        return sqlite.insert(table)
+
+    async def _get_config(
+        self, table: Table, tenant: str, service: str, qualifier: str, function: str
+    ) -> RowMapping | None:
+        query = select(table).where(
+            *_function_key(tenant, service, function, table), table.c.qualifier == qualifier
+        )
+        async with self._begin() as conn:
+            return (await conn.execute(query)).mappings().first()
+
+    async def _put_config(self, table: Table, tenant: str, cfg: _Config) -> _Config:
+        """Upsert a per function+qualifier config; the foreign key rejects a missing function."""
+        rows.check_resource_name("service", cfg.service_name)
+        rows.check_resource_name("function", cfg.function_name)
+        stamp = rows.now_iso()
+        row = rows.to_row(
+            tenant, msgspec.structs.replace(cfg, created_time=stamp, last_modified_time=stamp)
+        )
+        changed = {k: v for k, v in row.items() if k not in _CONFIG_KEY and k != "created_time"}
+        query = (
+            self._insert(table)
+            .values(row)
+            .on_conflict_do_update(index_elements=list(_CONFIG_KEY), set_=changed)
+            .returning(*table.c)
+        )
+        try:
+            async with self._begin() as conn:
+                stored = (await conn.execute(query)).mappings().one()
+        except IntegrityError as e:
+            await self.get_function(tenant, cfg.service_name, cfg.function_name)
+            raise FunctionNotFound(f"function {cfg.function_name!r} was just deleted") from e
+        return rows.from_row(type(cfg), stored)
+
+    async def _delete_config(
+        self, table: Table, tenant: str, service: str, qualifier: str, function: str
+    ) -> bool:
+        query = delete(table).where(
+            *_function_key(tenant, service, function, table), table.c.qualifier == qualifier
+        )
+        async with self._begin() as conn:
+            return bool((await conn.execute(query)).rowcount)
 
     @contextlib.asynccontextmanager
     async def _begin(self) -> AsyncIterator[AsyncConnection]:
@@ -331,13 +628,66 @@ class Store:
             raise Unavailable(f"metadata database {where} unavailable: {_reason(e)}") from e
 
 
-def _function_key(tenant: str, service: str, name: str) -> tuple[ColumnElement[bool], ...]:
-    """The conditions that pick one function of one tenant's service."""
+def _function_key(
+    tenant: str, service: str, name: str, table: Table = functions
+) -> tuple[ColumnElement[bool], ...]:
+    """The conditions that pick one function of one tenant's service (in `table`)."""
     return (
-        functions.c.tenant == tenant,
-        functions.c.service_name == service,
-        functions.c.function_name == name,
+        table.c.tenant == tenant,
+        table.c.service_name == service,
+        table.c.function_name == name,
     )
+
+
+def _dead_letter_filter(tenant: str, service: str, function: str) -> list[ColumnElement[bool]]:
+    where = [dead_letters.c.tenant == tenant]
+    if service:
+        where.append(dead_letters.c.service_name == service)
+    if function:
+        where.append(dead_letters.c.function_name == function)
+    return where
+
+
+async def _reserved_total(conn: AsyncConnection, tenant: str) -> int:
+    query = select(func.coalesce(func.sum(functions.c.reserved_concurrency), 0)).where(
+        functions.c.tenant == tenant
+    )
+    return int((await conn.execute(query)).scalar_one())
+
+
+async def _reserve(
+    conn: AsyncConnection, tenant: str, service: str, function: str, wanted: int
+) -> None:
+    """Check, inside the caller's transaction, that `function` may reserve `wanted` slots.
+
+    The first statement is a no-op UPDATE of the tenant's row: on PostgreSQL it takes the
+    row lock, on SQLite the database write lock (the driver opens the transaction before
+    it), so concurrent reservations of one tenant are checked one after another and two
+    cannot both fit into the same free slots.
+    """
+    if wanted < 0:
+        raise BadRequest(f"reservedConcurrency must not be negative, got {wanted}")
+    lock = (
+        update(tenants)
+        .where(tenants.c.name == tenant)
+        .values(concurrency=tenants.c.concurrency)
+        .returning(tenants.c.concurrency)
+    )
+    cap = (await conn.execute(lock)).scalar_one_or_none()
+    if cap is None:
+        raise NotFound(f"tenant {tenant!r} not found")
+    if wanted > cap:
+        raise BadRequest(f"reservedConcurrency {wanted} exceeds the tenant's concurrency {cap}")
+    others = select(func.coalesce(func.sum(functions.c.reserved_concurrency), 0)).where(
+        functions.c.tenant == tenant,
+        not_(and_(functions.c.service_name == service, functions.c.function_name == function)),
+    )
+    taken = int((await conn.execute(others)).scalar_one())
+    if taken + wanted > cap:
+        raise ReservationExceeded(
+            f"reservedConcurrency {wanted} does not fit: other functions reserve {taken} of "
+            f"the tenant's concurrency {cap} ({cap - taken} free)"
+        )
 
 
 def _reason(e: BaseException) -> str:

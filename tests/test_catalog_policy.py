@@ -1,0 +1,112 @@
+"""FunctionCatalog: cached function policies and tenant limits, dropped by control notices."""
+
+from __future__ import annotations
+
+import pytest
+
+from shared.catalog import FunctionCatalog, FunctionPolicy, TenantLimits
+from shared.errors import AsyncConfigNotFound, FunctionNotFound
+from shared.models import (
+    AsyncConfig,
+    DestinationConfig,
+    DestinationTarget,
+    Function,
+    Service,
+    Tenant,
+)
+from shared.protocol import ControlEvent
+
+
+class FakeStore:
+    def __init__(self) -> None:
+        self.functions = {("t", "s", "f"): Function(function_name="f", service_name="s")}
+        self.configs: dict[tuple[str, str, str, str], AsyncConfig] = {}
+        self.tenant = Tenant(name="t", concurrency=50, max_chain_depth=8)
+        self.reserved = 0
+        self.reads = 0
+
+    async def get_service(self, tenant: str, name: str) -> Service:
+        return Service(service_name=name)
+
+    async def get_function(self, tenant: str, service: str, name: str) -> Function:
+        self.reads += 1
+        try:
+            return self.functions[(tenant, service, name)]
+        except KeyError:
+            raise FunctionNotFound(name) from None
+
+    async def get_async_config(
+        self, tenant: str, service: str, qualifier: str, function: str
+    ) -> AsyncConfig:
+        try:
+            return self.configs[(tenant, service, qualifier, function)]
+        except KeyError:
+            raise AsyncConfigNotFound(function) from None
+
+    async def get_tenant(self, name: str) -> Tenant:
+        self.reads += 1
+        return self.tenant
+
+    async def reserved_total(self, tenant: str) -> int:
+        return self.reserved
+
+
+async def test_policy_defaults_config_and_invalidation() -> None:
+    store = FakeStore()
+    catalog = FunctionCatalog(store)
+    assert await catalog.policy("t", "s", "LATEST", "f") == FunctionPolicy()
+    store.functions[("t", "s", "f")] = Function(
+        function_name="f", service_name="s", reserved_concurrency=5
+    )
+    store.configs[("t", "s", "LATEST", "f")] = AsyncConfig(
+        max_async_retry_attempts=1,
+        max_async_event_age_in_seconds=60,
+        destination_config=DestinationConfig(
+            on_success=DestinationTarget(destination="function:s/g"),
+            on_failure=DestinationTarget(destination="mq:x/y"),
+        ),
+    )
+    reads = store.reads
+    assert await catalog.policy("t", "s", "LATEST", "f") == FunctionPolicy()  # cached
+    assert store.reads == reads
+    catalog.invalidate(ControlEvent(kind="function-changed", tenant="t", service="s", function="g"))
+    assert await catalog.policy("t", "s", "LATEST", "f") == FunctionPolicy()  # other function
+    catalog.invalidate(ControlEvent(kind="function-changed", tenant="t", service="s", function="f"))
+    assert await catalog.policy("t", "s", "LATEST", "f") == FunctionPolicy(
+        reserved_concurrency=5,
+        max_retry_attempts=1,
+        max_event_age=60.0,
+        on_success="function:s/g",
+        on_failure="mq:x/y",
+    )
+    with pytest.raises(FunctionNotFound):
+        await catalog.policy("t", "s", "LATEST", "gone")
+    with pytest.raises(FunctionNotFound):
+        await catalog.policy("t", "s", "prod", "f")
+
+
+async def test_tenant_limits_follow_function_and_tenant_changes() -> None:
+    store = FakeStore()
+    catalog = FunctionCatalog(store)
+    assert await catalog.tenant_limits("t") == TenantLimits(50, 0, 8)
+    store.reserved = 7
+    assert (await catalog.tenant_limits("t")).reserved_total == 0  # cached
+    catalog.invalidate(ControlEvent(kind="service-changed", tenant="t", service="s"))
+    assert (await catalog.tenant_limits("t")).reserved_total == 0
+    catalog.invalidate(ControlEvent(kind="function-changed", tenant="t", service="s", function="f"))
+    assert (await catalog.tenant_limits("t")).reserved_total == 7
+    store.tenant = Tenant(name="t", concurrency=60, max_chain_depth=3)
+    catalog.invalidate(ControlEvent(kind="tenant-changed", tenant="other"))
+    assert (await catalog.tenant_limits("t")).concurrency == 50
+    catalog.invalidate(ControlEvent(kind="tenant-changed", tenant="t"))
+    assert await catalog.tenant_limits("t") == TenantLimits(60, 7, 3)
+
+
+async def test_a_cache_hit_does_not_yield() -> None:
+    store = FakeStore()
+    catalog = FunctionCatalog(store)
+    await catalog.policy("t", "s", "LATEST", "f")
+    await catalog.tenant_limits("t")
+    for call in (catalog.policy("t", "s", "LATEST", "f"), catalog.tenant_limits("t")):
+        with pytest.raises(StopIteration):  # finished on the first step: no suspension
+            call.send(None)
