@@ -9,9 +9,10 @@ from dispatcher.service import Dispatcher
 from shared import logs, telemetry
 from shared.broker import connect
 from shared.process import run_role
+from shared.scrape import serve_metrics
 from shared.settings import Settings, load_or_exit
 from shared.store import Store
-from shared.topology import Topology
+from shared.topology import Topology, backoff_steps
 
 log = logging.getLogger("pyfc.dispatcher")
 
@@ -25,12 +26,29 @@ def main(settings: Settings | None = None) -> int:
         store = await Store.open(settings.effective_database_url)
         await store.migrate()
         connection = await connect(settings.amqp_url, f"pyfc-dispatcher@{settings.namespace}")
-        dispatcher = Dispatcher(connection, store, Topology(settings.namespace))
+        dispatcher = Dispatcher(
+            connection,
+            store,
+            Topology(settings.namespace),
+            retry_steps_ms=backoff_steps(settings.retry_base_seconds, settings.retry_max_seconds),
+            prefetch=settings.dispatch_prefetch,
+        )
+        metrics_runner = None
         try:
             await dispatcher.start()
+            if settings.dispatcher_metrics_port:
+                metrics_runner = await serve_metrics(
+                    dispatcher.metrics.registry,
+                    "dispatcher",
+                    settings.http_host,
+                    settings.dispatcher_metrics_port,
+                    settings.metrics_token,
+                )
             log.info("dispatcher ready (namespace %s)", settings.namespace)
             await stop.wait()
         finally:
+            if metrics_runner is not None:
+                await metrics_runner.cleanup()
             await dispatcher.close()
             await connection.close()
             await store.close()

@@ -1,71 +1,153 @@
-"""Admission and routing of invocations, and recording of async outcomes.
+"""Admission, routing, retries, destinations, dead letters and loop protection.
 
-Flow: `invoke` queue -> resolve function spec -> publish to `work` (persistent and
-confirmed for async) -> ack. Async outcomes arrive on `done` and are recorded in the
-metadata store before they are acked, so nothing accepted is lost across crashes.
+Every invocation and every completion of a tenant arrives on that tenant's shard queue
+(see shared/topology.py), whose single active consumer is one dispatcher replica:
+
+- invoke: resolve the function, stop chains deeper than the tenant's limit, take a
+  concurrency slot (see dispatcher/admission.py) and route the work to the workers
+  (persistent and confirmed for async) before acking. Over the cap a sync call gets 429
+  at once; async work waits here unacked, in order, until a slot frees.
+- done: free the slot (and admit waiting work), then for async work record the outcome
+  and retry it through a delay queue, or give up: Failed, onFailure, dead letter. The
+  completion is acked only after all of that, so a crash repeats rather than loses it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import Awaitable
+from dataclasses import dataclass
 
 import aio_pika
-from aio_pika.abc import (
-    AbstractChannel,
-    AbstractRobustConnection,
-)
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
 from aiormq.abc import DeliveredMessage
 from opentelemetry.trace import SpanKind
 
+from dispatcher.admission import Admission, Pool
+from dispatcher.destinations import DestinationError, Destinations
+from dispatcher.metrics import DispatcherMetrics
+from dispatcher.verdict import (
+    DESTINATION_FAILED,
+    EVENT_AGE_EXCEEDED,
+    LOOP_DETECTED,
+    NOT_RETRYABLE,
+    destination_record,
+    expired,
+    judge,
+)
 from shared import codec, control, telemetry
 from shared.broker import consume_fast, decode_delivery, settle
-from shared.catalog import FunctionCatalog
-from shared.errors import PyfcError
+from shared.catalog import FunctionCatalog, FunctionPolicy
+from shared.errors import FunctionNotFound, PyfcError, ServiceNotFound
 from shared.logs import request_id_var
-from shared.models import InvocationStatus
-from shared.protocol import Invocation, Outcome, system_outcome
+from shared.models import DeadLetter, InvocationStatus
+from shared.protocol import Completion, Invocation, Outcome, system_outcome
 from shared.store import Store
-from shared.topology import HDR_HOPS, HDR_KIND, HDR_TENANT, Topology, declare_all
+from shared.topology import (
+    HDR_DELAY,
+    HDR_HOPS,
+    HDR_KIND,
+    HDR_TENANT,
+    MSG_DONE,
+    Topology,
+    declare_all,
+    declare_invoke,
+    declare_retries,
+    invoke_routing_key,
+)
 
 log = logging.getLogger("pyfc.dispatcher")
 
-PREFETCH = 256
 RECORD_RETRY_SECONDS = 1.0
+SWEEP_SECONDS = 1.0
+# A sync slot is reclaimed this long after the caller's deadline if its release is lost.
+SYNC_LEASE_SLACK = 5.0
+# An async slot is reclaimed after this if its completion never comes (it always should:
+# completions are persistent; this only bounds the damage of a bug).
+ASYNC_LEASE_SECONDS = 3600.0
+# Waiting work is re-queued before the broker's consumer timeout (30 min by default)
+# would close the channel over a delivery held that long.
+HOLD_ROTATE_SECONDS = 600.0
+PUBLISH_TIMEOUT = 10.0
 
 
-def outcome_status(outcome: Outcome) -> InvocationStatus:
-    """The invocation status a finished outcome is recorded as."""
-    return "Succeeded" if outcome.status == "succeeded" else "Failed"
+@dataclass(slots=True)
+class Held:
+    """Async work waiting for a slot: the unacked delivery and its decoded envelope."""
+
+    message: DeliveredMessage
+    inv: Invocation
+    max_age: float
+    since: float
 
 
 class Dispatcher:
-    def __init__(self, connection: AbstractRobustConnection, store: Store, topo: Topology) -> None:
+    def __init__(
+        self,
+        connection: AbstractRobustConnection,
+        store: Store,
+        topo: Topology,
+        *,
+        retry_steps_ms: list[int],
+        prefetch: int = 5000,
+        metrics: DispatcherMetrics | None = None,
+    ) -> None:
         self._connection = connection
         self._store = store
         self._topo = topo
+        self._steps = retry_steps_ms
+        self._prefetch = prefetch
         self._catalog = FunctionCatalog(store)
+        self.admission: Admission[Held] = Admission()
+        self._metrics = metrics or DispatcherMetrics(self.admission)
         self._consume: AbstractChannel | None = None
         self._confirmed: AbstractChannel | None = None
         self._fast: AbstractChannel | None = None
+        self._invoke: AbstractExchange | None = None
+        self._retry: AbstractExchange | None = None
+        self._destinations: Destinations | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+
+    @property
+    def metrics(self) -> DispatcherMetrics:
+        return self._metrics
 
     async def start(self) -> None:
         self._consume = await self._connection.channel()
-        await self._consume.set_qos(prefetch_count=PREFETCH)
+        # Per consumer (one per shard): async work over a cap waits as unacked deliveries.
+        await self._consume.set_qos(prefetch_count=self._prefetch)
         # Async work is published with confirms; sync work goes on a confirm-less channel
         # because its caller is waiting and would rather fail fast than wait twice.
         self._confirmed = await self._connection.channel(publisher_confirms=True)
         self._fast = await self._connection.channel(publisher_confirms=False)
         await declare_all(self._consume, self._topo)
+        self._invoke = await declare_invoke(self._confirmed, self._topo)
+        self._retry = await declare_retries(self._confirmed, self._topo, self._steps)
+        self._destinations = Destinations(self._connection, self._invoke, self._store)
         await control.subscribe(self._consume, self._topo, self._catalog.invalidate)
-        await consume_fast(self._consume, self._topo.dispatch_queue, self._on_invoke)
-        await consume_fast(self._consume, self._topo.done_queue, self._on_done)
+        for queue in self._topo.shard_queues:
+            await consume_fast(self._consume, queue, self._on_message)
+        self._sweeper = asyncio.create_task(self._sweep_forever())
 
     async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
         for channel in (self._consume, self._confirmed, self._fast):
             if channel is not None and not channel.is_closed:
                 await channel.close()
+
+    async def _on_message(self, message: DeliveredMessage) -> None:
+        if message.header.properties.message_type == MSG_DONE:
+            await self._on_done(message)
+        else:
+            await self._on_invoke(message)
+
+    # -- admission ---------------------------------------------------------------------
 
     async def _on_invoke(self, message: DeliveredMessage) -> None:
         inv = await decode_delivery(message, Invocation)
@@ -82,14 +164,82 @@ class Dispatcher:
                 inv.spec = await self._catalog.spec(
                     inv.tenant, inv.service, inv.qualifier, inv.function, inv.min_revision
                 )
+                policy = await self._catalog.policy(
+                    inv.tenant, inv.service, inv.qualifier, inv.function
+                )
+                limits = await self._catalog.tenant_limits(inv.tenant)
             except PyfcError as e:
-                await self._fail(message, inv, e)
+                await self._reject(message, inv, e)
                 return
             inv.traceparent = telemetry.current_traceparent(fallback=inv.traceparent)
-            await self._route(message, inv)
-        await settle(message)
+            if inv.lineage.hops >= limits.max_chain_depth:
+                await self._loop_detected(message, inv, limits.max_chain_depth)
+                return
+            pool = self.admission.pool(
+                inv.tenant,
+                inv.service,
+                inv.function,
+                tenant_cap=limits.concurrency,
+                reserved_total=limits.reserved_total,
+                reserved=policy.reserved_concurrency,
+            )
+            if self.admission.holds(inv.id) and inv.kind == "async":
+                # Redelivered after a connection blip, but already routed by us: done.
+                await settle(message)
+                return
+            if inv.kind == "sync":
+                await self._admit_sync(message, inv, pool)
+            else:
+                await self._admit_async(Held(message, inv, policy.max_event_age, time.time()), pool)
+
+    async def _admit_sync(
+        self, message: DeliveredMessage, inv: Invocation, pool: Pool[Held]
+    ) -> None:
+        lease = max(1.0, inv.deadline - time.time()) + SYNC_LEASE_SLACK
+        if not self.admission.try_acquire(pool, inv.id, lease):
+            self._metrics.throttled.labels(inv.tenant).inc()
+            scope = f"function {inv.function}" if len(pool.key) > 1 else f"tenant {inv.tenant}"
+            message_text = f"concurrency limit reached: {pool.limit} in flight for {scope}"
+            await self._reply(
+                message, system_outcome(inv, "ThrottlingException", message_text, 429)
+            )
+            await settle(message)
+            return
+        self._metrics.admitted.labels(inv.tenant, "sync").inc()
+        await self._route(message, inv)
+
+    async def _admit_async(self, held: Held, pool: Pool[Held]) -> None:
+        """Route now if a slot is free (and nothing older waits), else wait in order."""
+        if pool.waiting or not self.admission.try_acquire(pool, held.inv.id, ASYNC_LEASE_SECONDS):
+            pool.waiting.append(held)
+            await self._drain(pool)
+            return
+        await self._route_async(held)
+
+    async def _route_async(self, held: Held) -> None:
+        """Route async work that holds a slot (or give it up if it is too old)."""
+        inv = held.inv
+        if expired(inv, held.max_age, time.time()):
+            self.admission.release(inv.id)
+            await self._give_up(inv, None, EVENT_AGE_EXCEEDED, notify=True)
+            await settle(held.message)
+            return
+        self._metrics.admitted.labels(inv.tenant, "async").inc()
+        await self._route(held.message, inv)
+
+    async def _drain(self, pool: Pool[Held]) -> None:
+        """Admit waiting work while the pool has room (in arrival order)."""
+        while pool.waiting and pool.free > 0:
+            held = pool.waiting.popleft()
+            if held.message.channel.is_closed:
+                continue  # the broker already gave it back to the queue
+            if not self.admission.try_acquire(pool, held.inv.id, ASYNC_LEASE_SECONDS):
+                pool.waiting.appendleft(held)
+                return
+            await self._route_async(held)
 
     async def _route(self, message: DeliveredMessage, inv: Invocation) -> None:
+        """Publish admitted work to the workers, then ack; on failure free the slot."""
         assert self._confirmed is not None and self._fast is not None
         persistent = inv.kind == "async"
         out = aio_pika.Message(
@@ -104,56 +254,266 @@ class Dispatcher:
             headers={HDR_TENANT: inv.tenant, HDR_HOPS: inv.lineage.hops, HDR_KIND: inv.kind},
         )
         channel = self._confirmed if persistent else self._fast
-        await channel.default_exchange.publish(out, routing_key=self._topo.work_queue)
-
-    async def _fail(self, message: DeliveredMessage, inv: Invocation, err: PyfcError) -> None:
-        """The invocation cannot be admitted: tell the sync caller, or record the async failure."""
-        log.warning("invocation not admitted: %s: %s", err.code, err.message)
-        outcome = system_outcome(inv, err.code, err.message, err.status)
-        props = message.header.properties
-        if inv.kind == "sync":
-            if props.reply_to:
-                assert self._fast is not None
-                await self._fast.default_exchange.publish(
-                    aio_pika.Message(codec.encode(outcome), correlation_id=props.correlation_id),
-                    routing_key=props.reply_to,
-                    mandatory=False,
-                )
-        else:
-            await self._record(outcome)
+        try:
+            await channel.default_exchange.publish(
+                out, routing_key=self._topo.work_queue, timeout=PUBLISH_TIMEOUT
+            )
+        except Exception:
+            # Unacked, the delivery goes back to the queue with its channel (or now).
+            log.exception("cannot route invocation %s; it stays queued", inv.id)
+            self.admission.release(inv.id)
+            await settle(message, ack=False, requeue=True)
+            return
         await settle(message)
 
+    async def _reply(self, message: DeliveredMessage, outcome: Outcome) -> None:
+        """Answer a sync caller directly (nothing to run, or not admitted)."""
+        props = message.header.properties
+        if props.reply_to:
+            assert self._fast is not None
+            await self._fast.default_exchange.publish(
+                aio_pika.Message(codec.encode(outcome), correlation_id=props.correlation_id),
+                routing_key=props.reply_to,
+                mandatory=False,
+            )
+
+    async def _reject(self, message: DeliveredMessage, inv: Invocation, err: PyfcError) -> None:
+        """The invocation cannot be admitted (no such function, ...): tell or record it."""
+        log.warning("invocation not admitted: %s: %s", err.code, err.message)
+        outcome = system_outcome(inv, err.code, err.message, err.status)
+        if inv.kind == "sync":
+            await self._reply(message, outcome)
+        else:
+            await self._guard_store(self._give_up(inv, outcome, NOT_RETRYABLE, notify=False))
+        await settle(message)
+
+    async def _loop_detected(self, message: DeliveredMessage, inv: Invocation, limit: int) -> None:
+        """A chain deeper than the tenant's limit: not run; logged, counted, dead-lettered.
+
+        Never sent to an onFailure destination: a function destination would be one hop
+        deeper still, and stopped again, forever.
+        """
+        log.warning(
+            "recursive loop stopped: %s/%s at hop %d (limit %d, trace %s, origin %s)",
+            inv.service,
+            inv.function,
+            inv.lineage.hops,
+            limit,
+            inv.lineage.trace_id,
+            inv.lineage.origin,
+        )
+        self._metrics.loops.labels(inv.tenant).inc()
+        outcome = system_outcome(
+            inv,
+            LOOP_DETECTED,
+            f"invocation chain is {inv.lineage.hops} hops deep; the limit is {limit}",
+            508,
+        )
+        if inv.kind == "sync":
+            await self._reply(message, outcome)
+        else:
+            await self._guard_store(self._give_up(inv, outcome, LOOP_DETECTED, notify=False))
+        await settle(message)
+
+    # -- completions -------------------------------------------------------------------
+
     async def _on_done(self, message: DeliveredMessage) -> None:
-        outcome = await decode_delivery(message, Outcome)
-        if outcome is None:
+        done = await decode_delivery(message, Completion)
+        if done is None:
             return
-        request_id_var.set(outcome.request_id)
+        request_id_var.set(done.request_id)
+        pool = self.admission.release(done.request_id)
+        if pool is not None:
+            await self._drain(pool)
+        if done.outcome is None or done.invocation is None:
+            await settle(message)  # a sync release: the caller has its answer
+            return
         try:
-            await self._record(outcome)
-        except PyfcError:
-            # The store is down: keep the outcome on the queue and try again, after a
-            # pause so a long outage is not a hot requeue loop.
-            log.exception("cannot record outcome yet; requeueing in %.0fs", RECORD_RETRY_SECONDS)
+            await self._conclude(done.invocation, done.outcome)
+        except Exception:
+            # The store or the broker is down: keep the completion on the queue and try
+            # again, after a pause so a long outage is not a hot requeue loop.
+            log.exception(
+                "cannot conclude %s yet; requeueing in %.0fs", done.request_id, RECORD_RETRY_SECONDS
+            )
             await asyncio.sleep(RECORD_RETRY_SECONDS)
             await settle(message, ack=False, requeue=True)
             return
         await settle(message)
 
-    async def _record(self, outcome: Outcome) -> None:
+    async def _policy(self, inv: Invocation) -> FunctionPolicy:
+        try:
+            return await self._catalog.policy(inv.tenant, inv.service, inv.qualifier, inv.function)
+        except (FunctionNotFound, ServiceNotFound):
+            return FunctionPolicy()  # deleted since: no retries' worth of config left
+
+    async def _conclude(self, inv: Invocation, outcome: Outcome) -> None:
+        policy = await self._policy(inv)
+        verdict = judge(
+            inv,
+            outcome,
+            max_retry_attempts=policy.max_retry_attempts,
+            max_event_age=policy.max_event_age,
+            steps_ms=self._steps,
+        )
+        if verdict.action == "succeeded":
+            await self._record(outcome, "Succeeded")
+            if policy.on_success:
+                await self._forward(policy.on_success, inv, outcome, verdict.reason)
+        elif verdict.action == "retry":
+            await self._record(outcome, "Enqueued")
+            await self._schedule_retry(inv, verdict.delay_ms)
+        else:
+            await self._give_up(inv, outcome, verdict.reason, notify=True, policy=policy)
+
+    async def _schedule_retry(self, inv: Invocation, delay_ms: int) -> None:
+        assert self._retry is not None
+        inv.attempt += 1
+        inv.spec = None
+        self._metrics.retries.labels(inv.tenant).inc()
+        log.info("retrying %s (attempt %d) in %.1fs", inv.id, inv.attempt, delay_ms / 1000)
+        await self._retry.publish(
+            aio_pika.Message(
+                codec.encode(inv),
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                message_id=inv.id,
+                headers={
+                    HDR_DELAY: str(delay_ms),
+                    HDR_TENANT: inv.tenant,
+                    HDR_HOPS: inv.lineage.hops,
+                    HDR_KIND: "async",
+                },
+            ),
+            # Kept through dead-lettering: back on the tenant's shard after the delay.
+            routing_key=invoke_routing_key(inv.tenant),
+            timeout=PUBLISH_TIMEOUT,
+        )
+
+    async def _give_up(
+        self,
+        inv: Invocation,
+        outcome: Outcome | None,
+        reason: str,
+        *,
+        notify: bool,
+        policy: FunctionPolicy | None = None,
+    ) -> None:
+        """Failed for good: record it, tell onFailure (if `notify`) and dead-letter it."""
+        if outcome is None:
+            outcome = system_outcome(
+                inv, reason, f"event older than its max age; attempt {inv.attempt} not made", 410
+            )
+        await self._record(outcome, "Failed")
+        if notify:
+            policy = policy or await self._policy(inv)
+            if policy.on_failure:
+                await self._forward(policy.on_failure, inv, outcome, reason)
+        await self._dead_letter(inv, outcome, reason)
+
+    async def _dead_letter(self, inv: Invocation, outcome: Outcome, reason: str) -> None:
+        self._metrics.dead_letters.labels(inv.tenant, reason).inc()
+        inv.spec = None
+        await self._store.add_dead_letter(
+            inv.tenant,
+            DeadLetter(
+                request_id=inv.id,
+                service_name=inv.service,
+                qualifier=inv.qualifier,
+                function_name=inv.function,
+                reason=reason,
+                error_type=outcome.error_type,
+                error_message=outcome.error_message,
+                attempts=inv.attempt,
+                hops=inv.lineage.hops,
+                trace_id=inv.lineage.trace_id,
+                payload=inv.payload,
+                response=outcome.body,
+                envelope=codec.encode(inv),
+            ),
+        )
+        log.warning(
+            "dead letter %s/%s %s: %s %s", inv.service, inv.function, inv.id, reason,
+            outcome.error_type,
+        )  # fmt: skip
+
+    async def _forward(
+        self, destination: str, inv: Invocation, outcome: Outcome, condition: str
+    ) -> None:
+        assert self._destinations is not None
+        record = destination_record(inv, outcome, condition)
+        try:
+            await self._destinations.send(destination, inv, record, condition)
+        except (DestinationError, aio_pika.exceptions.AMQPError) as e:
+            log.error("destination %s of %s failed: %s", destination, inv.id, e)
+            failed = system_outcome(inv, DESTINATION_FAILED, f"{destination}: {e}", 502)
+            failed.body = record
+            await self._dead_letter(inv, failed, DESTINATION_FAILED)
+            return
+        self._metrics.destinations.labels(inv.tenant, condition).inc()
+
+    async def _record(self, outcome: Outcome, status: InvocationStatus) -> None:
         started = time.perf_counter()
         await self._store.record_outcome(
             outcome.tenant,
             outcome.request_id,
-            status=outcome_status(outcome),
+            status=status,
             attempt=outcome.attempt,
             result=outcome.body,
             error_type=outcome.error_type,
             error_message=outcome.error_message,
         )
         log.info(
-            "async invocation %s: %s%s (recorded in %.1f ms)",
+            "async invocation %s attempt %d: %s%s -> %s (recorded in %.1f ms)",
             outcome.request_id,
+            outcome.attempt,
             outcome.status,
             f" {outcome.error_type}" if outcome.error_type else "",
+            status,
             (time.perf_counter() - started) * 1000,
         )
+
+    async def _guard_store(self, work: Awaitable[None]) -> None:
+        """Run store work for a message we are about to ack; a store outage is logged."""
+        try:
+            await work
+        except PyfcError:
+            log.exception("cannot record a refused invocation")
+
+    # -- housekeeping --------------------------------------------------------------------
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_SECONDS)
+            try:
+                await self.sweep()
+            except Exception:
+                log.exception("dispatcher sweep failed")
+
+    async def sweep(self) -> None:
+        """Reclaim lapsed leases, drop waiters whose channel died, rotate long waiters."""
+        for pool in self.admission.expire():
+            await self._drain(pool)
+        now = time.time()
+        for pool in self.admission.pools():
+            keep = [h for h in pool.waiting if not h.message.channel.is_closed]
+            old = [h for h in keep if now - h.since > HOLD_ROTATE_SECONDS]
+            pool.waiting.clear()
+            pool.waiting.extend(h for h in keep if now - h.since <= HOLD_ROTATE_SECONDS)
+            for held in old:
+                await self._rotate(held)
+        self.admission.forget_idle()
+
+    async def _rotate(self, held: Held) -> None:
+        """Re-queue long-waiting work (confirmed) and ack the old delivery."""
+        assert self._invoke is not None
+        await self._invoke.publish(
+            aio_pika.Message(
+                held.message.body,
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                message_id=held.inv.id,
+                headers=dict(held.message.header.properties.headers or {}),
+            ),
+            routing_key=invoke_routing_key(held.inv.tenant),
+            timeout=PUBLISH_TIMEOUT,
+        )
+        await settle(held.message)

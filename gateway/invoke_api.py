@@ -12,13 +12,22 @@ import aio_pika
 from aiohttp import web
 from opentelemetry.trace import SpanKind, StatusCode
 
-from gateway.app import gateway_of, json_response, tenant_of
+from gateway.app import (
+    GET_INVOCATION_ROUTE,
+    INVOKE_ROUTE,
+    gateway_of,
+    grant_of,
+    json_response,
+    tenant_of,
+)
 from gateway.rpc import BROKER_ERRORS, invocation_headers
 from shared import codec, telemetry
 from shared.errors import BadRequest, InvocationNotFound, PayloadTooLarge, PyfcError, Unavailable
 from shared.logs import request_id_var
 from shared.models import InvocationRecord
 from shared.protocol import LATEST, Invocation, Lineage, Outcome
+from shared.tokens import InvokeGrant
+from shared.topology import invoke_routing_key
 
 log = logging.getLogger("pyfc.gateway")
 
@@ -46,6 +55,21 @@ def parse_lineage(header: str | None, request_id: str) -> Lineage:
     if m is None:
         raise BadRequest("bad X-Fc-Lineage header: expected <traceId>/<hops>[/<origin>]")
     return Lineage(trace_id=m["trace"], hops=int(m["hops"]) + 1, origin=m["origin"] or "http")
+
+
+def request_lineage(header: str | None, request_id: str, grant: InvokeGrant | None) -> Lineage:
+    """The lineage of a new invocation: from the invoke token when a function calls.
+
+    A token's chain is authoritative: its trace and one hop below its holder, attributed to
+    the holder. An `X-Fc-Lineage` header beside it may only make the chain deeper, so a
+    function cannot shorten its chain by dropping or rewriting the header.
+    """
+    claimed = parse_lineage(header, request_id)
+    if grant is None:
+        return claimed
+    return Lineage(
+        trace_id=grant.trace_id, hops=max(grant.hops + 1, claimed.hops), origin=grant.origin
+    )
 
 
 def invocation_type(header: str | None) -> str:
@@ -86,7 +110,7 @@ async def invoke(request: web.Request) -> web.Response:
     kind = invocation_type(request.headers.get("X-Fc-Invocation-Type"))
     request_id = str(uuid.uuid4())
     request_id_var.set(request_id)
-    lineage = parse_lineage(request.headers.get("X-Fc-Lineage"), request_id)
+    lineage = request_lineage(request.headers.get("X-Fc-Lineage"), request_id, grant_of(request))
     payload = await request.read()
     if len(payload) > gw.settings.max_event_bytes:
         raise PayloadTooLarge(
@@ -165,7 +189,7 @@ async def _accept_async(request: web.Request, inv: Invocation) -> web.Response:
                 headers=invocation_headers(inv),
                 message_id=inv.id,
             ),
-            routing_key="invoke",
+            routing_key=invoke_routing_key(inv.tenant),
             timeout=10.0,
         )
     except BROKER_ERRORS as e:
@@ -214,5 +238,5 @@ async def get_invocation(request: web.Request) -> web.Response:
 
 def add_routes(router: web.UrlDispatcher) -> None:
     base = "/v1/services/{service}/functions/{function}/invocations"
-    router.add_post(base, invoke)
-    router.add_get(base + "/{request_id}", get_invocation)
+    router.add_post(base, invoke, name=INVOKE_ROUTE)
+    router.add_get(base + "/{request_id}", get_invocation, name=GET_INVOCATION_ROUTE)

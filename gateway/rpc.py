@@ -14,7 +14,13 @@ from shared import codec
 from shared.broker import consume_fast
 from shared.errors import DeadlineExceeded, Unavailable
 from shared.protocol import Invocation, Outcome
-from shared.topology import DIRECT_REPLY_TO, HDR_HOPS, HDR_KIND, HDR_TENANT
+from shared.topology import (
+    DIRECT_REPLY_TO,
+    HDR_HOPS,
+    HDR_KIND,
+    HDR_TENANT,
+    invoke_routing_key,
+)
 
 # What a publish raises while the broker connection is down or being restored.
 BROKER_ERRORS = (AMQPError, ChannelInvalidStateError, ConnectionError, RuntimeError)
@@ -65,7 +71,7 @@ class RpcClient:
         )
         try:
             try:
-                await self._exchange.publish(message, routing_key="invoke")
+                await self._exchange.publish(message, routing_key=invoke_routing_key(inv.tenant))
             except BROKER_ERRORS as e:
                 raise Unavailable(f"cannot reach the broker: {type(e).__name__}: {e}") from e
             return await future

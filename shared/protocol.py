@@ -109,10 +109,25 @@ def system_outcome(inv: Invocation, code: str, message: str, http_status: int) -
     )
 
 
+class Completion(msgspec.Struct, kw_only=True):
+    """A worker finished an invocation: sent to the tenant's dispatcher shard.
+
+    For sync work it only frees the concurrency slot (the caller already has its reply);
+    for async work it carries the outcome and the envelope (without its spec), so the
+    dispatcher can record, retry, dead-letter or forward it with nothing kept in memory.
+    """
+
+    request_id: str
+    tenant: str
+    kind: InvocationKind
+    outcome: Outcome | None = None
+    invocation: Invocation | None = None
+
+
 class ControlEvent(msgspec.Struct, kw_only=True):
     """Fanout notice that metadata changed; every process drops what it cached."""
 
-    kind: Literal["function-changed", "service-changed", "tenant-changed"]
+    kind: Literal["function-changed", "service-changed", "tenant-changed", "provision-changed"]
     tenant: str
     service: str = ""
     function: str = ""

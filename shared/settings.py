@@ -6,6 +6,8 @@ Nothing reads the environment at import time; `Settings.from_env()` is the only 
 from __future__ import annotations
 
 import os
+import secrets
+import tempfile
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,6 +21,36 @@ def _decode_path(kind: type, value: object) -> object:
     if kind is Path and isinstance(value, str):
         return Path(value)
     raise NotImplementedError(f"cannot convert {value!r} to {kind}")
+
+
+SECRET_FILE = "secret"
+MIN_SECRET_CHARS = 32
+
+
+def _secret_file(path: Path) -> bytes:
+    """Read the secret kept at `path`, creating it (0600) if there is none yet.
+
+    Race-safe across processes: the secret is written to a private temporary file, then
+    hard-linked into place, which fails if another role got there first; the loser reads
+    the winner's. No reader ever sees a partly written file.
+    """
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".secret-", dir=path.parent)  # mode 0600
+        try:
+            os.write(fd, (secrets.token_urlsafe(32) + "\n").encode())
+            os.fsync(fd)
+            os.close(fd)
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                pass
+        finally:
+            os.unlink(tmp)
+    secret = path.read_bytes().strip()
+    if len(secret) < MIN_SECRET_CHARS:
+        raise BadRequest(f"the secret in {path} is damaged; delete it to make a new one")
+    return secret
 
 
 def load_or_exit() -> Settings:
@@ -53,12 +85,24 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     # Limits at the HTTP edge.
     max_event_bytes: int = 6 * 1024 * 1024
     max_code_bytes: int = 50 * 1024 * 1024
+    # Function credentials (shared/tokens.py): the gateway URL functions invoke through
+    # (default: this host's gateway), and the secret invoke tokens are signed with. Without
+    # PYFC_SECRET a random one is kept in `{data_dir}/secret`, which every role of a local
+    # stack shares; several hosts need one PYFC_SECRET. Never passed to function code.
+    gateway_url: str = ""
+    secret: str = ""
     # `/metrics` names tenants: served to loopback peers, or to holders of this token.
     metrics_token: str = ""
     # Traces: "" (off), "console", or "jsonl:<dir>" (see shared/telemetry.py).
     otel_exporter: str = ""
     # Default tenant concurrency cap for `pyfc tenant create`.
     tenant_concurrency: int = 100
+    # Dispatcher: async retry backoff (base, doubling up to max) and its Prometheus port.
+    retry_base_seconds: float = 1.0
+    retry_max_seconds: float = 300.0
+    dispatcher_metrics_port: int = 0
+    # Unacked deliveries one dispatcher shard may hold (async work waiting for a slot).
+    dispatch_prefetch: int = 5000
 
     @property
     def effective_database_url(self) -> str:
@@ -67,6 +111,22 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     @property
     def effective_blob_url(self) -> str:
         return self.blob_url or f"file://{self.data_dir / 'blobs'}"
+
+    @property
+    def effective_gateway_url(self) -> str:
+        if self.gateway_url:
+            return self.gateway_url.rstrip("/")
+        # A wildcard listen address is reached through loopback.
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(
+            self.http_host, self.http_host
+        )
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.http_port}"
+
+    def token_secret(self) -> bytes:
+        """The key invoke tokens are signed with: PYFC_SECRET, else `{data_dir}/secret`."""
+        if self.secret:
+            return self.secret.encode()
+        return _secret_file(self.data_dir / SECRET_FILE)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -83,6 +143,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
             settings = msgspec.convert(values, cls, strict=False, dec_hook=_decode_path)
         except msgspec.ValidationError as e:
             raise BadRequest(f"invalid PYFC_* setting: {e}") from e
+        if settings.secret and len(settings.secret) < MIN_SECRET_CHARS:
+            raise BadRequest(f"PYFC_SECRET must be at least {MIN_SECRET_CHARS} characters")
         if not settings.worker_id:
             settings = msgspec.structs.replace(settings, worker_id=f"w-{uuid.uuid4().hex[:8]}")
         return settings

@@ -2,10 +2,16 @@
 
 Every role declares what it uses (idempotent) at start. `namespace` prefixes all names so
 several stacks or test runs share one broker without seeing each other.
+
+Invocations and their completions enter through one consistent-hash exchange keyed by
+tenant, so every message of a tenant lands on the same dispatcher shard queue; each shard
+has a single active consumer, which therefore holds that tenant's counters alone, and the
+broker hands the shard to another dispatcher replica when that consumer goes away.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import aio_pika
@@ -14,10 +20,27 @@ from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
 # AMQP headers that must be visible to the broker and other tools (not only our code).
 HDR_TENANT = "x-pyfc-tenant"
 HDR_HOPS = "x-pyfc-hops"
+HDR_TRACE = "x-pyfc-trace"
 HDR_TRACEPARENT = "traceparent"
 HDR_KIND = "x-pyfc-kind"
+HDR_DELAY = "x-pyfc-delay-ms"
+
+# AMQP `type` of the messages on a dispatcher shard queue.
+MSG_INVOKE = "invoke"
+MSG_DONE = "done"
 
 DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
+CONSISTENT_HASH = "x-consistent-hash"
+
+# Fixed, not a setting: every role declares the same bindings, and a shard queue that no
+# dispatcher consumes would strand its tenants' work. Replicas share the shards through
+# single-active-consumer, so this bounds how many dispatchers can be active at once.
+DISPATCH_SHARDS = 4
+
+
+def invoke_routing_key(tenant: str) -> str:
+    """Routing key on the invoke exchange: the tenant, hashed onto a dispatcher shard."""
+    return tenant
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,12 +49,15 @@ class Topology:
 
     @property
     def invoke_exchange(self) -> str:
-        """Entry point of every invocation; bound to the dispatcher queue."""
+        """Entry point of every invocation and completion (consistent hash on tenant)."""
         return f"{self.namespace}.invoke"
 
+    def shard_queue(self, shard: int) -> str:
+        return f"{self.namespace}.dispatch.{shard}"
+
     @property
-    def dispatch_queue(self) -> str:
-        return f"{self.namespace}.dispatch"
+    def shard_queues(self) -> list[str]:
+        return [self.shard_queue(i) for i in range(DISPATCH_SHARDS)]
 
     @property
     def work_queue(self) -> str:
@@ -39,9 +65,13 @@ class Topology:
         return f"{self.namespace}.work"
 
     @property
-    def done_queue(self) -> str:
-        """Async outcomes on their way to be recorded by a dispatcher."""
-        return f"{self.namespace}.done"
+    def retry_exchange(self) -> str:
+        """Headers exchange routing a retry to the delay queue of its backoff."""
+        return f"{self.namespace}.retry"
+
+    def delay_queue(self, delay_ms: int) -> str:
+        """Holds retries for `delay_ms`, then dead-letters them back to the invoke exchange."""
+        return f"{self.namespace}.delay.{delay_ms}"
 
     @property
     def control_exchange(self) -> str:
@@ -49,19 +79,25 @@ class Topology:
         return f"{self.namespace}.control"
 
     def all_queues(self) -> list[str]:
-        return [self.dispatch_queue, self.work_queue, self.done_queue]
+        return [*self.shard_queues, self.work_queue]
 
     def all_exchanges(self) -> list[str]:
-        return [self.invoke_exchange, self.control_exchange]
+        return [self.invoke_exchange, self.retry_exchange, self.control_exchange]
 
 
 async def declare_invoke(channel: AbstractChannel, topo: Topology) -> AbstractExchange:
-    """The invoke exchange and the dispatcher queue behind it."""
-    exchange = await channel.declare_exchange(
-        topo.invoke_exchange, aio_pika.ExchangeType.DIRECT, durable=True
-    )
-    queue = await channel.declare_queue(topo.dispatch_queue, durable=True)
-    await queue.bind(exchange, routing_key="invoke")
+    """The invoke exchange and the dispatcher shard queues behind it.
+
+    Each role declares the shards too, so nothing published before the first dispatcher
+    starts is unroutable.
+    """
+    exchange = await channel.declare_exchange(topo.invoke_exchange, CONSISTENT_HASH, durable=True)
+    for name in topo.shard_queues:
+        queue = await channel.declare_queue(
+            name, durable=True, arguments={"x-single-active-consumer": True}
+        )
+        # The binding key of a consistent-hash exchange is the shard's weight.
+        await queue.bind(exchange, routing_key="1")
     return exchange
 
 
@@ -69,8 +105,25 @@ async def declare_work(channel: AbstractChannel, topo: Topology) -> AbstractQueu
     return await channel.declare_queue(topo.work_queue, durable=True)
 
 
-async def declare_done(channel: AbstractChannel, topo: Topology) -> AbstractQueue:
-    return await channel.declare_queue(topo.done_queue, durable=True)
+async def declare_retries(
+    channel: AbstractChannel, topo: Topology, delays_ms: list[int]
+) -> AbstractExchange:
+    """The retry exchange and one delay queue per backoff step.
+
+    A queue-wide TTL (not a per-message one) expires messages in order, so a short delay
+    never waits behind a long one.
+    """
+    exchange = await channel.declare_exchange(
+        topo.retry_exchange, aio_pika.ExchangeType.HEADERS, durable=True
+    )
+    for ms in delays_ms:
+        queue = await channel.declare_queue(
+            topo.delay_queue(ms),
+            durable=True,
+            arguments={"x-message-ttl": ms, "x-dead-letter-exchange": topo.invoke_exchange},
+        )
+        await queue.bind(exchange, arguments={"x-match": "all", HDR_DELAY: str(ms)})
+    return exchange
 
 
 async def declare_control(channel: AbstractChannel, topo: Topology) -> AbstractExchange:
@@ -82,13 +135,24 @@ async def declare_control(channel: AbstractChannel, topo: Topology) -> AbstractE
 async def declare_all(channel: AbstractChannel, topo: Topology) -> None:
     await declare_invoke(channel, topo)
     await declare_work(channel, topo)
-    await declare_done(channel, topo)
     await declare_control(channel, topo)
 
 
-async def delete_all(channel: AbstractChannel, topo: Topology) -> None:
+def backoff_steps(base_seconds: float, max_seconds: float) -> list[int]:
+    """The retry delays in ms: base, 2*base, 4*base, ... up to max (one queue each)."""
+    steps: list[int] = []
+    delay = max(0.001, base_seconds)
+    while not steps or (delay <= max_seconds and len(steps) < 24):
+        steps.append(round(delay * 1000))
+        delay *= 2
+    return steps
+
+
+async def delete_all(
+    channel: AbstractChannel, topo: Topology, delays_ms: Sequence[int] = ()
+) -> None:
     """Remove every queue and exchange of a namespace (tests clean up with this)."""
-    for name in topo.all_queues():
+    for name in [*topo.all_queues(), *(topo.delay_queue(ms) for ms in delays_ms)]:
         await channel.queue_delete(name)
     for name in topo.all_exchanges():
         await channel.exchange_delete(name)

@@ -22,9 +22,10 @@ from pathlib import Path
 
 import aio_pika
 
-from shared.topology import Topology, delete_all
+from shared.topology import Topology, backoff_steps, delete_all
 
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
+RETRY_BASE, RETRY_MAX = 0.2, 1.6
 PG_ADMIN = ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-q", "-c"]
 
 
@@ -71,7 +72,13 @@ class PostgresDatabase:
 
 
 class Stack:
-    def __init__(self, root: Path, database: str = "sqlite", worker_slots: int = 4) -> None:
+    def __init__(
+        self,
+        root: Path,
+        database: str = "sqlite",
+        worker_slots: int = 4,
+        amqp_url: str = AMQP_URL,
+    ) -> None:
         root.mkdir(parents=True, exist_ok=True)
         self.root = root
         self.namespace = f"t{uuid.uuid4().hex[:10]}"
@@ -81,11 +88,14 @@ class Stack:
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("PYFC_")},
             "PYFC_DATA_DIR": str(root / "data"),
-            "PYFC_AMQP_URL": AMQP_URL,
+            "PYFC_AMQP_URL": amqp_url,
             "PYFC_NAMESPACE": self.namespace,
             "PYFC_HTTP_PORT": str(self.port),
             "PYFC_WORKER_SLOTS": str(worker_slots),
             "PYFC_LOG_LEVEL": "INFO",
+            # Short async retry backoff so retry tests take seconds, not minutes.
+            "PYFC_RETRY_BASE_SECONDS": str(RETRY_BASE),
+            "PYFC_RETRY_MAX_SECONDS": str(RETRY_MAX),
         }
         if self.pg:
             self.env["PYFC_DATABASE_URL"] = self.pg.url
@@ -186,7 +196,8 @@ class Stack:
                 proc.kill()
                 proc.wait()
                 print(f"{name} needed SIGKILL to stop:\n{self.logs(name)}")
-        asyncio.run(_delete_namespace(self.namespace))
+        if self.env["PYFC_AMQP_URL"] == AMQP_URL:  # a private broker goes away whole
+            asyncio.run(_delete_namespace(self.namespace))
         if self.pg:
             self.pg.close()
 
@@ -194,4 +205,6 @@ class Stack:
 async def _delete_namespace(namespace: str) -> None:
     connection = await aio_pika.connect(AMQP_URL, timeout=10)
     async with connection:
-        await delete_all(await connection.channel(), Topology(namespace))
+        await delete_all(
+            await connection.channel(), Topology(namespace), backoff_steps(RETRY_BASE, RETRY_MAX)
+        )

@@ -188,20 +188,19 @@ async def test_undecodable_broker_messages_are_dropped_and_work_goes_on(
         channel = await connection.channel()
         exchange = await channel.get_exchange(topo.invoke_exchange)
         for garbage in (b"", b"\xc1", b"not msgpack at all", b"\x81\xa1x\x01"):
-            await exchange.publish(aio_pika.Message(garbage), routing_key="invoke")
+            await exchange.publish(aio_pika.Message(garbage), routing_key=client.tenant)
+            done = aio_pika.Message(garbage, type="done")
+            await exchange.publish(done, routing_key=client.tenant)
             await channel.default_exchange.publish(
                 aio_pika.Message(garbage), routing_key=topo.work_queue
             )
-            await channel.default_exchange.publish(
-                aio_pika.Message(garbage), routing_key=topo.done_queue
-            )
-        # An async call passes through all three queues after the garbage (FIFO per queue).
+        # An async call passes through the same queues after the garbage (FIFO per queue).
         status, headers, _ = await invoke(
             client, service, function, b"after garbage", X_Fc_Invocation_Type="Async"
         )
         assert status == 202
         rec = await wait_result(client, service, function, headers["X-Fc-Request-Id"])
         assert rec["result"] == "after garbage"
-        for name in (topo.dispatch_queue, topo.work_queue, topo.done_queue):
+        for name in (*topo.shard_queues, topo.work_queue):
             queue = await channel.declare_queue(name, durable=True, passive=True)
             assert queue.declaration_result.message_count == 0, name

@@ -12,13 +12,12 @@ from collections import Counter as Tally
 from collections.abc import Iterator
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 from shared.protocol import FunctionSpec, Outcome
-from shared.scrape import may_scrape
+from shared.scrape import serve_metrics
 from worker.pool import InstancePool
 
 log = logging.getLogger("pyfc.worker")
@@ -94,17 +93,4 @@ class WorkerMetrics:
                 self.init_seconds.labels(*labels).observe(instance.init_duration_ms / 1000)
 
     async def serve(self, host: str, port: int, token: str) -> web.AppRunner:
-        async def handle(request: web.Request) -> web.Response:
-            if not may_scrape(request.remote, request.headers.get("Authorization"), token):
-                return web.Response(status=403, text="metrics: loopback or PYFC_METRICS_TOKEN")
-            return web.Response(
-                body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
-            )
-
-        app = web.Application()
-        app.router.add_get("/metrics", handle)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, host, port).start()
-        log.info("worker metrics on http://%s:%d/metrics", host, port)
-        return runner
+        return await serve_metrics(self.registry, "worker", host, port, token)

@@ -13,7 +13,7 @@ import logging
 import time
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractRobustConnection
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
 from aiormq.abc import DeliveredMessage
 from opentelemetry.trace import SpanKind, StatusCode
 
@@ -21,8 +21,8 @@ from shared import codec, telemetry
 from shared.broker import consume_fast, decode_delivery, settle
 from shared.errors import PyfcError
 from shared.logs import request_id_var
-from shared.protocol import Invocation, Outcome, system_outcome
-from shared.topology import Topology, declare_all
+from shared.protocol import Completion, Invocation, Outcome, system_outcome
+from shared.topology import MSG_DONE, Topology, declare_all, declare_invoke, invoke_routing_key
 from worker.codecache import CodeCache
 from worker.metrics import WorkerMetrics
 from worker.pool import InstancePool
@@ -69,6 +69,8 @@ class Worker:
         self._consume: AbstractChannel | None = None
         self._confirmed: AbstractChannel | None = None
         self._fast: AbstractChannel | None = None
+        self._done_confirmed: AbstractExchange | None = None
+        self._done_fast: AbstractExchange | None = None
         self._reaper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -78,6 +80,9 @@ class Worker:
         self._confirmed = await self._connection.channel(publisher_confirms=True)
         self._fast = await self._connection.channel(publisher_confirms=False)
         await declare_all(self._consume, self._topo)
+        # Completions go back through the invoke exchange to the tenant's dispatcher shard.
+        self._done_confirmed = await declare_invoke(self._confirmed, self._topo)
+        self._done_fast = await declare_invoke(self._fast, self._topo)
         await consume_fast(self._consume, self._topo.work_queue, self._on_work)
         self._reaper = asyncio.create_task(self._reap_forever())
 
@@ -150,19 +155,32 @@ class Worker:
         return outcome
 
     async def _answer(self, message: DeliveredMessage, inv: Invocation, outcome: Outcome) -> None:
-        assert self._confirmed is not None and self._fast is not None
-        body = codec.encode(outcome)
+        assert self._fast is not None
+        assert self._done_confirmed is not None and self._done_fast is not None
+        routing_key = invoke_routing_key(inv.tenant)
         if inv.kind == "sync":
             props = message.header.properties
             if props.reply_to:
                 await self._fast.default_exchange.publish(
-                    aio_pika.Message(body, correlation_id=props.correlation_id),
+                    aio_pika.Message(codec.encode(outcome), correlation_id=props.correlation_id),
                     routing_key=props.reply_to,
                     mandatory=False,
                 )
+            # Then free the caller's concurrency slot. Not persistent: if it is lost, the
+            # dispatcher reclaims the slot when its lease (the caller's deadline) runs out.
+            release = Completion(request_id=inv.id, tenant=inv.tenant, kind="sync")
+            await self._done_fast.publish(
+                aio_pika.Message(codec.encode(release), type=MSG_DONE), routing_key=routing_key
+            )
             return
+        inv.spec = None  # the dispatcher re-reads it if it retries
+        done = Completion(
+            request_id=inv.id, tenant=inv.tenant, kind="async", outcome=outcome, invocation=inv
+        )
         # Confirmed before the work is acked: the outcome is never lost in between.
-        await self._confirmed.default_exchange.publish(
-            aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
-            routing_key=self._topo.done_queue,
+        await self._done_confirmed.publish(
+            aio_pika.Message(
+                codec.encode(done), delivery_mode=aio_pika.DeliveryMode.PERSISTENT, type=MSG_DONE
+            ),
+            routing_key=routing_key,
         )

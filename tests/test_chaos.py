@@ -1,0 +1,140 @@
+"""Chaos: a dispatcher replica SIGKILLed, and the broker restarted, during bursts of async
+invocations. Every accepted invocation must complete (at least once); duplicates are
+counted and reported, not forbidden.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from pathlib import Path
+
+import aiohttp
+
+from tests.conftest import Client, StartStack
+from tests.helpers import deploy, invoke
+from tests.rabbit import OwnRabbit
+from tests.stack import Stack
+from tests.test_e2e_dispatch import PROBE, Probe
+
+
+async def burst(
+    client: Client, service: str, function: str, n: int, at: int, fault: object
+) -> list[str]:
+    """Send `n` async invocations, 32 at a time; call `fault()` once `at` are accepted.
+
+    Returns the accepted request ids (a call refused while the broker is down is not
+    accepted: its caller got a 503 and knows it).
+    """
+    accepted: list[str] = []
+    fired = asyncio.Event()
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(n):
+        queue.put_nowait(i)
+
+    async def sender() -> None:
+        while not queue.empty():
+            i = queue.get_nowait()
+            try:
+                status, headers, _ = await invoke(
+                    client, service, function, f"e{i}".encode(), X_Fc_Invocation_Type="Async"
+                )
+            except aiohttp.ClientError:
+                continue
+            if status == 202:
+                accepted.append(headers["X-Fc-Request-Id"])
+            else:
+                assert status == 503, status
+            if len(accepted) >= at and not fired.is_set():
+                fired.set()
+                await asyncio.to_thread(fault)  # type: ignore[arg-type]
+
+    await asyncio.gather(*(sender() for _ in range(32)))
+    return accepted
+
+
+async def wait_all_ran(probe: Probe, accepted: list[str], timeout: float) -> list[str]:
+    want = set(accepted)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ran = probe.ids()
+        if want <= set(ran):
+            return ran
+        await asyncio.sleep(0.2)
+    missing = want - set(probe.ids())
+    raise AssertionError(f"{len(missing)} accepted invocations never ran, e.g. {list(missing)[:3]}")
+
+
+async def wait_all_recorded(
+    client: Client, service: str, function: str, accepted: list[str], timeout: float
+) -> None:
+    pending = set(accepted)
+    deadline = time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
+        for request_id in list(pending)[:200]:
+            status, _, body = await client.call(
+                "GET", f"/v1/services/{service}/functions/{function}/invocations/{request_id}"
+            )
+            if status == 200 and b'"Succeeded"' in body:
+                pending.discard(request_id)
+        if pending:
+            await asyncio.sleep(0.2)
+    assert not pending, f"{len(pending)} invocations not recorded Succeeded"
+
+
+async def test_sigkill_of_a_dispatcher_replica_loses_nothing(
+    fresh_stack: StartStack, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    stack = fresh_stack(workers=1, worker_slots=8)
+    stack.spawn("dispatcher", "dispatcher-2")
+    stack.wait_log("dispatcher-2", "ready")
+    tenant, key = stack.create_tenant()
+    client = Client(session, stack.url, key, tenant)
+    probe = Probe(tmp_path)
+    service, function = await deploy(
+        client, {"index.py": PROBE}, environmentVariables=probe.env(), instanceConcurrency=4
+    )
+    # The first dispatcher registered first, so it is the active consumer of the shards.
+    accepted = await burst(
+        client, service, function, 1000, 300, lambda: stack.kill("dispatcher", signal.SIGKILL)
+    )
+    assert len(accepted) == 1000
+    ran = await wait_all_ran(probe, accepted, timeout=120)
+    await wait_all_recorded(client, service, function, accepted, timeout=60)
+    duplicates = len(ran) - len(set(ran))
+    print(f"dispatcher SIGKILL: 1000 accepted, {len(ran)} runs, {duplicates} duplicates")
+    assert "dispatcher ready" in stack.logs("dispatcher-2")
+
+
+async def test_broker_restart_loses_no_accepted_invocation(
+    session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    rabbit = OwnRabbit(tmp_path)
+    rabbit.start()
+    stack = Stack(tmp_path / "stack", worker_slots=8, amqp_url=rabbit.url)
+    try:
+        stack.start()
+        tenant, key = stack.create_tenant()
+        client = Client(session, stack.url, key, tenant)
+        probe = Probe(tmp_path)
+        service, function = await deploy(
+            client, {"index.py": PROBE}, environmentVariables=probe.env(), instanceConcurrency=4
+        )
+
+        def restart() -> None:
+            rabbit.stop()
+            rabbit.start()
+
+        accepted = await burst(client, service, function, 400, 150, restart)
+        assert len(accepted) >= 150
+        ran = await wait_all_ran(probe, accepted, timeout=120)
+        await wait_all_recorded(client, service, function, accepted, timeout=60)
+        duplicates = len(ran) - len(set(ran))
+        print(f"broker restart: {len(accepted)} accepted, {len(ran)} runs, {duplicates} duplicates")
+        # And the stack still serves new work after the restart.
+        status, _, body = await invoke(client, service, function, b"after")
+        assert status == 200 and body == b"after"
+    finally:
+        stack.stop()
+        rabbit.close()
