@@ -148,7 +148,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 def build_app(gateway: Gateway) -> web.Application:
-    from gateway import control_api, invoke_api, openapi
+    from gateway import control_api, dlq_api, function_config_api, invoke_api, openapi
 
     # Code uploads arrive base64 in JSON: allow for the 4/3 expansion plus the envelope.
     max_size = max(
@@ -161,5 +161,7 @@ def build_app(gateway: Gateway) -> web.Application:
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/v1/openapi.json", openapi.document)
     control_api.add_routes(app.router)
+    function_config_api.add_routes(app.router)
+    dlq_api.add_routes(app.router)
     invoke_api.add_routes(app.router)
     return app

@@ -18,6 +18,8 @@ Handler = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][\w.]*\.[A-Za-z_]\w*$"
 Timeout = Annotated[float, msgspec.Meta(gt=0, le=86400)]
 MemorySize = Annotated[int, msgspec.Meta(ge=128, le=3072)]
 InstanceConcurrency = Annotated[int, msgspec.Meta(ge=1, le=100)]
+# Upper bound is the tenant's concurrency, which the store checks.
+ReservedConcurrency = Annotated[int, msgspec.Meta(ge=0)]
 EnvVars = dict[Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")], str]
 
 
@@ -58,6 +60,7 @@ class FunctionCreate(msgspec.Struct, kw_only=True, rename="camel"):
     initialization_timeout: Timeout = 3.0
     instance_concurrency: InstanceConcurrency = 1
     environment_variables: EnvVars = {}
+    reserved_concurrency: ReservedConcurrency | None = None
 
 
 class FunctionUpdate(msgspec.Struct, kw_only=True, rename="camel", omit_defaults=True):
@@ -71,6 +74,45 @@ class FunctionUpdate(msgspec.Struct, kw_only=True, rename="camel", omit_defaults
     initialization_timeout: Timeout | None = None
     instance_concurrency: InstanceConcurrency | None = None
     environment_variables: EnvVars | None = None
+    # null clears the reservation, so "absent" needs its own marker.
+    reserved_concurrency: ReservedConcurrency | msgspec.UnsetType | None = msgspec.UNSET
+
+
+# --- async and provision configs ----------------------------------------------------------
+
+RetryAttempts = Annotated[int, msgspec.Meta(ge=0, le=8)]
+EventAge = Annotated[int, msgspec.Meta(ge=1, le=86400)]
+ProvisionTarget = Annotated[int, msgspec.Meta(ge=0, le=100)]
+Destination = Annotated[str, msgspec.Meta(min_length=1, max_length=600)]
+
+
+class DestinationBody(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fields=True):
+    destination: Destination
+
+
+class DestinationConfigUpdate(
+    msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fields=True, omit_defaults=True
+):
+    """Only the destinations given change; `null` removes one."""
+
+    on_success: DestinationBody | msgspec.UnsetType | None = msgspec.UNSET
+    on_failure: DestinationBody | msgspec.UnsetType | None = msgspec.UNSET
+
+
+class AsyncConfigUpdate(
+    msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fields=True, omit_defaults=True
+):
+    """PUT .../async-config: only the fields given change (defaults for a new config)."""
+
+    max_async_retry_attempts: RetryAttempts | None = None
+    max_async_event_age_in_seconds: EventAge | None = None
+    destination_config: DestinationConfigUpdate | None = None
+
+
+class ProvisionConfigUpdate(
+    msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fields=True
+):
+    target: ProvisionTarget
 
 
 def parse(body: bytes, kind: type[T]) -> T:
@@ -86,9 +128,17 @@ def parse(body: bytes, kind: type[T]) -> T:
 
 
 def changes(update: msgspec.Struct) -> dict[str, Any]:
-    """The fields a partial update (PUT) actually sets, by python field name."""
-    return {
-        f: getattr(update, f)
-        for f in update.__struct_fields__
-        if getattr(update, f) is not None and f != "code"
-    }
+    """The fields a partial update (PUT) actually sets, by python field name.
+
+    `None` means "not given", except for fields whose default is UNSET: there `null`
+    is a value (clear it) and UNSET means "not given".
+    """
+    out: dict[str, Any] = {}
+    for field in msgspec.structs.fields(update):
+        value = getattr(update, field.name)
+        if field.name == "code" or value is msgspec.UNSET:
+            continue
+        if value is None and field.default is not msgspec.UNSET:
+            continue
+        out[field.name] = value
+    return out

@@ -128,6 +128,7 @@ async def create_function(request: web.Request) -> web.Response:
         initialization_timeout=body.initialization_timeout,
         instance_concurrency=body.instance_concurrency,
         environment_variables=body.environment_variables,
+        reserved_concurrency=body.reserved_concurrency,
         code_checksum=digest,
         code_size=size,
     )

@@ -9,8 +9,17 @@ import msgspec
 from aiohttp import web
 
 from gateway.app import json_response
-from gateway.bodies import FunctionCreate, FunctionUpdate, ServiceCreate, ServiceUpdate
-from shared.models import Function, Service
+from gateway.bodies import (
+    AsyncConfigUpdate,
+    FunctionCreate,
+    FunctionUpdate,
+    ProvisionConfigUpdate,
+    ServiceCreate,
+    ServiceUpdate,
+)
+from gateway.dlq_api import DeadLetterDetail, DeadLetterPage, RedriveResult
+from gateway.function_config_api import TenantView
+from shared.models import AsyncConfig, Function, ProvisionConfig, Service
 
 REF = "#/components/schemas/{name}"
 
@@ -21,8 +30,14 @@ def _op(
     response: str | None = None,
     status: str = "200",
     raw: bool = False,
+    query: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     op: dict[str, Any] = {"summary": summary, "responses": {}}
+    if query:
+        op["parameters"] = [
+            {"name": name, "in": "query", "required": False, "schema": {"type": "string"}}
+            for name in query
+        ]
     if request:
         op["requestBody"] = {
             "required": True,
@@ -46,7 +61,22 @@ def _op(
 @cache
 def build() -> dict[str, Any]:
     _, components = msgspec.json.schema_components(
-        [ServiceCreate, ServiceUpdate, FunctionCreate, FunctionUpdate, Service, Function],
+        [
+            ServiceCreate,
+            ServiceUpdate,
+            FunctionCreate,
+            FunctionUpdate,
+            Service,
+            Function,
+            AsyncConfigUpdate,
+            AsyncConfig,
+            ProvisionConfigUpdate,
+            ProvisionConfig,
+            TenantView,
+            DeadLetterPage,
+            DeadLetterDetail,
+            RedriveResult,
+        ],
         ref_template=REF,
     )
     components["Error"] = {
@@ -56,6 +86,7 @@ def build() -> dict[str, Any]:
     }
     svc = "/v1/services/{service}"
     fn = svc + "/functions/{function}"
+    dlq_filters = ("serviceName", "functionName")
     paths = {
         "/v1/services": {
             "post": _op("create a service", "ServiceCreate", "Service", "201"),
@@ -80,6 +111,47 @@ def build() -> dict[str, Any]:
             "post": _op("invoke; X-Fc-Invocation-Type: Sync|Async, X-Fc-Log-Type: Tail", raw=True),
         },
         fn + "/invocations/{requestId}": {"get": _op("async invocation status and result")},
+        fn + "/async-config": {
+            "put": _op(
+                "set the async config of service[.qualifier]/function (partial; only LATEST)",
+                "AsyncConfigUpdate",
+                "AsyncConfig",
+            ),
+            "get": _op("get the async config", response="AsyncConfig"),
+            "delete": _op("remove the async config (defaults apply)", status="204"),
+        },
+        fn + "/provision-config": {
+            "put": _op(
+                "set the provision config (min warm instances)",
+                "ProvisionConfigUpdate",
+                "ProvisionConfig",
+            ),
+            "get": _op("get the provision config", response="ProvisionConfig"),
+            "delete": _op("remove the provision config", status="204"),
+        },
+        "/v1/tenant": {"get": _op("the caller's tenant and its caps", response="TenantView")},
+        "/v1/dlq": {
+            "get": _op(
+                "list dead letters (no payloads)",
+                response="DeadLetterPage",
+                query=(*dlq_filters, "limit", "startKey"),
+            ),
+            "delete": _op("purge dead letters -> {purged}", query=dlq_filters),
+        },
+        "/v1/dlq/redrive": {
+            "post": _op(
+                "redrive up to `limit` (<= 100) matching dead letters",
+                response="RedriveResult",
+                query=(*dlq_filters, "limit", "startKey"),
+            ),
+        },
+        "/v1/dlq/{requestId}": {
+            "get": _op("one dead letter with payload and response", response="DeadLetterDetail"),
+            "delete": _op("delete one dead letter", status="204"),
+        },
+        "/v1/dlq/{requestId}/redrive": {
+            "post": _op("publish the invocation again -> {requestId}", status="202"),
+        },
         "/healthz": {"get": _op("liveness")},
     }
     return {

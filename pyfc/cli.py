@@ -29,12 +29,19 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("name")
     create.add_argument("--concurrency", type=int)
     create.add_argument("--json", action="store_true")
+    tupdate = tsub.add_parser("update", help="change a tenant's concurrency cap or chain depth")
+    tupdate.add_argument("name")
+    tupdate.add_argument("--concurrency", type=int)
+    tupdate.add_argument("--max-chain-depth", type=int)
+    tupdate.add_argument("--json", action="store_true")
 
-    def client(name: str, help: str) -> argparse.ArgumentParser:
-        c = sub.add_parser(name, help=help)
+    def connection_options(c: argparse.ArgumentParser) -> argparse.ArgumentParser:
         c.add_argument("--endpoint", help="gateway URL (PYFC_ENDPOINT)")
         c.add_argument("--api-key", help="API key (PYFC_API_KEY)")
         return c
+
+    def client(name: str, help: str) -> argparse.ArgumentParser:
+        return connection_options(sub.add_parser(name, help=help))
 
     dep = client("deploy", "deploy a function from a folder")
     dep.add_argument("folder", type=Path)
@@ -58,6 +65,26 @@ def _parser() -> argparse.ArgumentParser:
     res.add_argument("target")
     res.add_argument("request_id")
     res.add_argument("--wait", type=float, default=0.0, metavar="SECONDS")
+
+    dlq = sub.add_parser("dlq", help="dead letters: async invocations given up on")
+    dsub = dlq.add_subparsers(dest="action", required=True)
+
+    def dlq_action(name: str, help: str, filters: bool = True) -> argparse.ArgumentParser:
+        a = connection_options(dsub.add_parser(name, help=help))
+        if filters:
+            a.add_argument("--service", default="", help="only this service's")
+            a.add_argument("--function", default="", help="only this function's")
+        a.add_argument("--json", action="store_true")
+        return a
+
+    dlist = dlq_action("list", "list dead letters")
+    dlist.add_argument("--limit", type=int, default=100)
+    dlist.add_argument("--start-key", default="")
+    dlq_action("show", "show one dead letter with its payload", filters=False).add_argument("id")
+    redrive = dlq_action("redrive", "run dead letters again: one ID, or --all matching")
+    redrive.add_argument("id", nargs="?")
+    redrive.add_argument("--all", action="store_true")
+    dlq_action("purge", "delete all matching dead letters")
     return p
 
 
@@ -78,6 +105,72 @@ async def _tenant_create(
         print(f"tenant {tenant.name} created (concurrency {tenant.concurrency})")
         print(f"API key (shown once): {key}")
     return 0
+
+
+async def _tenant_update(
+    settings: Settings,
+    name: str,
+    concurrency: int | None,
+    max_chain_depth: int | None,
+    as_json: bool,
+) -> int:
+    from shared.store import Store
+
+    store = await Store.open(settings.effective_database_url)
+    try:
+        await store.migrate()
+        tenant = await store.update_tenant(
+            name, concurrency=concurrency, max_chain_depth=max_chain_depth
+        )
+        reserved = await store.reserved_total(name)
+    finally:
+        await store.close()
+    notified = await _notify_tenant_changed(settings, name)
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "tenant": tenant.name,
+                    "concurrency": tenant.concurrency,
+                    "maxChainDepth": tenant.max_chain_depth,
+                    "reservedConcurrency": reserved,
+                }
+            )
+        )
+    else:
+        print(
+            f"tenant {tenant.name} updated: concurrency {tenant.concurrency} "
+            f"({reserved} reserved by functions), max chain depth {tenant.max_chain_depth}"
+        )
+    if not notified:
+        print(
+            "note: the broker could not be told; running roles pick the change up within "
+            "their cache time (30 s)",
+            file=sys.stderr,
+        )
+    return 0
+
+
+async def _notify_tenant_changed(settings: Settings, name: str) -> bool:
+    """Tell running roles to drop what they cached of the tenant; False if unreachable."""
+    import aio_pika
+    from aio_pika.exceptions import AMQPError
+
+    from shared import control
+    from shared.protocol import ControlEvent
+    from shared.topology import Topology
+
+    try:
+        connection = await aio_pika.connect(settings.amqp_url, timeout=5)
+        async with connection:
+            await control.publish(
+                await connection.channel(),
+                Topology(settings.namespace),
+                ControlEvent(kind="tenant-changed", tenant=name),
+            )
+    except (OSError, AMQPError, TimeoutError):
+        return False
+    return True
 
 
 def _client_call(args: argparse.Namespace, settings: Settings) -> int:
@@ -110,6 +203,8 @@ def _client_call(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "invoke":
         data = client.read_data(args.data, args.file)
         return asyncio.run(client.invoke(api, args.target, data, args.is_async, args.log))
+    if args.command == "dlq":
+        return asyncio.run(client.dlq(api, args))
     return asyncio.run(client.result(api, args.target, args.request_id, args.wait))
 
 
@@ -129,6 +224,12 @@ def main(argv: list[str] | None = None) -> int:
             from dispatcher.main import main as role_main
         elif args.command == "worker":
             from worker.main import main as role_main
+        elif args.command == "tenant" and args.action == "update":
+            return asyncio.run(
+                _tenant_update(
+                    settings, args.name, args.concurrency, args.max_chain_depth, args.json
+                )
+            )
         elif args.command == "tenant":
             return asyncio.run(_tenant_create(settings, args.name, args.concurrency, args.json))
         else:

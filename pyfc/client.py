@@ -1,7 +1,9 @@
-"""Client commands over the HTTP API: deploy a folder, invoke, fetch an async result."""
+"""Client commands over the HTTP API: deploy a folder, invoke, fetch an async result,
+and look after dead letters."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import base64
 import io
@@ -12,6 +14,7 @@ import time
 import zipfile
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 
@@ -145,6 +148,118 @@ async def result(api: Api, target: str, request_id: str, wait: float) -> int:
             await asyncio.sleep(0.25)
     print(json.dumps(rec, indent=2))
     return 0 if rec["status"] == "Succeeded" else 1
+
+
+async def dlq(api: Api, args: argparse.Namespace) -> int:
+    """`pyfc dlq list|show|redrive|purge`: readable lines, or the API's JSON with --json."""
+    filters = {
+        k: v
+        for k, v in (
+            ("serviceName", getattr(args, "service", "")),
+            ("functionName", getattr(args, "function", "")),
+        )
+        if v
+    }
+    async with aiohttp.ClientSession() as s:
+        if args.action == "list":
+            query = {**filters, "limit": str(args.limit)}
+            if args.start_key:
+                query["startKey"] = args.start_key
+            status, _, raw = await api.request(s, "GET", "/v1/dlq?" + urlencode(query))
+            if status != 200:
+                return _fail(status, raw)
+            page = json.loads(raw)
+            if args.json:
+                print(json.dumps(page, indent=2))
+            else:
+                _print_dead_letters(page)
+            return 0
+        if args.action == "show":
+            status, _, raw = await api.request(s, "GET", f"/v1/dlq/{args.id}")
+            if status != 200:
+                return _fail(status, raw)
+            letter = json.loads(raw)
+            print(json.dumps(letter, indent=2) if args.json else _dead_letter_text(letter))
+            return 0
+        if args.action == "purge":
+            status, _, raw = await api.request(s, "DELETE", "/v1/dlq?" + urlencode(filters))
+            if status != 200:
+                return _fail(status, raw)
+            purged = json.loads(raw)["purged"]
+            print(json.dumps({"purged": purged}) if args.json else f"purged {purged} dead letters")
+            return 0
+        if args.id and not args.all:
+            status, _, raw = await api.request(s, "POST", f"/v1/dlq/{args.id}/redrive")
+            if status != 202:
+                return _fail(status, raw)
+            if args.json:
+                print(raw.decode())
+            else:
+                print(f"redriven: request id {args.id}")
+                print(f"  status: pyfc dlq list, or pyfc result SERVICE/FUNCTION {args.id}")
+            return 0
+        if not args.all or args.id:
+            usage = "give one dead letter ID, or --all (with --service/--function)"
+            print(f"error: {usage}", file=sys.stderr)
+            return 2
+        return await _redrive_all(api, s, filters, args.json)
+
+
+async def _redrive_all(
+    api: Api, s: aiohttp.ClientSession, filters: dict[str, str], as_json: bool
+) -> int:
+    redriven: list[str] = []
+    failed: list[dict[str, str]] = []
+    start = ""
+    while True:  # one bounded batch per request, continued by nextToken
+        query = {**filters, **({"startKey": start} if start else {})}
+        status, _, raw = await api.request(s, "POST", "/v1/dlq/redrive?" + urlencode(query))
+        if status != 200:
+            return _fail(status, raw)
+        batch = json.loads(raw)
+        redriven += batch["redriven"]
+        failed += batch.get("failed", [])
+        start = batch.get("nextToken", "")
+        if not start or not (batch["redriven"] or batch.get("failed")):
+            break
+    if as_json:
+        print(json.dumps({"redriven": redriven, "failed": failed}))
+    else:
+        print(f"redriven {len(redriven)} dead letters")
+        for f in failed:
+            print(f"  not redriven {f['requestId']}: {f['errorCode']}: {f['errorMessage']}")
+    return 1 if failed else 0
+
+
+def _print_dead_letters(page: dict[str, Any]) -> None:
+    letters = page["deadLetters"]
+    if not letters:
+        print("no dead letters")
+        return
+    for d in letters:
+        error = f"{d['errorType']}: {d['errorMessage']}" if d["errorType"] else d["errorMessage"]
+        print(
+            f"{d['requestId']}  {d['serviceName']}.{d['qualifier']}/{d['functionName']}  "
+            f"{d['reason']}  attempts {d['attempts']}  {d['createdTime']}  {error[:80]}"
+        )
+    if page.get("nextToken"):
+        print(f"more: --start-key {page['nextToken']}")
+
+
+def _dead_letter_text(d: dict[str, Any]) -> str:
+    lines = [
+        f"request id:  {d['requestId']}",
+        f"function:    {d['serviceName']}.{d['qualifier']}/{d['functionName']}",
+        f"reason:      {d['reason']} after {d['attempts']} attempts (hops {d['hops']})",
+        f"error:       {d['errorType']}: {d['errorMessage']}",
+        f"trace id:    {d['traceId']}",
+        f"created:     {d['createdTime']}",
+    ]
+    for name in ("payload", "response"):
+        text = d.get(f"{name}Text")
+        shown = text if text is not None else f"(base64) {d[name]}"
+        lines.append(f"{name + ':':<12} {shown}")
+    return "\n".join(lines)
 
 
 def read_data(data: str | None, file: str | None) -> bytes:

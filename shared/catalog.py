@@ -159,8 +159,10 @@ class FunctionCatalog:
         """Drop every cached entry the notice could have changed.
 
         A changed function may have changed its reservation, so the tenant's limits
-        (which carry the reserved total) go too.
+        (which carry the reserved total) go too. A provision change touches neither.
         """
+        if event.kind == "provision-changed":
+            return
         for cache in (self._cache, self._policies):
             for key in list(cache):
                 tenant, service, _, function = key
