@@ -14,21 +14,27 @@ from aiohttp import web
 
 from gateway.metrics import GatewayMetrics
 from gateway.rpc import RpcClient
-from shared import control
+from shared import control, tokens
 from shared.blobs import BlobStore
 from shared.catalog import FunctionCatalog
-from shared.errors import Forbidden, PayloadTooLarge, PyfcError, Unauthorized
+from shared.errors import Forbidden, NotFound, PayloadTooLarge, PyfcError, Unauthorized
 from shared.logs import request_id_var
 from shared.models import Tenant
 from shared.protocol import ControlEvent
 from shared.scrape import may_scrape
 from shared.settings import Settings
 from shared.store import Store
+from shared.tokens import InvokeGrant
 from shared.topology import Topology
 
 log = logging.getLogger("pyfc.gateway")
 
 AUTH_CACHE_SECONDS = 10.0
+# Routes an invoke token (a running function's credential, shared/tokens.py) may use:
+# invoking, and reading the invocations it made. Everything else answers 403 to one.
+INVOKE_ROUTE = "invoke"
+GET_INVOCATION_ROUTE = "get-invocation"
+INVOKE_TOKEN_ROUTES = frozenset({INVOKE_ROUTE, GET_INVOCATION_ROUTE})
 
 
 @dataclass
@@ -44,12 +50,23 @@ class Gateway:
     control_channel: AbstractChannel
     catalog: FunctionCatalog
     metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
+    # Verifies invoke tokens; empty = none accepted.
+    token_secret: bytes = field(default=b"", repr=False)
     _auth_cache: dict[str, tuple[Tenant, float]] = field(default_factory=dict)
 
-    async def authenticate(self, header: str | None) -> Tenant:
+    async def authenticate(self, header: str | None) -> tuple[Tenant, InvokeGrant | None]:
+        """The caller's tenant, and its grant when the credential is an invoke token."""
         if not header or not header.startswith("Bearer "):
             raise Unauthorized("missing `Authorization: Bearer <api key>` header")
         key = header[len("Bearer ") :].strip()
+        if tokens.looks_like_token(key):
+            if not self.token_secret:
+                raise Unauthorized("this gateway accepts no invoke tokens")
+            grant = tokens.verify(self.token_secret, key, time.time())
+            return await self._tenant_named(grant.tenant), grant
+        return await self._tenant_by_key(key), None
+
+    async def _tenant_by_key(self, key: str) -> Tenant:
         digest = hashlib.sha256(key.encode()).hexdigest()
         hit = self._auth_cache.get(digest)
         now = time.monotonic()
@@ -59,6 +76,20 @@ class Gateway:
         if tenant is None:
             raise Unauthorized("invalid API key")
         self._auth_cache[digest] = (tenant, now + AUTH_CACHE_SECONDS)
+        return tenant
+
+    async def _tenant_named(self, name: str) -> Tenant:
+        """The tenant a valid token names (it may have been deleted since it was minted)."""
+        cache_key = "tenant:" + name  # never a sha256 hex digest
+        hit = self._auth_cache.get(cache_key)
+        now = time.monotonic()
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        try:
+            tenant = await self.store.get_tenant(name)
+        except NotFound:
+            raise Unauthorized(f"the tenant of this invoke token ({name}) does not exist") from None
+        self._auth_cache[cache_key] = (tenant, now + AUTH_CACHE_SECONDS)
         return tenant
 
     async def changed(self, event: ControlEvent) -> None:
@@ -78,6 +109,18 @@ def gateway_of(request: web.Request) -> Gateway:
 def tenant_of(request: web.Request) -> Tenant:
     tenant: Tenant = request["tenant"]
     return tenant
+
+
+def grant_of(request: web.Request) -> InvokeGrant | None:
+    """The invoke token's grant when a running function made this request, else None."""
+    grant: InvokeGrant | None = request.get("grant")
+    return grant
+
+
+def token_may_use(request: web.Request) -> bool:
+    """Whether an invoke token is a credential for this route (see INVOKE_TOKEN_ROUTES)."""
+    resource = request.match_info.route.resource
+    return resource is not None and resource.name in INVOKE_TOKEN_ROUTES
 
 
 def json_response(
@@ -110,9 +153,12 @@ async def errors_and_auth(request: web.Request, handler: Any) -> web.StreamRespo
     request_id_var.set("-")
     try:
         if not request.path.startswith(PUBLIC_PATHS):
-            request["tenant"] = await gateway_of(request).authenticate(
+            tenant, grant = await gateway_of(request).authenticate(
                 request.headers.get("Authorization")
             )
+            if grant is not None and not token_may_use(request):
+                raise Forbidden("an invoke token may only invoke functions and read invocations")
+            request["tenant"], request["grant"] = tenant, grant
         response: web.StreamResponse = await handler(request)
         return response
     except PyfcError as e:

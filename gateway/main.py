@@ -13,6 +13,7 @@ from shared import control, logs, telemetry
 from shared.blobs import open_blob_store
 from shared.broker import connect
 from shared.catalog import FunctionCatalog
+from shared.errors import BadRequest
 from shared.process import run_role
 from shared.settings import Settings, load_or_exit
 from shared.store import Store
@@ -25,6 +26,10 @@ def main(settings: Settings | None = None) -> int:
     settings = settings or load_or_exit()
     logs.setup("gateway", settings.log_level)
     tracing = telemetry.setup("gateway", settings.otel_exporter)
+    try:
+        token_secret = settings.token_secret()
+    except BadRequest as e:
+        raise SystemExit(f"pyfc: {e.message}") from None
 
     async def serve(stop: asyncio.Event) -> None:
         store = await Store.open(settings.effective_database_url)
@@ -49,6 +54,7 @@ def main(settings: Settings | None = None) -> int:
             invoke_exchange=await declare_invoke(confirmed, topo),
             control_channel=control_channel,
             catalog=catalog,
+            token_secret=token_secret,
         )
         runner = web.AppRunner(build_app(gateway), access_log=None)
         await runner.setup()

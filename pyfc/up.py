@@ -14,7 +14,7 @@ from pathlib import Path
 import aiohttp
 
 from shared.broker import connect
-from shared.errors import AlreadyExists, Unavailable
+from shared.errors import AlreadyExists, BadRequest, Unavailable
 from shared.settings import Settings
 from shared.store import Store
 from shared.topology import Topology, declare_all
@@ -107,8 +107,9 @@ async def wait_healthy(url: str, timeout: float) -> bool:
 async def up(settings: Settings, workers: int) -> int:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     try:
+        settings.token_secret()  # made here once, so the roles only read it
         new_key = await preflight(settings)
-    except Unavailable as e:
+    except (BadRequest, Unavailable) as e:
         say(e.message)
         return 2
     env = {**os.environ, **settings.child_environ(), "PYFC_PARENT_PID": str(os.getpid())}

@@ -21,7 +21,14 @@ from typing import Any, NoReturn
 import msgspec
 
 from worker.capture import capturing, install, setup_logging
-from worker.context import Credentials, FCContext, FunctionMeta, ServiceMeta, Tracing
+from worker.context import (
+    Credentials,
+    FCContext,
+    FunctionMeta,
+    InvocationLineage,
+    ServiceMeta,
+    Tracing,
+)
 from worker.frames import FrameSocket, Init, InitDone, Invoke, Result, Shutdown
 
 _PR_SET_PDEATHSIG = 1
@@ -125,7 +132,8 @@ class Runtime:
             init.function, init.handler, init.memory, init.timeout, init.initializer
         )
         self.service = ServiceMeta(init.service, init.log_store, init.qualifier, init.version)
-        self.credentials = Credentials()
+        # Outside a request (initializer, pre_stop) there is no token to hand out.
+        self.no_credentials = Credentials()
         self.handler = _import(init.handler, "handler")
         # Created on the first async call only (asyncio is slow to import). With
         # instanceConcurrency > 1 it runs forever in its own thread and request threads
@@ -136,8 +144,15 @@ class Runtime:
         # output belongs to the request running.
         self.serial = init.instance_concurrency <= 1
 
-    def context(self, request_id: str, deadline: float, traceparent: str = "") -> FCContext:
-        """A fresh `context` for one call (handler, initializer or pre_stop)."""
+    def context(self, request_id: str, deadline: float, req: Invoke | None = None) -> FCContext:
+        """A fresh `context` for one call: a request `req`, or the initializer or pre_stop."""
+        if req is None:
+            credentials, lineage, traceparent = self.no_credentials, None, ""
+        else:
+            token = req.security_token
+            credentials = Credentials(self.init.tenant, "", token) if token else self.no_credentials
+            lineage = InvocationLineage(req.trace_id, req.hops, req.origin)
+            traceparent = req.traceparent
         return FCContext(
             request_id=request_id,
             deadline=deadline,
@@ -145,8 +160,10 @@ class Runtime:
             instance_id=self.init.instance_id,
             function=self.function,
             service=self.service,
-            credentials=self.credentials,
+            credentials=credentials,
             tracing=Tracing(traceparent),
+            lineage=lineage,
+            gateway_url=self.init.gateway_url,
         )
 
     def call(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -178,7 +195,7 @@ class Runtime:
 
     def invoke(self, req: Invoke) -> Result:
         """Run the handler once, capturing its output; never raises for the user's errors."""
-        ctx = self.context(req.request_id, req.deadline, req.traceparent)
+        ctx = self.context(req.request_id, req.deadline, req)
         ctx.retry_count = req.attempt - 1
         started = time.perf_counter()
         with capturing(req.request_id, shared=self.serial) as capture:

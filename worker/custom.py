@@ -29,9 +29,11 @@ import aiohttp
 
 from shared.codepkg import BOOTSTRAP
 from shared.protocol import FunctionSpec, Invocation, Outcome
+from worker.credentials import TokenIssuer
 from worker.custom_protocol import (
     HOST,
     ResponseTooLarge,
+    credential_headers,
     error_from_response,
     free_port,
     read_capped,
@@ -80,12 +82,14 @@ class CustomInstance(InstanceBase):
         workdir: Path,
         port: int,
         memory_group: MemoryCgroup | None,
+        issuer: TokenIssuer | None = None,
     ) -> None:
         super().__init__(spec, instance_id, proc)
         self._proc: asyncio.subprocess.Process = proc
         self.port = port
         self._workdir = workdir
         self._memory_group = memory_group
+        self._issuer = issuer
         self._session = aiohttp.ClientSession(
             f"http://{HOST}:{port}",
             connector=aiohttp.TCPConnector(
@@ -103,9 +107,17 @@ class CustomInstance(InstanceBase):
 
     @classmethod
     async def start(
-        cls, spec: FunctionSpec, code_dir: Path, *, memory_cgroups: bool = True
+        cls,
+        spec: FunctionSpec,
+        code_dir: Path,
+        *,
+        memory_cgroups: bool = True,
+        issuer: TokenIssuer | None = None,
     ) -> CustomInstance:
         """Spawn `bootstrap`, wait until it listens, and call its `/initialize` if configured.
+
+        With an `issuer`, `FC_GATEWAY_URL` is in its environment and each `/invoke` carries
+        an invoke token and the lineage (`credential_headers`).
 
         Raises `InstanceStartError` (InstanceStartFailed, InstanceCrashed,
         InitializationTimeout, or the initializer's own errorType).
@@ -125,6 +137,8 @@ class CustomInstance(InstanceBase):
             if name in spec.environment:
                 env[name] = spec.environment[name]
         env.update(FC_SERVER_HOST=HOST, FC_SERVER_PORT=str(port), FC_RUNTIME="custom")
+        if issuer is not None:
+            env["FC_GATEWAY_URL"] = issuer.gateway_url
         out_read, out_write = os.pipe()
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -145,7 +159,7 @@ class CustomInstance(InstanceBase):
             raise InstanceStartError("InstanceStartFailed", f"cannot run {BOOTSTRAP}: {e}") from e
         finally:
             os.close(out_write)
-        self = cls(spec, instance_id, proc, out_read, workdir, port, group)
+        self = cls(spec, instance_id, proc, out_read, workdir, port, group, issuer)
         try:
             await self._initialize()
         except BaseException:
@@ -221,7 +235,8 @@ class CustomInstance(InstanceBase):
 
     async def invoke(self, inv: Invocation) -> Outcome:
         """POST `inv` to `/invoke`; function failures come back as an Outcome, not raised."""
-        budget = invocation_budget(self.spec.timeout, inv.deadline, time.time())
+        now = time.time()
+        budget = invocation_budget(self.spec.timeout, inv.deadline, now)
         if budget <= 0:
             return late(inv, self.instance_id)
         if not self._alive:
@@ -230,6 +245,9 @@ class CustomInstance(InstanceBase):
         headers = request_headers(self.spec, inv.id)
         if inv.traceparent:
             headers["traceparent"] = inv.traceparent
+        if self._issuer is not None:
+            token = self._issuer.token(self.spec, inv.lineage, now + budget)
+            headers.update(credential_headers(self.spec, inv.lineage, token))
         mark, started = self._output.offset, time.monotonic()
         self._in_flight += 1
         try:

@@ -9,7 +9,8 @@ import socket
 
 import aiohttp
 
-from shared.protocol import FunctionSpec
+from shared.protocol import FunctionSpec, Lineage
+from worker.credentials import caller_origin
 from worker.frames import MAX_FRAME_BYTES
 from worker.output import LOG_TAIL_BYTES
 
@@ -38,6 +39,20 @@ def request_headers(spec: FunctionSpec, request_id: str) -> dict[str, str]:
         "x-fc-qualifier": spec.qualifier,
         "x-fc-version-id": spec.version,
         "x-fc-region": "local",
+    }
+
+
+def credential_headers(spec: FunctionSpec, lineage: Lineage, token: str) -> dict[str, str]:
+    """Per-invocation headers for calling back into pyfc (FC's names for the credentials).
+
+    `x-fc-security-token` is the invoke token; the function sends it as `Authorization:
+    Bearer <token>` and `x-fc-lineage` as `X-Fc-Lineage` to `$FC_GATEWAY_URL`.
+    """
+    return {
+        "x-fc-access-key-id": spec.tenant,
+        "x-fc-access-key-secret": "",
+        "x-fc-security-token": token,
+        "x-fc-lineage": f"{lineage.trace_id}/{lineage.hops}/{caller_origin(spec)}",
     }
 
 

@@ -47,6 +47,8 @@ class Init(msgspec.Struct, tag=True, kw_only=True):
     instance_concurrency: int = 1
     # RLIMIT_AS in bytes, set before user code is imported; 0 when a cgroup limits memory.
     address_space_limit: int = 0
+    # Where `context.invoke` sends its requests; "" when this worker issues no credentials.
+    gateway_url: str = ""
 
 
 class InitDone(msgspec.Struct, tag=True, kw_only=True):
@@ -70,8 +72,12 @@ class Invoke(msgspec.Struct, tag=True, kw_only=True):
     deadline: float
     attempt: int = 1
     traceparent: str = ""
+    # The invocation's lineage, as `context.lineage`.
     trace_id: str = ""
     hops: int = 0
+    origin: str = ""
+    # Invoke token (shared/tokens.py) for `context.credentials.security_token`.
+    security_token: str = ""
 
 
 class Result(msgspec.Struct, tag=True, kw_only=True):

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from shared.errors import PyfcError
 from shared.protocol import FunctionSpec, Invocation, Outcome
+from worker.credentials import TokenIssuer
 from worker.forking import Zygote
 from worker.frames import (
     FrameError,
@@ -115,6 +116,7 @@ class Instance(InstanceBase):
         self._kill_reason = ""
         self._invoked = False
         self._recent_output: deque[str] = deque(maxlen=_RECENT_OUTPUT_LINES)
+        self._issuer: TokenIssuer | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._output_task: asyncio.Task[None] | None = None
         self._exit_task: asyncio.Task[None] | None = None
@@ -128,6 +130,7 @@ class Instance(InstanceBase):
         python: str = sys.executable,
         memory_cgroups: bool = True,
         zygote: Zygote | None = None,
+        issuer: TokenIssuer | None = None,
     ) -> Instance:
         """Spawn a child for `spec`, import its handler and run its initializer.
 
@@ -135,7 +138,8 @@ class Instance(InstanceBase):
         cgroup v1 memory controller (and `memory_cgroups`), else by RLIMIT_AS in the child.
         Raises `InstanceStartError` (error_type InitializationTimeout, InstanceCrashed, or
         the child's own error such as FunctionNotFound / the initializer's exception type).
-        With a `zygote` the child is forked from it when it can be (see `spawn`).
+        With a `zygote` the child is forked from it when it can be (see `spawn`). With an
+        `issuer` each invocation hands the function an invoke token (`worker.credentials`).
         """
         instance_id = new_instance_id()
         try:
@@ -144,6 +148,7 @@ class Instance(InstanceBase):
             raise InstanceStartError("InstanceStartFailed", f"cannot spawn {python}: {e}") from e
         proc, reader, writer, out_read, workdir = child
         self = cls(spec, instance_id, proc, reader, writer, workdir)
+        self._issuer = issuer
         self._output_task = asyncio.create_task(self._forward_output(out_read))
         self._exit_task = asyncio.create_task(self._watch_exit())
         try:
@@ -192,6 +197,7 @@ class Instance(InstanceBase):
             log_store=spec.log_store,
             instance_concurrency=spec.instance_concurrency,
             address_space_limit=self._address_space_limit,
+            gateway_url=self._issuer.gateway_url if self._issuer is not None else "",
         )
         started = time.monotonic()
         try:
@@ -235,17 +241,23 @@ class Instance(InstanceBase):
         if not self._alive:
             return crashed(inv, self.instance_id, "instance is not running", cold=False)
         cold, self._invoked = not self._invoked, True
-        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-        self._pending[inv.id] = future
+        deadline = now + budget
+        issuer = self._issuer
         request = Invoke(
             request_id=inv.id,
             payload=inv.payload,
-            deadline=now + budget,
+            deadline=deadline,
             attempt=inv.attempt,
             traceparent=inv.traceparent,
             trace_id=inv.lineage.trace_id,
             hops=inv.lineage.hops,
+            origin=inv.lineage.origin,
+            security_token=(
+                issuer.token(self.spec, inv.lineage, deadline) if issuer is not None else ""
+            ),
         )
+        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self._pending[inv.id] = future
         started = time.monotonic()
         try:
             async with asyncio.timeout(budget):

@@ -8,10 +8,12 @@ import logging
 from shared import logs, telemetry
 from shared.blobs import open_blob_store
 from shared.broker import connect
+from shared.errors import BadRequest
 from shared.process import run_role
 from shared.settings import Settings, load_or_exit
 from shared.topology import Topology
 from worker.codecache import CodeCache
+from worker.credentials import TokenIssuer
 from worker.forking import Zygote
 from worker.metrics import WorkerMetrics
 from worker.pool import InstancePool
@@ -24,6 +26,10 @@ def main(settings: Settings | None = None) -> int:
     settings = settings or load_or_exit()
     logs.setup(f"worker:{settings.worker_id[-4:]}", settings.log_level)
     tracing = telemetry.setup("worker", settings.otel_exporter)
+    try:
+        issuer = TokenIssuer(settings.token_secret(), settings.effective_gateway_url)
+    except BadRequest as e:
+        raise SystemExit(f"pyfc: {e.message}") from None
 
     async def serve(stop: asyncio.Event) -> None:
         blobs = open_blob_store(settings.effective_blob_url)
@@ -31,7 +37,7 @@ def main(settings: Settings | None = None) -> int:
             settings.amqp_url, f"pyfc-worker-{settings.worker_id}@{settings.namespace}"
         )
         zygote = Zygote() if settings.worker_zygote else None
-        pool = InstancePool(max_instances=settings.worker_slots, zygote=zygote)
+        pool = InstancePool(max_instances=settings.worker_slots, zygote=zygote, issuer=issuer)
         code = CodeCache(blobs, settings.data_dir / "code")
         metrics = WorkerMetrics(pool)
         metrics_runner = None

@@ -21,6 +21,7 @@ from typing import Generic, Literal, Protocol, TypeVar
 
 from shared.codepkg import CUSTOM_RUNTIME
 from shared.protocol import FunctionSpec, Invocation, Outcome
+from worker.credentials import TokenIssuer
 from worker.custom import CustomInstance
 from worker.forking import Zygote
 from worker.instance import Instance, InstanceStartError
@@ -118,8 +119,10 @@ class InstancePool:
         stop_grace: float = 2.0,
         memory_cgroups: bool = True,
         zygote: Zygote | None = None,
+        issuer: TokenIssuer | None = None,
     ) -> None:
         self.max_instances = max_instances
+        self._issuer = issuer  # invoke tokens for functions (worker.credentials), if set
         self._zygote = zygote  # Python instances fork from it when set (worker.forking)
         self.stats = PoolStats()
         self._python = python
@@ -194,13 +197,16 @@ class InstancePool:
 
     async def _start(self, spec: FunctionSpec, code_dir: Path) -> AnyInstance:
         if spec.runtime == CUSTOM_RUNTIME:
-            return await CustomInstance.start(spec, code_dir, memory_cgroups=self._memory_cgroups)
+            return await CustomInstance.start(
+                spec, code_dir, memory_cgroups=self._memory_cgroups, issuer=self._issuer
+            )
         return await Instance.start(
             spec,
             code_dir,
             python=self._python,
             memory_cgroups=self._memory_cgroups,
             zygote=self._zygote,
+            issuer=self._issuer,
         )
 
     async def _acquire(
