@@ -252,6 +252,28 @@ async def test_forged_and_expired_tokens_are_refused(
         assert why in json.loads(body)["errorMessage"]
 
 
+RECURSIVE = """
+def handler(event, context):
+    try:
+        return context.invoke(context.service.name, context.function.name, event)
+    except context.InvokeError as e:
+        return {"code": e.error_code, "status": e.status, "stoppedBelow": context.lineage.hops}
+"""
+
+
+async def test_a_function_calling_itself_is_stopped_at_the_chain_limit(
+    stack: Stack, session: aiohttp.ClientSession
+) -> None:
+    tenant, key = stack.create_tenant()
+    stack.cli("tenant", "update", tenant, "--max-chain-depth", "3")
+    client = Client(session, stack.url, key, tenant)
+    service, function = await deploy(client, {"index.py": RECURSIVE}, timeout=30)
+    # Hops 0, 1 and 2 run (three instances wait on each other); hop 3 is refused.
+    status, _, body = await invoke(client, service, function, b"again")
+    assert status == 200, body
+    assert json.loads(body) == {"code": "RecursiveLoopDetected", "status": 508, "stoppedBelow": 2}
+
+
 NODE_BOOTSTRAP = b"#!/bin/sh\nexec node server.js\n"
 NODE_CALLER = rb"""
 require('http').createServer((req, res) => {
