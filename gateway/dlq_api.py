@@ -36,7 +36,7 @@ class DeadLetterSummary(msgspec.Struct, kw_only=True, rename="camel"):
     service_name: str
     qualifier: str
     function_name: str
-    reason: str  # RetriesExhausted | EventAgeExceeded | RecursiveLoopDetected | NotRetryable
+    reason: str  # one of shared.models.DEAD_LETTER_REASONS
     error_type: str
     error_message: str
     attempts: int

@@ -117,7 +117,13 @@ class ProvisionConfig(msgspec.Struct, kw_only=True, frozen=True, rename="camel")
 
 # Why an async invocation was given up on.
 DEAD_LETTER_REASONS = frozenset(
-    ("RetriesExhausted", "EventAgeExceeded", "RecursiveLoopDetected", "NotRetryable")
+    (
+        "RetriesExhausted",
+        "EventAgeExceeded",
+        "RecursiveLoopDetected",
+        "NotRetryable",
+        "DestinationFailed",
+    )
 )
 
 

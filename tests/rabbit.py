@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -26,9 +27,11 @@ def _port_open(port: int) -> bool:
 
 
 class OwnRabbit:
-    def __init__(self, root: Path) -> None:
-        self.dir = root / f"rabbit-{uuid.uuid4().hex[:6]}"
-        self.dir.mkdir(parents=True)
+    def __init__(self) -> None:
+        # Not under pytest's tmp_path: that is private to root, and the server runs as
+        # the rabbitmq user.
+        self.dir = Path(tempfile.mkdtemp(prefix="pyfc-rabbit-"))
+        self.dir.chmod(0o755)
         self.port = free_port()
         self.node = f"pyfc{uuid.uuid4().hex[:8]}@localhost"
         (self.dir / "rabbitmq.conf").write_text(f"listeners.tcp.local = 127.0.0.1:{self.port}\n")

@@ -80,7 +80,13 @@ async def wait_all_recorded(
                 pending.discard(request_id)
         if pending:
             await asyncio.sleep(0.2)
-    assert not pending, f"{len(pending)} invocations not recorded Succeeded"
+    states = [
+        (await client.call(
+            "GET", f"/v1/services/{service}/functions/{function}/invocations/{request_id}"
+        ))[2][:300]
+        for request_id in list(pending)[:3]
+    ]  # fmt: skip
+    assert not pending, f"{len(pending)} invocations not recorded Succeeded: {states}"
 
 
 async def test_sigkill_of_a_dispatcher_replica_loses_nothing(
@@ -104,13 +110,14 @@ async def test_sigkill_of_a_dispatcher_replica_loses_nothing(
     await wait_all_recorded(client, service, function, accepted, timeout=60)
     duplicates = len(ran) - len(set(ran))
     print(f"dispatcher SIGKILL: 1000 accepted, {len(ran)} runs, {duplicates} duplicates")
-    assert "dispatcher ready" in stack.logs("dispatcher-2")
+    # The standby took the shards over and finished the burst.
+    assert "-> Succeeded" in stack.logs("dispatcher-2")
 
 
 async def test_broker_restart_loses_no_accepted_invocation(
     session: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
-    rabbit = OwnRabbit(tmp_path)
+    rabbit = OwnRabbit()
     rabbit.start()
     stack = Stack(tmp_path / "stack", worker_slots=8, amqp_url=rabbit.url)
     try:
@@ -132,9 +139,14 @@ async def test_broker_restart_loses_no_accepted_invocation(
         await wait_all_recorded(client, service, function, accepted, timeout=60)
         duplicates = len(ran) - len(set(ran))
         print(f"broker restart: {len(accepted)} accepted, {len(ran)} runs, {duplicates} duplicates")
-        # And the stack still serves new work after the restart.
-        status, _, body = await invoke(client, service, function, b"after")
-        assert status == 200 and body == b"after"
+        # And the stack serves new work once its connections are back (503 until then).
+        deadline = time.monotonic() + 30
+        while True:
+            status, _, body = await invoke(client, service, function, b"after")
+            if status != 503 or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)
+        assert status == 200 and body == b"after", body
     finally:
         stack.stop()
         rabbit.close()
