@@ -72,11 +72,23 @@ def judge(
     return Verdict("retry", delay_ms=delay)
 
 
+# Each payload in a destination record is cut to this size: records of records (a function
+# destination chain) would otherwise grow geometrically with every hop's JSON escaping.
+MAX_RECORD_PAYLOAD = 256 * 1024
+
+
 def _text(data: bytes) -> tuple[str, str]:
+    """Payload as text (UTF-8, else base64) and its encoding, cut to the record limit."""
+    truncated = len(data) > MAX_RECORD_PAYLOAD
+    data = data[:MAX_RECORD_PAYLOAD]
     try:
-        return data.decode("utf-8"), "utf-8"
+        text, encoding = data.decode("utf-8"), "utf-8"
     except UnicodeDecodeError:
-        return base64.b64encode(data).decode(), "base64"
+        if truncated:  # the cut may split a character: drop the partial tail
+            text, encoding = data.decode("utf-8", errors="ignore"), "utf-8"
+        else:
+            text, encoding = base64.b64encode(data).decode(), "base64"
+    return text, encoding + ("+truncated" if truncated else "")
 
 
 def function_arn(inv: Invocation) -> str:

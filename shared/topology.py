@@ -23,7 +23,8 @@ HDR_HOPS = "x-pyfc-hops"
 HDR_TRACE = "x-pyfc-trace"
 HDR_TRACEPARENT = "traceparent"
 HDR_KIND = "x-pyfc-kind"
-HDR_DELAY = "x-pyfc-delay-ms"
+# No "x-" prefix: a headers exchange ignores x- keys when matching bindings.
+HDR_DELAY = "pyfc-delay-ms"
 
 # AMQP `type` of the messages on a dispatcher shard queue.
 MSG_INVOKE = "invoke"
@@ -78,11 +79,27 @@ class Topology:
         """Fanout of metadata-changed notices (cache invalidation)."""
         return f"{self.namespace}.control"
 
+    @property
+    def provision_exchange(self) -> str:
+        """Fanout of provision snapshots (warm instances wanted), dispatchers to workers."""
+        return f"{self.namespace}.provision"
+
+    @property
+    def fleet_exchange(self) -> str:
+        """Fanout of worker heartbeats: every worker (and dispatcher) sees the live fleet."""
+        return f"{self.namespace}.fleet"
+
     def all_queues(self) -> list[str]:
         return [*self.shard_queues, self.work_queue]
 
     def all_exchanges(self) -> list[str]:
-        return [self.invoke_exchange, self.retry_exchange, self.control_exchange]
+        return [
+            self.invoke_exchange,
+            self.retry_exchange,
+            self.control_exchange,
+            self.provision_exchange,
+            self.fleet_exchange,
+        ]
 
 
 async def declare_invoke(channel: AbstractChannel, topo: Topology) -> AbstractExchange:
@@ -130,6 +147,11 @@ async def declare_control(channel: AbstractChannel, topo: Topology) -> AbstractE
     return await channel.declare_exchange(
         topo.control_exchange, aio_pika.ExchangeType.FANOUT, durable=True
     )
+
+
+async def declare_fanout(channel: AbstractChannel, name: str) -> AbstractExchange:
+    """A fanout exchange (control, provision, fleet): each subscriber binds its own queue."""
+    return await channel.declare_exchange(name, aio_pika.ExchangeType.FANOUT, durable=True)
 
 
 async def declare_all(channel: AbstractChannel, topo: Topology) -> None:
