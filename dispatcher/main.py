@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from dispatcher.provision import ProvisionPublisher
 from dispatcher.service import Dispatcher
 from shared import logs, telemetry
 from shared.broker import connect
@@ -26,16 +27,19 @@ def main(settings: Settings | None = None) -> int:
         store = await Store.open(settings.effective_database_url)
         await store.migrate()
         connection = await connect(settings.amqp_url, f"pyfc-dispatcher@{settings.namespace}")
+        topo = Topology(settings.namespace)
         dispatcher = Dispatcher(
             connection,
             store,
-            Topology(settings.namespace),
+            topo,
             retry_steps_ms=backoff_steps(settings.retry_base_seconds, settings.retry_max_seconds),
             prefetch=settings.dispatch_prefetch,
         )
+        provision = ProvisionPublisher(connection, store, topo)
         metrics_runner = None
         try:
             await dispatcher.start()
+            await provision.start()
             if settings.dispatcher_metrics_port:
                 metrics_runner = await serve_metrics(
                     dispatcher.metrics.registry,
@@ -49,6 +53,7 @@ def main(settings: Settings | None = None) -> int:
         finally:
             if metrics_runner is not None:
                 await metrics_runner.cleanup()
+            await provision.close()
             await dispatcher.close()
             await connection.close()
             await store.close()

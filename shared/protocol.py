@@ -131,3 +131,34 @@ class ControlEvent(msgspec.Struct, kw_only=True):
     tenant: str
     service: str = ""
     function: str = ""
+
+
+class ProvisionTarget(msgspec.Struct, kw_only=True, frozen=True):
+    """Keep `target` instances of `spec` warm across the worker fleet."""
+
+    spec: FunctionSpec
+    target: int
+
+
+class ProvisionSnapshot(msgspec.Struct, kw_only=True, frozen=True):
+    """The whole desired provisioned state, published by dispatchers on the `provision`
+    fanout every few seconds and after a change; workers place the instances among
+    themselves (worker/placement.py). Idempotent: several publishers are harmless."""
+
+    targets: list[ProvisionTarget] = []
+    published_at: float = 0.0
+
+
+class WorkerBeat(msgspec.Struct, kw_only=True, frozen=True):
+    """A worker's heartbeat on the `fleet` fanout, so every worker knows the live fleet.
+
+    `capacity`: provisioned instances it may host; `ready`: its live provisioned instances
+    per instance key; `seq` 0 is its first beat (others answer with theirs at once);
+    `leaving` is its last one, on a clean stop.
+    """
+
+    worker_id: str
+    capacity: int
+    seq: int = 0
+    leaving: bool = False
+    ready: dict[str, int] = {}

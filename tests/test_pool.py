@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -12,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.instances import bootstrap_children, eventually, make_inv, make_spec, write_code
-from worker.pool import Decision, InstancePool, choose, expired
+from worker.pool import Decision, InstancePool, choose, expired, provision_slot
 
 
 @dataclass(frozen=True)
@@ -22,6 +24,7 @@ class Idle:
     alive: bool = True
     reserved: int = 0
     concurrency: int = 1
+    provisioned: bool = False
 
     @property
     def room(self) -> int:
@@ -35,6 +38,9 @@ P1 = Idle("p1", 30.0, reserved=1, concurrency=5)
 PFULL = Idle("pfull", 40.0, reserved=5, concurrency=5)
 PIDLE = Idle("pidle", 50.0, concurrency=5)
 B_BUSY = Idle("b_busy", 0.5, reserved=2, concurrency=5)
+# provisioned (kept warm by a provision config): serve, but never evicted or reaped
+A_PROV = Idle("a_prov", 0.1, provisioned=True)
+B_PROV = Idle("b_prov", 0.1, provisioned=True)
 
 
 @pytest.mark.parametrize(
@@ -66,6 +72,10 @@ B_BUSY = Idle("b_busy", 0.5, reserved=2, concurrency=5)
         # partly busy instances of other functions are never evicted
         ("a", {"b": [B_BUSY]}, 1, 1, Decision("wait")),
         ("a", {"b": [B_BUSY, B1]}, 2, 2, Decision("evict", B1)),
+        # provisioned instances take their function's work, and are never evicted
+        ("a", {"a": [A_PROV]}, 1, 4, Decision("warm", A_PROV)),
+        ("a", {"b": [B_PROV]}, 1, 1, Decision("wait")),
+        ("a", {"b": [B_PROV, B1]}, 2, 2, Decision("evict", B1)),
     ],
 )
 def test_choose(
@@ -75,6 +85,8 @@ def test_choose(
 
 
 DEAD = Idle("dead", 100.0, alive=False)
+DEAD_A = Idle("dead_a", 100.0, alive=False)
+DEAD_PROV = Idle("dead_prov", 0.1, alive=False, provisioned=True)
 
 
 @pytest.mark.parametrize(
@@ -86,12 +98,34 @@ DEAD = Idle("dead", 100.0, alive=False)
         ({"a": [A1, A2]}, 19.0, 10.0, []),
         ({"a": [DEAD]}, 100.0, 600.0, [DEAD]),  # dead ones go whatever their age
         ({"a": [P1, PIDLE]}, 1000.0, 10.0, [PIDLE]),  # never one with requests in flight
+        ({"a": [A_PROV, A1]}, 1000.0, 10.0, [A1]),  # never a provisioned one
+        ({"a": [DEAD_PROV]}, 1.0, 10.0, [DEAD_PROV]),  # unless it died
     ],
 )
 def test_expired(
     idle: dict[str, list[Idle]], now: float, idle_seconds: float, expected: list[Idle]
 ) -> None:
     assert expired(idle, now, idle_seconds) == expected
+
+
+@pytest.mark.parametrize(
+    ("key", "idle", "used", "capacity", "expected"),
+    [
+        # a warm instance of it that is not provisioned yet is adopted: no start at all
+        ("a", {"a": [A1, A2]}, 2, 4, Decision("warm", A2)),
+        ("a", {"a": [A_PROV, A1]}, 2, 2, Decision("warm", A1)),
+        ("a", {"a": [DEAD_A, A1]}, 2, 2, Decision("warm", A1)),
+        # else a free slot, else the least recently used idle unprovisioned one of others
+        ("a", {"a": [A_PROV]}, 1, 2, Decision("cold")),
+        ("a", {"b": [B1], "c": [C1]}, 2, 2, Decision("evict", C1)),
+        ("a", {"a": [A_PROV], "b": [B_PROV]}, 2, 2, Decision("wait")),
+        ("a", {"b": [B_BUSY]}, 1, 1, Decision("wait")),
+    ],
+)
+def test_provision_slot(
+    key: str, idle: dict[str, list[Idle]], used: int, capacity: int, expected: Decision[Idle]
+) -> None:
+    assert provision_slot(key, idle, used, capacity) == expected
 
 
 COUNTER = """
@@ -215,3 +249,51 @@ async def test_reap_idle_and_close(tmp_path: Path) -> None:
     assert not bootstrap_children()
     closed = await pool.invoke(make_spec(function="a"), code, make_inv())
     assert (closed.status, closed.http_status) == ("system_error", 503)
+
+
+async def test_provisioned_instances(tmp_path: Path) -> None:
+    """Started ahead of work, they serve warm, outlive idle reaping and other functions'
+    demand, and go when unprovisioned; a warm instance is adopted rather than started."""
+    pool = InstancePool(max_instances=2, stop_grace=1.0)
+    try:
+        code = write_code(tmp_path, COUNTER)
+        a, b = make_spec(function="a"), make_spec(function="b")
+        first = await pool.provision(a, code)
+        assert first is not None and first.provisioned
+        assert pool.stats.provisioned_starts == 1 and pool.provisioned() == [first]
+        outcome = await pool.invoke(a, code, make_inv())
+        assert not outcome.cold_start and outcome.instance_id == first.instance_id
+        await pool.reap_idle(0)
+        assert pool.provisioned() == [first]
+        # the other slot: b's on-demand instance; b cannot evict the provisioned one
+        assert (await pool.invoke(b, code, make_inv())).cold_start
+        busy = asyncio.create_task(pool.invoke(b, code, make_inv(b"sleep 0.3")))
+        await eventually(lambda: pool.instances_busy == 1)
+        late = await pool.invoke(b, code, make_inv(deadline=time.time() + 0.1))
+        assert late.error_type == "DeadlineExceeded"
+        await busy
+        # full of a provisioned and a busy instance: no slot for another provisioned one
+        busy = asyncio.create_task(pool.invoke(b, code, make_inv(b"sleep 0.3")))
+        await eventually(lambda: pool.instances_busy == 1)
+        assert await pool.provision(a, code) is None
+        await busy
+        # b's idle instance is evicted for a provisioned one of a
+        second = await pool.provision(a, code)
+        assert second is not None and pool.stats.evictions == 1
+        assert sorted(i.instance_id for i in pool.provisioned()) == sorted(
+            [first.instance_id, second.instance_id]
+        )
+        # a dead provisioned instance leaves the pool; its slot is free again
+        os.kill(second.pid, signal.SIGKILL)
+        await eventually(lambda: not second.alive)
+        assert pool.provisioned() == [first]
+        await pool.unprovision(first)
+        assert pool.provisioned() == [] and not first.alive
+        # an on-demand warm instance is adopted (no start)
+        warm = await pool.invoke(b, code, make_inv())
+        adopted = await pool.provision(b, code)
+        assert adopted is not None and adopted.instance_id == warm.instance_id
+        assert pool.stats.provisioned_starts == 2
+    finally:
+        await pool.close()
+    assert not bootstrap_children()

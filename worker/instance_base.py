@@ -27,6 +27,9 @@ class InstanceBase:
         self.init_duration_ms = 0.0
         # Requests the pool has promised to this instance (in flight or about to be).
         self.reserved = 0
+        # Kept warm by a provision config (worker/provision.py); the pool never evicts or
+        # reaps it while this is set.
+        self.provisioned = False
         self._proc = proc
         self._alive = True
         # Set when we stop or kill it ourselves: its exit is then expected, not a crash.
@@ -84,6 +87,10 @@ class InstanceBase:
                 os.killpg(self._proc.pid, signal.SIGKILL)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self._proc.pid, signal.SIGKILL)  # before setsid ran in the child
+
+    async def exited(self) -> None:
+        """Return once the process has exited and been cleaned up, however long it runs."""
+        await self._closed.wait()
 
     async def wait_closed(self) -> bool:
         """Wait until the process exited and its resources are released; False if it hangs."""

@@ -17,6 +17,7 @@ from worker.credentials import TokenIssuer
 from worker.forking import Zygote
 from worker.metrics import WorkerMetrics
 from worker.pool import InstancePool
+from worker.provision import Provisioner
 from worker.service import Worker
 
 log = logging.getLogger("pyfc.worker")
@@ -45,17 +46,22 @@ def main(settings: Settings | None = None) -> int:
             metrics_runner = await metrics.serve(
                 settings.http_host, settings.worker_metrics_port, settings.metrics_token
             )
+        topo = Topology(settings.namespace)
         worker = Worker(
             connection,
-            Topology(settings.namespace),
+            topo,
             pool,
             code,
             slots=settings.worker_slots,
             idle_seconds=settings.instance_idle_seconds,
             metrics=metrics,
         )
+        provisioner = Provisioner(
+            connection, topo, pool, code, worker_id=settings.worker_id, slots=settings.worker_slots
+        )
         try:
             await worker.start()
+            await provisioner.start()
             log.info(
                 "worker %s ready: %d slots (namespace %s)",
                 settings.worker_id,
@@ -64,6 +70,7 @@ def main(settings: Settings | None = None) -> int:
             )
             await stop.wait()
         finally:
+            await provisioner.close()  # first: nothing new starts while the pool closes
             await worker.close()
             if metrics_runner is not None:
                 await metrics_runner.cleanup()

@@ -1,4 +1,5 @@
-"""Per-function metrics of one worker: starts, init time, outcomes, live and busy instances.
+"""Per-function metrics of one worker: starts, init time, outcomes, live, busy and
+provisioned instances.
 
 Counters are updated on the invoke path; instance gauges are read from the pool at scrape
 time (no bookkeeping on the hot path). Served by `serve()` when PYFC_WORKER_METRICS_PORT
@@ -43,17 +44,26 @@ class _InstanceGauges(Collector):
             "Instances running at least one request",
             labels=FUNCTION_LABELS,
         )
+        provisioned = GaugeMetricFamily(
+            "pyfc_worker_instances_provisioned",
+            "Live instances kept warm by a provision config",
+            labels=FUNCTION_LABELS,
+        )
         alive_by: Tally[tuple[str, str, str]] = Tally()
         busy_by: Tally[tuple[str, str, str]] = Tally()
+        provisioned_by: Tally[tuple[str, str, str]] = Tally()
         for instance in self._pool.snapshot():
             key = function_labels(instance.spec)
             alive_by[key] += 1
             busy_by[key] += 1 if instance.reserved else 0
+            provisioned_by[key] += 1 if instance.provisioned and instance.alive else 0
         for key, n in alive_by.items():
             alive.add_metric(list(key), n)
             busy.add_metric(list(key), busy_by[key])
+            provisioned.add_metric(list(key), provisioned_by[key])
         yield alive
         yield busy
+        yield provisioned
 
 
 class WorkerMetrics:

@@ -6,6 +6,9 @@
 another function, or waits for a slot. Slots count instances, not requests. Which of these
 happens is decided by `choose`, a pure function over plain data; the pool only moves
 instances between its dicts.
+
+Provisioned instances (`InstancePool.provision`, kept by worker/provision.py) serve like any
+warm instance, but are never evicted for another function nor reaped when idle.
 """
 
 from __future__ import annotations
@@ -53,6 +56,11 @@ class Candidate(Protocol):
         """Requests it may still take (instance_concurrency - reserved)."""
         ...
 
+    @property
+    def provisioned(self) -> bool:
+        """Kept warm by a provision config: never evicted or reaped while it lives."""
+        ...
+
 
 C = TypeVar("C", bound=Candidate)
 
@@ -73,26 +81,51 @@ def choose(key: str, idle: Mapping[str, Sequence[C]], used: int, capacity: int) 
     below their instance_concurrency); `used` counts every slot taken (instances idle,
     busy and starting). Requests pack onto the busiest instance with room, then the most
     recently used, so the rest stay idle long enough to be reaped; the least recently used
-    idle one is evicted.
+    idle one that is not provisioned is evicted.
     """
     same = [c for c in idle.get(key, ()) if c.room > 0]
     if same:
         return Decision("warm", max(same, key=lambda c: (c.reserved, c.last_used)))
     if used < capacity:
         return Decision("cold")
-    others = [c for k, cs in idle.items() if k != key for c in cs if c.reserved == 0]
+    return _evict_or_wait(key, idle)
+
+
+def provision_slot(
+    key: str, idle: Mapping[str, Sequence[C]], used: int, capacity: int
+) -> Decision[C]:
+    """Where one more provisioned instance of `key` comes from.
+
+    `warm`: adopt a warm instance of it that is not provisioned yet (no start at all);
+    `cold`: start one in a free slot; `evict`: stop the least recently used idle,
+    unprovisioned instance of another function for it; `wait`: no slot now.
+    """
+    adoptable = [c for c in idle.get(key, ()) if c.alive and not c.provisioned]
+    if adoptable:
+        return Decision("warm", max(adoptable, key=lambda c: c.last_used))
+    if used < capacity:
+        return Decision("cold")
+    return _evict_or_wait(key, idle)
+
+
+def _evict_or_wait(key: str, idle: Mapping[str, Sequence[C]]) -> Decision[C]:
+    others = [
+        c for k, cs in idle.items() if k != key for c in cs if c.reserved == 0 and not c.provisioned
+    ]
     if others:
         return Decision("evict", min(others, key=lambda c: c.last_used))
     return Decision("wait")
 
 
 def expired(idle: Mapping[str, Sequence[C]], now: float, idle_seconds: float) -> list[C]:
-    """Idle instances unused for at least `idle_seconds` (monotonic clock), or dead."""
+    """Idle instances unused for at least `idle_seconds` (monotonic clock) and not
+    provisioned, or dead."""
     return [
         c
         for cs in idle.values()
         for c in cs
-        if c.reserved == 0 and (not c.alive or now - c.last_used >= idle_seconds)
+        if c.reserved == 0
+        and (not c.alive or (not c.provisioned and now - c.last_used >= idle_seconds))
     ]
 
 
@@ -106,6 +139,7 @@ class PoolStats:
     evictions: int = 0
     reaped: int = 0
     last_init_ms: float = 0.0
+    provisioned_starts: int = 0
 
 
 class InstancePool:
@@ -170,6 +204,7 @@ class InstancePool:
         instance, victim = acquired
         if victim is not None:
             await victim.stop(self._stop_grace)
+        started = instance is None
         if instance is None:
             try:
                 instance = await self._start(spec, code_dir)
@@ -191,9 +226,13 @@ class InstancePool:
                     self._idle.setdefault(spec.instance_key, []).append(instance)
                     self._cond.notify_all()
         try:
-            return await instance.invoke(inv)
+            outcome = await instance.invoke(inv)
         finally:
             await self._release(instance)
+        # Cold means a new instance was started for this request: the first request of a
+        # provisioned instance is warm.
+        outcome.cold_start = outcome.cold_start and started
+        return outcome
 
     async def _start(self, spec: FunctionSpec, code_dir: Path) -> AnyInstance:
         if spec.runtime == CUSTOM_RUNTIME:
@@ -254,6 +293,73 @@ class InstancePool:
         except TimeoutError:
             return False
         return True
+
+    def provisioned(self) -> list[AnyInstance]:
+        """Live provisioned instances now."""
+        return [i for i in self._instances.values() if i.provisioned and i.alive]
+
+    async def provision(self, spec: FunctionSpec, code_dir: Path) -> AnyInstance | None:
+        """One more provisioned instance of `spec`, started (or adopted if a warm one of it
+        is not provisioned yet); None when no slot can be had now (busy or provisioned).
+
+        Raises `InstanceStartError` when it cannot start.
+        """
+        key = spec.instance_key
+        async with self._cond:
+            if self._closed:
+                return None
+            dead = [i for cs in self._idle.values() for i in cs if not i.alive and i.reserved == 0]
+            for instance in dead:  # their slots are free for this one
+                self._forget_idle(instance)
+                del self._instances[instance.instance_id]
+            used = len(self._instances) + self._starting
+            decision = provision_slot(key, self._idle, used, self.max_instances)
+            chosen = decision.instance
+            if decision.action == "warm" and chosen is not None:
+                chosen.provisioned = True
+                return chosen
+            if decision.action == "wait":
+                return None
+            if chosen is not None:  # evict
+                self._forget_idle(chosen)
+                del self._instances[chosen.instance_id]
+                self.stats.evictions += 1
+            self._starting += 1
+        stopped = [*dead, chosen] if chosen is not None else dead
+        await asyncio.gather(*(i.stop(self._stop_grace) for i in stopped))
+        try:
+            instance = await self._start(spec, code_dir)
+        except BaseException:
+            await self._unreserve()
+            raise
+        instance.provisioned = True
+        self.stats.provisioned_starts += 1
+        async with self._cond:
+            self._starting -= 1
+            closed = self._closed
+            if not closed:
+                self._instances[instance.instance_id] = instance
+                self._idle.setdefault(key, []).append(instance)
+            self._cond.notify_all()
+        if closed:
+            await instance.stop(self._stop_grace)
+            return None
+        return instance
+
+    async def unprovision(self, instance: AnyInstance) -> None:
+        """No longer provisioned: stopped now if idle, else an ordinary warm instance that
+        finishes its requests and is reaped when idle."""
+        async with self._cond:
+            instance.provisioned = False
+            idle = instance.reserved == 0 and instance in self._idle.get(
+                instance.spec.instance_key, ()
+            )
+            if idle:
+                self._forget_idle(instance)
+                self._instances.pop(instance.instance_id, None)
+                self._cond.notify_all()
+        if idle:
+            await instance.stop(self._stop_grace)
 
     async def _unreserve(self) -> None:
         async with self._cond:

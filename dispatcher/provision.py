@@ -1,0 +1,135 @@
+"""Publish the provision snapshot: every provision target with its function's current spec.
+
+Workers never read the database, so the desired state comes to them whole on the
+`{ns}.provision` fanout: every `PUBLISH_SECONDS`, at once after a control notice (a
+provision config, function, service or tenant changed: specs are re-read through the
+catalog, so a new revision reaches the workers), and when a worker sends its first
+heartbeat (so a new worker need not wait for the next period). Every dispatcher replica
+publishes; the snapshots are the same, so that is harmless. Placement is the workers' job
+(worker/placement.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+
+import aio_pika
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractRobustConnection,
+)
+
+from shared import codec, control
+from shared.catalog import FunctionCatalog
+from shared.errors import PyfcError
+from shared.protocol import ControlEvent, ProvisionSnapshot, ProvisionTarget, WorkerBeat
+from shared.store import Store
+from shared.topology import Topology, declare_fanout
+
+log = logging.getLogger("pyfc.dispatcher")
+
+PUBLISH_SECONDS = 5.0
+# A burst of notices (a deploy touching many functions) becomes one snapshot.
+COALESCE_SECONDS = 0.05
+PUBLISH_TIMEOUT = 10.0
+
+
+class ProvisionPublisher:
+    def __init__(
+        self,
+        connection: AbstractRobustConnection,
+        store: Store,
+        topo: Topology,
+        *,
+        interval: float = PUBLISH_SECONDS,
+    ) -> None:
+        self._connection = connection
+        self._store = store
+        self._topo = topo
+        self._interval = interval
+        self._catalog = FunctionCatalog(store)
+        self._wake = asyncio.Event()
+        self._channel: AbstractChannel | None = None
+        self._exchange: AbstractExchange | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.published = 0
+
+    async def start(self) -> None:
+        self._channel = channel = await self._connection.channel()
+        self._exchange = await declare_fanout(channel, self._topo.provision_exchange)
+        fleet = await declare_fanout(channel, self._topo.fleet_exchange)
+        queue = await channel.declare_queue(
+            f"{fleet.name}.dispatcher-{uuid.uuid4().hex[:8]}", exclusive=True, auto_delete=True
+        )
+        await queue.bind(fleet)
+        await queue.consume(self._on_beat, no_ack=True)
+        await control.subscribe(channel, self._topo, self._on_control)
+        self._task = asyncio.create_task(self._publish_forever())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._channel is not None and not self._channel.is_closed:
+            await self._channel.close()
+
+    def _on_control(self, event: ControlEvent) -> None:
+        self._catalog.invalidate(event)
+        self._wake.set()
+
+    async def _on_beat(self, message: AbstractIncomingMessage) -> None:
+        try:
+            beat = codec.decode(message.body, WorkerBeat)
+        except PyfcError as e:
+            log.warning("ignoring malformed heartbeat: %s", e.message)
+            return
+        if beat.seq == 0 and not beat.leaving:
+            self._wake.set()
+
+    async def snapshot(self) -> ProvisionSnapshot:
+        """Every target above 0 with the spec its instances must run."""
+        targets: list[ProvisionTarget] = []
+        for tenant, cfg in await self._store.list_provision_configs():
+            try:
+                spec = await self._catalog.spec(
+                    tenant, cfg.service_name, cfg.qualifier, cfg.function_name
+                )
+            except PyfcError as e:  # deleted meanwhile (its config goes with it)
+                log.warning(
+                    "provision config of %s/%s.%s/%s skipped: %s",
+                    tenant,
+                    cfg.service_name,
+                    cfg.qualifier,
+                    cfg.function_name,
+                    e.message,
+                )
+                continue
+            targets.append(ProvisionTarget(spec=spec, target=cfg.target))
+        return ProvisionSnapshot(targets=targets, published_at=time.time())
+
+    async def publish(self) -> None:
+        assert self._exchange is not None
+        snapshot = await self.snapshot()
+        await self._exchange.publish(
+            aio_pika.Message(codec.encode(snapshot)), routing_key="", timeout=PUBLISH_TIMEOUT
+        )
+        self.published += 1
+
+    async def _publish_forever(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                await self.publish()
+            except Exception:
+                log.exception("cannot publish the provision snapshot; retrying")
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._interval):
+                    await self._wake.wait()
+            await asyncio.sleep(COALESCE_SECONDS)
