@@ -103,12 +103,13 @@ async def test_failing_starts_back_off(
     provisioner = Provisioner(connection, topo, pool, code, worker_id="w-1", slots=4)  # type: ignore[arg-type]
     await provisioner.start()
     try:
-        await publish(connection, topo, (spec, 1))
+        await publish(connection, topo, (spec, 2))
         await eventually(lambda: attempts.exists())
-        # retried after 1 s, then 2 s, then 4 s: three tries in the first ~3.5 s, not dozens
-        await eventually(lambda: len(attempts.read_text()) == 3, within=6.0)
-        await asyncio.sleep(1.0)  # the next try is due ~4 s after the third
-        assert len(attempts.read_text()) == 3
+        # both starts of a pass fail; retried after 1 s, then 2 s, then 4 s: three passes
+        # in the first ~3.5 s, not dozens (and one backoff step per pass, not per start)
+        await eventually(lambda: len(attempts.read_text()) == 6, within=6.0)
+        await asyncio.sleep(1.0)  # the next pass is due ~4 s after the third
+        assert len(attempts.read_text()) == 6
         assert pool.instances_alive == 0 and not pool.provisioned()
     finally:
         await provisioner.close()

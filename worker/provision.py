@@ -272,9 +272,13 @@ class Provisioner:
         self._wake.set()
 
     def _failed(self, spec: FunctionSpec, reason: str) -> None:
-        n = self._failures.get(spec.instance_key, (0, 0.0))[0] + 1
+        now = time.monotonic()
+        n, retry_at = self._failures.get(spec.instance_key, (0, 0.0))
+        if retry_at > now:
+            return  # a sibling start of the same pass failed already and set the delay
+        n += 1
         delay = min(RETRY_MAX_SECONDS, RETRY_BASE_SECONDS * 2 ** (n - 1))
-        self._failures[spec.instance_key] = (n, time.monotonic() + delay)
+        self._failures[spec.instance_key] = (n, now + delay)
         log.warning(
             "cannot start a provisioned instance of %s (%s); retrying in %.0f s",
             function_key(spec),
