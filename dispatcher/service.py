@@ -20,6 +20,7 @@ import logging
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
+from typing import Literal
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
@@ -39,7 +40,7 @@ from dispatcher.verdict import (
     judge,
 )
 from shared import codec, control, telemetry
-from shared.broker import consume_fast, decode_delivery, settle
+from shared.broker import consume_fast, decode_delivery, ready, settle
 from shared.catalog import FunctionCatalog, FunctionPolicy
 from shared.errors import FunctionNotFound, PyfcError, ServiceNotFound
 from shared.logs import request_id_var
@@ -72,6 +73,14 @@ ASYNC_LEASE_SECONDS = 3600.0
 # would close the channel over a delivery held that long.
 HOLD_ROTATE_SECONDS = 600.0
 PUBLISH_TIMEOUT = 10.0
+
+
+@dataclass(slots=True)
+class Decision:
+    verdict: Literal["run", "wait", "throttle", "loop", "duplicate"]
+    pool: Pool[Held]
+    policy: FunctionPolicy
+    limit: int
 
 
 @dataclass(slots=True)
@@ -149,6 +158,40 @@ class Dispatcher:
 
     # -- admission ---------------------------------------------------------------------
 
+    async def decide(self, inv: Invocation) -> Decision:
+        """The admission decision for `inv`, a slot taken when it may run now.
+
+        Only cache lookups and dict operations when the function's config is cached (the
+        hot path: `bench/dispatch.py` times exactly this). Raises PyfcError when the
+        function cannot be resolved.
+        """
+        inv.spec = await self._catalog.spec(
+            inv.tenant, inv.service, inv.qualifier, inv.function, inv.min_revision
+        )
+        policy = await self._catalog.policy(inv.tenant, inv.service, inv.qualifier, inv.function)
+        limits = await self._catalog.tenant_limits(inv.tenant)
+        pool = self.admission.pool(
+            inv.tenant,
+            inv.service,
+            inv.function,
+            tenant_cap=limits.concurrency,
+            reserved_total=limits.reserved_total,
+            reserved=policy.reserved_concurrency,
+        )
+        if inv.lineage.hops >= limits.max_chain_depth:
+            return Decision("loop", pool, policy, limits.max_chain_depth)
+        if inv.kind == "sync":
+            lease = max(1.0, inv.deadline - time.time()) + SYNC_LEASE_SLACK
+            if self.admission.try_acquire(pool, inv.id, lease):
+                return Decision("run", pool, policy, pool.limit)
+            return Decision("throttle", pool, policy, pool.limit)
+        if self.admission.holds(inv.id):
+            # Redelivered after a connection blip, but already routed by us.
+            return Decision("duplicate", pool, policy, pool.limit)
+        if pool.waiting or not self.admission.try_acquire(pool, inv.id, ASYNC_LEASE_SECONDS):
+            return Decision("wait", pool, policy, pool.limit)  # nothing overtakes older work
+        return Decision("run", pool, policy, pool.limit)
+
     async def _on_invoke(self, message: DeliveredMessage) -> None:
         inv = await decode_delivery(message, Invocation)
         if inv is None:
@@ -161,60 +204,35 @@ class Dispatcher:
             {"faas.invocation_id": inv.id, "pyfc.tenant": inv.tenant},
         ):
             try:
-                inv.spec = await self._catalog.spec(
-                    inv.tenant, inv.service, inv.qualifier, inv.function, inv.min_revision
-                )
-                policy = await self._catalog.policy(
-                    inv.tenant, inv.service, inv.qualifier, inv.function
-                )
-                limits = await self._catalog.tenant_limits(inv.tenant)
+                decision = await self.decide(inv)
             except PyfcError as e:
                 await self._reject(message, inv, e)
                 return
             inv.traceparent = telemetry.current_traceparent(fallback=inv.traceparent)
-            if inv.lineage.hops >= limits.max_chain_depth:
-                await self._loop_detected(message, inv, limits.max_chain_depth)
-                return
-            pool = self.admission.pool(
-                inv.tenant,
-                inv.service,
-                inv.function,
-                tenant_cap=limits.concurrency,
-                reserved_total=limits.reserved_total,
-                reserved=policy.reserved_concurrency,
-            )
-            if self.admission.holds(inv.id) and inv.kind == "async":
-                # Redelivered after a connection blip, but already routed by us: done.
+            verdict, pool = decision.verdict, decision.pool
+            if verdict == "loop":
+                await self._loop_detected(message, inv, decision.limit)
+            elif verdict == "duplicate":
                 await settle(message)
-                return
-            if inv.kind == "sync":
-                await self._admit_sync(message, inv, pool)
+            elif verdict == "throttle":
+                await self._throttle(message, inv, pool)
+            elif verdict == "wait":
+                held = Held(message, inv, decision.policy.max_event_age, time.time())
+                pool.waiting.append(held)
+                await self._drain(pool)
+            elif inv.kind == "sync":
+                self._metrics.admitted.labels(inv.tenant, "sync").inc()
+                await self._route(message, inv)
             else:
-                await self._admit_async(Held(message, inv, policy.max_event_age, time.time()), pool)
+                held = Held(message, inv, decision.policy.max_event_age, time.time())
+                await self._route_async(held)
 
-    async def _admit_sync(
-        self, message: DeliveredMessage, inv: Invocation, pool: Pool[Held]
-    ) -> None:
-        lease = max(1.0, inv.deadline - time.time()) + SYNC_LEASE_SLACK
-        if not self.admission.try_acquire(pool, inv.id, lease):
-            self._metrics.throttled.labels(inv.tenant).inc()
-            scope = f"function {inv.function}" if len(pool.key) > 1 else f"tenant {inv.tenant}"
-            message_text = f"concurrency limit reached: {pool.limit} in flight for {scope}"
-            await self._reply(
-                message, system_outcome(inv, "ThrottlingException", message_text, 429)
-            )
-            await settle(message)
-            return
-        self._metrics.admitted.labels(inv.tenant, "sync").inc()
-        await self._route(message, inv)
-
-    async def _admit_async(self, held: Held, pool: Pool[Held]) -> None:
-        """Route now if a slot is free (and nothing older waits), else wait in order."""
-        if pool.waiting or not self.admission.try_acquire(pool, held.inv.id, ASYNC_LEASE_SECONDS):
-            pool.waiting.append(held)
-            await self._drain(pool)
-            return
-        await self._route_async(held)
+    async def _throttle(self, message: DeliveredMessage, inv: Invocation, pool: Pool[Held]) -> None:
+        self._metrics.throttled.labels(inv.tenant).inc()
+        scope = f"function {inv.function}" if len(pool.key) > 1 else f"tenant {inv.tenant}"
+        text = f"concurrency limit reached: {pool.limit} in flight for {scope}"
+        await self._reply(message, system_outcome(inv, "ThrottlingException", text, 429))
+        await settle(message)
 
     async def _route_async(self, held: Held) -> None:
         """Route async work that holds a slot (or give it up if it is too old)."""
@@ -255,14 +273,22 @@ class Dispatcher:
         )
         channel = self._confirmed if persistent else self._fast
         try:
+            await ready(channel)
             await channel.default_exchange.publish(
                 out, routing_key=self._topo.work_queue, timeout=PUBLISH_TIMEOUT
             )
         except Exception:
-            # Unacked, the delivery goes back to the queue with its channel (or now).
-            log.exception("cannot route invocation %s; it stays queued", inv.id)
+            log.exception("cannot route invocation %s", inv.id)
             self.admission.release(inv.id)
-            await settle(message, ack=False, requeue=True)
+            if inv.kind == "sync":  # never retried: tell the caller now
+                await self._reply(
+                    message,
+                    system_outcome(inv, "ServiceUnavailable", "cannot route the invocation", 503),
+                )
+                await settle(message)
+            else:  # back to the queue, after a pause so an outage is not a hot loop
+                await asyncio.sleep(RECORD_RETRY_SECONDS)
+                await settle(message, ack=False, requeue=True)
             return
         await settle(message)
 
@@ -271,6 +297,7 @@ class Dispatcher:
         props = message.header.properties
         if props.reply_to:
             assert self._fast is not None
+            await ready(self._fast)
             await self._fast.default_exchange.publish(
                 aio_pika.Message(codec.encode(outcome), correlation_id=props.correlation_id),
                 routing_key=props.reply_to,
@@ -367,7 +394,8 @@ class Dispatcher:
             await self._give_up(inv, outcome, verdict.reason, notify=True, policy=policy)
 
     async def _schedule_retry(self, inv: Invocation, delay_ms: int) -> None:
-        assert self._retry is not None
+        assert self._retry is not None and self._confirmed is not None
+        await ready(self._confirmed)
         inv.attempt += 1
         inv.spec = None
         self._metrics.retries.labels(inv.tenant).inc()

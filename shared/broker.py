@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
@@ -18,6 +19,7 @@ log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 10.0
 RECONNECT_INTERVAL = 1.0
+READY_TIMEOUT = 30.0
 
 T = TypeVar("T")
 
@@ -73,6 +75,20 @@ async def consume_fast(
     reopen = getattr(channel, "reopen_callbacks", None)
     if reopen is not None:
         reopen.add(register)
+
+
+async def ready(channel: AbstractChannel, timeout: float = READY_TIMEOUT) -> None:
+    """Wait until a robust channel is usable again after a reconnect.
+
+    A robust connection restores its channels one by one: a consumer on the first one
+    can receive deliveries before the channel it publishes answers on is back, and a
+    publish there fails at once. Waiting here turns that race into a short delay.
+    """
+    if channel.is_closed:
+        waiter = getattr(channel, "ready", None)
+        if waiter is None:
+            return
+        await asyncio.wait_for(waiter(), timeout)
 
 
 async def settle(message: DeliveredMessage, *, ack: bool = True, requeue: bool = False) -> None:

@@ -86,9 +86,14 @@ def outcome_applies(status: InvocationStatus, attempt: int) -> ColumnElement[boo
     newer attempt, and a terminal status is never replaced by a non-terminal one of the
     same attempt (a late "Running" must not hide a result).
     """
+    return outcome_applies_to(status in TERMINAL, attempt)
+
+
+def outcome_applies_to(terminal: bool, attempt: Any) -> ColumnElement[bool]:
+    """`outcome_applies` for an attempt given as a value or a bound parameter."""
     newer = invocations.c.attempt < attempt
     same = invocations.c.attempt == attempt
-    if status in TERMINAL:
+    if terminal:
         return or_(newer, same)
     return or_(newer, and_(same, invocations.c.status.not_in(TERMINAL)))
 

@@ -17,12 +17,25 @@ from collections.abc import AsyncIterator, Mapping
 from typing import TypeVar
 
 import msgspec
-from sqlalchemy import ColumnElement, Table, and_, delete, func, insert, not_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Table,
+    Update,
+    and_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    not_,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql.elements import BindParameter
 
 from shared import dbengine, rows
 from shared.errors import (
@@ -39,6 +52,7 @@ from shared.errors import (
     ServiceNotFound,
     Unavailable,
 )
+from shared.groupcommit import GroupCommit
 from shared.models import (
     DEAD_LETTER_REASONS,
     AsyncConfig,
@@ -76,6 +90,9 @@ class Store:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
+        # The async invocation path's writes (accepts, outcomes, dead letters) commit in
+        # groups: see shared/groupcommit.py.
+        self._writes = GroupCommit(self._begin)
 
     @classmethod
     async def open(cls, url: str) -> Store:
@@ -332,9 +349,12 @@ class Store:
         """Persist an accepted async invocation as Enqueued; AlreadyExists for a reused id."""
         row = msgspec.structs.asdict(rec)
         row.update(status="Enqueued", created_time=rec.created_time or rows.now_iso())
+
+        async def write(conn: AsyncConnection) -> None:
+            await conn.execute(_ACCEPT, row)
+
         try:
-            async with self._begin() as conn:
-                await conn.execute(insert(invocations).values(row))
+            await self._writes.run(write)
         except IntegrityError as e:
             raise AlreadyExists(f"invocation {rec.request_id!r} already exists") from e
 
@@ -365,16 +385,15 @@ class Store:
             "error_message": error_message,
             "finished_time": rows.now_iso() if terminal else "",
         }
+        params = {f"b_{k}": v for k, v in values.items()}
+        params.update(b_tenant=tenant, b_request_id=request_id)
+        apply = _APPLY_TERMINAL if terminal else _APPLY_PROGRESS
         key = (invocations.c.tenant == tenant, invocations.c.request_id == request_id)
-        apply = (
-            update(invocations).where(*key, rows.outcome_applies(status, attempt)).values(values)
-        )
-        for _ in range(2):  # the second pass only after losing an insert race
-            async with self._begin() as conn:
-                if (await conn.execute(apply)).rowcount:
-                    return
-                found = (await conn.execute(select(invocations.c.attempt).where(*key))).first()
-            if found is not None:
+
+        async def write(conn: AsyncConnection) -> None:
+            if (await conn.execute(apply, params)).rowcount:
+                return
+            if (await conn.execute(select(invocations.c.attempt).where(*key))).first():
                 log.debug("ignoring stale outcome of %s attempt %d", request_id, attempt)
                 return
             # No accepted record (it should exist): keep the outcome rather than lose it.
@@ -383,14 +402,15 @@ class Store:
                 request_id=request_id, tenant=tenant, service_name="", qualifier="",
                 function_name="", created_time=rows.now_iso(),
             )  # fmt: skip
-            try:
-                async with self._begin() as conn:
-                    await conn.execute(
-                        insert(invocations).values({**msgspec.structs.asdict(orphan), **values})
-                    )
-                return
-            except IntegrityError:
-                continue
+            await conn.execute(
+                insert(invocations).values({**msgspec.structs.asdict(orphan), **values})
+            )
+
+        try:
+            await self._writes.run(write)
+        except IntegrityError:
+            # Lost a race with the accept's insert: the row exists now; apply once more.
+            await self._writes.run(write)
 
     async def get_invocation(self, tenant: str, request_id: str) -> InvocationRecord:
         """The record of an async invocation; InvocationNotFound (also for other tenants')."""
@@ -515,8 +535,11 @@ class Store:
             .values(row)
             .on_conflict_do_nothing(index_elements=["tenant", "request_id"])
         )
-        async with self._begin() as conn:
+
+        async def write(conn: AsyncConnection) -> None:
             await conn.execute(query)
+
+        await self._writes.run(write)
 
     async def list_dead_letters(
         self,
@@ -626,6 +649,29 @@ class Store:
         except (OperationalError, InterfaceError, PoolTimeout, OSError, TimeoutError) as e:
             where = self._engine.url.render_as_string(hide_password=True)
             raise Unavailable(f"metadata database {where} unavailable: {_reason(e)}") from e
+
+
+_OUTCOME_COLUMNS = ("status", "attempt", "result", "error_type", "error_message", "finished_time")
+
+
+def _outcome_update(terminal: bool) -> Update:
+    """Record an outcome where `rows.outcome_applies` allows it; built once (bound
+    parameters), since statement construction costs more than running it on SQLite."""
+    attempt: BindParameter[int] = bindparam("b_attempt")
+    return (
+        update(invocations)
+        .where(
+            invocations.c.tenant == bindparam("b_tenant"),
+            invocations.c.request_id == bindparam("b_request_id"),
+            rows.outcome_applies_to(terminal, attempt),
+        )
+        .values({column: bindparam(f"b_{column}") for column in _OUTCOME_COLUMNS})
+    )
+
+
+_APPLY_TERMINAL = _outcome_update(terminal=True)
+_APPLY_PROGRESS = _outcome_update(terminal=False)
+_ACCEPT = insert(invocations)
 
 
 def _function_key(

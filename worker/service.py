@@ -18,7 +18,7 @@ from aiormq.abc import DeliveredMessage
 from opentelemetry.trace import SpanKind, StatusCode
 
 from shared import codec, telemetry
-from shared.broker import consume_fast, decode_delivery, settle
+from shared.broker import consume_fast, decode_delivery, ready, settle
 from shared.errors import PyfcError
 from shared.logs import request_id_var
 from shared.protocol import Completion, Invocation, Outcome, system_outcome
@@ -28,6 +28,8 @@ from worker.metrics import WorkerMetrics
 from worker.pool import InstancePool
 
 log = logging.getLogger("pyfc.worker")
+
+ANSWER_RETRY_SECONDS = 1.0
 
 
 def skip_reason(inv: Invocation, redelivered: bool, now: float) -> Outcome | None:
@@ -112,7 +114,15 @@ class Worker:
         outcome = skip_reason(inv, bool(message.redelivered), time.time())
         if outcome is None:
             outcome = await self._run(inv)
-        await self._answer(message, inv, outcome)
+        try:
+            await self._answer(message, inv, outcome)
+        except Exception:
+            # Not answered: give the work back (its channel may be alive, so it would
+            # otherwise sit unacked forever); async work runs again, at least once.
+            log.exception("cannot send the outcome of %s; returning the work", inv.id)
+            await asyncio.sleep(ANSWER_RETRY_SECONDS)
+            await settle(message, ack=False, requeue=True)
+            return
         await settle(message)
 
     async def _run(self, inv: Invocation) -> Outcome:
@@ -158,6 +168,9 @@ class Worker:
         assert self._fast is not None
         assert self._done_confirmed is not None and self._done_fast is not None
         routing_key = invoke_routing_key(inv.tenant)
+        await ready(self._fast)
+        assert self._confirmed is not None
+        await ready(self._confirmed)
         if inv.kind == "sync":
             props = message.header.properties
             if props.reply_to:
