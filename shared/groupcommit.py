@@ -5,76 +5,84 @@ each means one write-lock acquisition and one commit each: on SQLite, shared by 
 gateway and dispatcher processes, that caps throughput at a few hundred writes a second.
 Here writes submitted while a transaction is in progress are queued and then run
 together in the next one, so the batch size follows the load and an idle store adds no
-delay. If a batch fails, each of its writes is run again alone, so one bad write (a
-duplicate key, say) fails by itself and the others still land.
+delay. Writes of the same statement are sent as one executemany. If a batch fails, each
+of its writes is run again alone, so one bad write (a duplicate key, say) fails by
+itself and the others still land.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any
 
+from sqlalchemy import Executable
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-Op = Callable[[AsyncConnection], Awaitable[Any]]
 Begin = Callable[[], AbstractAsyncContextManager[AsyncConnection]]
 
 MAX_BATCH = 200
+
+
+@dataclass(slots=True)
+class _Write:
+    statement: Executable
+    params: Mapping[str, Any]
+    future: asyncio.Future[None]
 
 
 class GroupCommit:
     def __init__(self, begin: Begin, max_batch: int = MAX_BATCH) -> None:
         self._begin = begin
         self._max_batch = max_batch
-        self._pending: list[tuple[Op, asyncio.Future[Any]]] = []
+        self._pending: list[_Write] = []
         self._worker: asyncio.Task[None] | None = None
 
-    async def run(self, op: Callable[[AsyncConnection], Awaitable[T]]) -> T:
-        """Run `op` in a shared transaction; its result, or its own exception."""
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._pending.append((op, future))
+    async def execute(self, statement: Executable, params: Mapping[str, Any]) -> None:
+        """Execute `statement` with `params` in a shared transaction; raises its own error."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Write(statement, params, future))
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._drain())
-        return await future
+        await future
 
     async def _drain(self) -> None:
         while self._pending:
-            batch = self._pending[: self._max_batch]
+            batch = [w for w in self._pending[: self._max_batch] if not w.future.done()]
             del self._pending[: self._max_batch]
-            live = [(op, f) for op, f in batch if not f.done()]  # a cancelled caller
-            if len(live) == 1:
-                await self._alone(*live[0])
-            elif live:
-                await self._together(live)
+            if len(batch) == 1:
+                await self._alone(batch[0])
+            elif batch:
+                await self._together(batch)
 
-    async def _together(self, batch: list[tuple[Op, asyncio.Future[Any]]]) -> None:
+    async def _together(self, batch: list[_Write]) -> None:
         try:
-            results = []
             async with self._begin() as conn:
-                for op, _ in batch:
-                    results.append(await op(conn))
+                # Consecutive writes of one statement go as one executemany.
+                for statement, group in itertools.groupby(batch, key=lambda w: w.statement):
+                    await conn.execute(statement, [w.params for w in group])
         except Exception:
             log.debug("batch of %d writes failed; running them one by one", len(batch))
-            for op, future in batch:
-                await self._alone(op, future)
+            for write in batch:
+                await self._alone(write)
             return
-        for (_, future), result in zip(batch, results, strict=True):
-            if not future.done():
-                future.set_result(result)
+        for write in batch:
+            if not write.future.done():
+                write.future.set_result(None)
 
-    async def _alone(self, op: Op, future: asyncio.Future[Any]) -> None:
+    async def _alone(self, write: _Write) -> None:
         try:
             async with self._begin() as conn:
-                result = await op(conn)
+                await conn.execute(write.statement, write.params)
         except Exception as e:
-            if not future.done():
-                future.set_exception(e)
+            if not write.future.done():
+                write.future.set_exception(e)
             return
-        if not future.done():
-            future.set_result(result)
+        if not write.future.done():
+            write.future.set_result(None)

@@ -20,9 +20,7 @@ import msgspec
 from sqlalchemy import (
     ColumnElement,
     Table,
-    Update,
     and_,
-    bindparam,
     delete,
     func,
     insert,
@@ -35,7 +33,6 @@ from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-from sqlalchemy.sql.elements import BindParameter
 
 from shared import dbengine, rows
 from shared.errors import (
@@ -93,6 +90,10 @@ class Store:
         # The async invocation path's writes (accepts, outcomes, dead letters) commit in
         # groups: see shared/groupcommit.py.
         self._writes = GroupCommit(self._begin)
+        self._outcome_upserts = {t: self._outcome_upsert(t) for t in (False, True)}
+        self._dead_letter_insert = self._insert(dead_letters).on_conflict_do_nothing(
+            index_elements=["tenant", "request_id"]
+        )
 
     @classmethod
     async def open(cls, url: str) -> Store:
@@ -349,12 +350,8 @@ class Store:
         """Persist an accepted async invocation as Enqueued; AlreadyExists for a reused id."""
         row = msgspec.structs.asdict(rec)
         row.update(status="Enqueued", created_time=rec.created_time or rows.now_iso())
-
-        async def write(conn: AsyncConnection) -> None:
-            await conn.execute(_ACCEPT, row)
-
         try:
-            await self._writes.run(write)
+            await self._writes.execute(_ACCEPT, row)
         except IntegrityError as e:
             raise AlreadyExists(f"invocation {rec.request_id!r} already exists") from e
 
@@ -385,32 +382,18 @@ class Store:
             "error_message": error_message,
             "finished_time": rows.now_iso() if terminal else "",
         }
-        params = {f"b_{k}": v for k, v in values.items()}
-        params.update(b_tenant=tenant, b_request_id=request_id)
-        apply = _APPLY_TERMINAL if terminal else _APPLY_PROGRESS
-        key = (invocations.c.tenant == tenant, invocations.c.request_id == request_id)
-
-        async def write(conn: AsyncConnection) -> None:
-            if (await conn.execute(apply, params)).rowcount:
-                return
-            if (await conn.execute(select(invocations.c.attempt).where(*key))).first():
-                log.debug("ignoring stale outcome of %s attempt %d", request_id, attempt)
-                return
-            # No accepted record (it should exist): keep the outcome rather than lose it.
-            log.warning("outcome for unknown invocation %s of tenant %s", request_id, tenant)
-            orphan = InvocationRecord(
-                request_id=request_id, tenant=tenant, service_name="", qualifier="",
-                function_name="", created_time=rows.now_iso(),
-            )  # fmt: skip
-            await conn.execute(
-                insert(invocations).values({**msgspec.structs.asdict(orphan), **values})
-            )
-
-        try:
-            await self._writes.run(write)
-        except IntegrityError:
-            # Lost a race with the accept's insert: the row exists now; apply once more.
-            await self._writes.run(write)
+        # One statement: update where `rows.outcome_applies` allows it, or keep an outcome
+        # whose accepted record is missing (it should exist) rather than lose it.
+        row = {
+            "tenant": tenant,
+            "request_id": request_id,
+            "service_name": "",
+            "qualifier": "",
+            "function_name": "",
+            "created_time": rows.now_iso(),
+            **values,
+        }
+        await self._writes.execute(self._outcome_upserts[terminal], row)
 
     async def get_invocation(self, tenant: str, request_id: str) -> InvocationRecord:
         """The record of an async invocation; InvocationNotFound (also for other tenants')."""
@@ -530,16 +513,7 @@ class Store:
             raise BadRequest(f"unknown dead letter reason {dl.reason!r}")
         row = {"tenant": tenant, **msgspec.structs.asdict(dl)}
         row["created_time"] = dl.created_time or rows.now_iso()
-        query = (
-            self._insert(dead_letters)
-            .values(row)
-            .on_conflict_do_nothing(index_elements=["tenant", "request_id"])
-        )
-
-        async def write(conn: AsyncConnection) -> None:
-            await conn.execute(query)
-
-        await self._writes.run(write)
+        await self._writes.execute(self._dead_letter_insert, row)
 
     async def list_dead_letters(
         self,
@@ -588,6 +562,19 @@ class Store:
             return int((await conn.execute(query)).rowcount)
 
     # -- plumbing --------------------------------------------------------------------
+
+    def _outcome_upsert(self, terminal: bool) -> postgresql.Insert | sqlite.Insert:
+        """Insert an outcome row, or update the existing one where the outcome applies.
+
+        Built once per store (statement construction costs more than running it on
+        SQLite); the row's values are bound at execution.
+        """
+        stmt = self._insert(invocations)
+        return stmt.on_conflict_do_update(
+            index_elements=[invocations.c.tenant, invocations.c.request_id],
+            set_={column: stmt.excluded[column] for column in _OUTCOME_COLUMNS},
+            where=rows.outcome_applies_to(terminal, stmt.excluded.attempt),
+        )
 
     def _insert(self, table: Table) -> postgresql.Insert | sqlite.Insert:
         """INSERT with the backend's ON CONFLICT clauses (both spell them the same)."""
@@ -652,25 +639,6 @@ class Store:
 
 
 _OUTCOME_COLUMNS = ("status", "attempt", "result", "error_type", "error_message", "finished_time")
-
-
-def _outcome_update(terminal: bool) -> Update:
-    """Record an outcome where `rows.outcome_applies` allows it; built once (bound
-    parameters), since statement construction costs more than running it on SQLite."""
-    attempt: BindParameter[int] = bindparam("b_attempt")
-    return (
-        update(invocations)
-        .where(
-            invocations.c.tenant == bindparam("b_tenant"),
-            invocations.c.request_id == bindparam("b_request_id"),
-            rows.outcome_applies_to(terminal, attempt),
-        )
-        .values({column: bindparam(f"b_{column}") for column in _OUTCOME_COLUMNS})
-    )
-
-
-_APPLY_TERMINAL = _outcome_update(terminal=True)
-_APPLY_PROGRESS = _outcome_update(terminal=False)
 _ACCEPT = insert(invocations)
 
 
