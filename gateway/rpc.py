@@ -48,6 +48,20 @@ class RpcClient:
 
     async def start(self) -> None:
         await consume_fast(self._channel, DIRECT_REPLY_TO, self._on_reply, no_ack=True)
+        # Direct reply-to is bound to this channel: when it closes, replies to calls sent
+        # on it can never arrive. Tell those callers now, not at their deadline.
+        self._channel.close_callbacks.add(self._on_channel_closed)
+
+    def _on_channel_closed(self, *_: object) -> None:
+        pending, self._pending = self._pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(
+                    Unavailable(
+                        "the broker connection was lost before the reply arrived; "
+                        "the invocation may or may not have run"
+                    )
+                )
 
     async def _on_reply(self, message: DeliveredMessage) -> None:
         future = self._pending.pop(message.header.properties.correlation_id or "", None)

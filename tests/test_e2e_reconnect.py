@@ -13,8 +13,8 @@ from tests.helpers import deploy, invoke, wait_result
 from tests.stack import Stack
 
 
-def stack_connections(namespace: str) -> list[str]:
-    """Broker-side pids of the connections whose name ends with `@<namespace>`."""
+def stack_connections(namespace: str, role: str = "") -> list[str]:
+    """Broker-side pids of the connections named `...<role>@<namespace>`."""
     out = subprocess.run(
         ["rabbitmqctl", "-q", "list_connections", "pid", "client_properties"],
         capture_output=True,
@@ -22,7 +22,7 @@ def stack_connections(namespace: str) -> list[str]:
         check=True,
         timeout=30,
     ).stdout
-    return [line.split("\t")[0] for line in out.splitlines() if f"@{namespace}" in line]
+    return [line.split("\t")[0] for line in out.splitlines() if f"{role}@{namespace}" in line]
 
 
 def close_connections(pids: list[str]) -> None:
@@ -73,3 +73,22 @@ async def test_roles_reconnect_after_the_broker_closes_their_connections(own_sta
         assert rec["result"] == "async after"
         for _ in range(20):
             assert (await invoke(client, service, function, b"again"))[2] == b"again"
+
+
+async def test_a_sync_call_whose_reply_channel_is_lost_fails_fast(own_stack: Stack) -> None:
+    _, key = own_stack.create_tenant()
+    slow = "import time\ndef handler(event, context):\n    time.sleep(3)\n    return event\n"
+    async with aiohttp.ClientSession() as session:
+        client = Client(session, own_stack.url, key)
+        service, function = await deploy(client, {"index.py": slow}, timeout=30)
+        call = asyncio.create_task(invoke(client, service, function, b"lost"))
+        await asyncio.sleep(1.0)  # in flight: the function sleeps for 3 s
+        gateway = stack_connections(own_stack.namespace, "pyfc-gateway")
+        assert len(gateway) == 1, gateway
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        close_connections(gateway)
+        status, _, body = await call
+        # Not the 30 s + 10 s deadline: the caller learns at once that the reply is lost.
+        assert status == 503, body
+        assert loop.time() - started < 2.5
