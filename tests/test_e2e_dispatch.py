@@ -373,3 +373,29 @@ async def test_sync_chain_too_deep_is_refused(client: Client) -> None:
     assert json.loads(body)["errorCode"] == "RecursiveLoopDetected"
     status, _, body = await invoke(client, service, function, b"x", X_Fc_Lineage="trace-1/14")
     assert status == 200 and body == b"x"
+
+
+SELF_ASYNC = """
+import os
+
+
+def handler(event, context):
+    with open(os.path.join(os.environ["PROBE_DIR"], "ids"), "a") as f:
+        f.write(f"{context.lineage.hops}\\n")
+    context.invoke(context.service.name, context.function.name, event, invocation_type="Async")
+    return b"ok"
+"""
+
+
+async def test_a_function_invoking_itself_async_stops_at_hop_16(
+    client: Client, tmp_path: Path
+) -> None:
+    probe = Probe(tmp_path)
+    service, function = await deploy(
+        client, {"index.py": SELF_ASYNC}, environmentVariables=probe.env(), timeout=10
+    )
+    (first,) = await fire_async(client, service, function, 1)
+    letter = await wait_dead_letter(client, service, function, timeout=60)
+    assert letter["reason"] == "RecursiveLoopDetected" and letter["hops"] == 16, letter
+    assert letter["traceId"] == first
+    assert sorted(int(h) for h in probe.ids()) == list(range(16))  # hops 0..15 ran once
