@@ -40,11 +40,12 @@ from worker.custom_protocol import (
     request_headers,
 )
 from worker.frames import Result
-from worker.instance import InstanceStartError, describe_exit, invocation_budget, new_instance_id
+from worker.instance import InstanceStartError, describe_exit, invocation_budget
 from worker.instance_base import InstanceBase
 from worker.limits import MemoryCgroup, detect_worker_group
 from worker.outcomes import crashed, error_body, from_result, late, out_of_memory, timed_out
 from worker.output import ProcessOutput
+from worker.spares import new_instance_id
 from worker.spawn import private_workdir
 
 log = logging.getLogger(__name__)

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import worker
+from worker.spares import Spares
 from worker.zygote import Exited, Fork, Forked, Ready, decode_reply, encode
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,8 @@ class Zygote:
         self._children: dict[int, ForkedProcess] = {}
         self._closed = False
         self._ready = asyncio.Event()
+        # The filesystem side of the next instance, ready as the spare child is.
+        self.spares = Spares()
 
     @property
     def pid(self) -> int | None:
@@ -246,6 +249,7 @@ class Zygote:
     async def close(self) -> None:
         """Stop the zygote (its remaining children die with it) and start none again."""
         self._closed = True
+        await self.spares.close()
         control = self._control
         if control is not None:
             self._lose(control, "closed")

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import secrets
 import shutil
 import signal
 import sys
@@ -37,6 +36,7 @@ from worker.frames import (
 from worker.instance_base import InstanceBase
 from worker.limits import MemoryCgroup, address_space_bytes, detect_worker_group
 from worker.outcomes import crashed, from_result, late, out_of_memory, timed_out
+from worker.spares import new_instance_id
 from worker.spawn import ChildProcess, spawn
 
 log = logging.getLogger(__name__)
@@ -79,11 +79,6 @@ def describe_exit(returncode: int) -> str:
             name = f"signal {-returncode}"
         return f"killed by {name}"
     return f"exited with code {returncode}"
-
-
-def new_instance_id() -> str:
-    """`i-` and 16 hex digits: unique enough across a fleet, short in log lines."""
-    return f"i-{secrets.token_hex(8)}"
 
 
 def invocation_budget(timeout: float, deadline: float, now: float) -> float:
@@ -141,11 +136,22 @@ class Instance(InstanceBase):
         With a `zygote` the child is forked from it when it can be (see `spawn`). With an
         `issuer` each invocation hands the function an invoke token (`worker.credentials`).
         """
-        instance_id = new_instance_id()
+        # A forking worker has the id, workdir and memory group made ahead (worker.spares).
+        spare = await zygote.spares.take(spec.memory_size, memory_cgroups) if zygote else None
+        instance_id = spare.instance_id if spare is not None else new_instance_id()
+        group = spare.group if spare is not None else None
         try:
-            child = await spawn(spec, code_dir, instance_id, python, zygote)
+            child = await spawn(
+                spec, code_dir, instance_id, python, zygote, spare.workdir if spare else None
+            )
         except OSError as e:
+            if group is not None:
+                await asyncio.to_thread(group.remove)
             raise InstanceStartError("InstanceStartFailed", f"cannot spawn {python}: {e}") from e
+        except BaseException:
+            if group is not None:
+                await asyncio.to_thread(group.remove)
+            raise
         proc, reader, writer, out_read, workdir = child
         self = cls(spec, instance_id, proc, reader, writer, workdir)
         self._issuer = issuer
@@ -153,7 +159,7 @@ class Instance(InstanceBase):
         self._exit_task = asyncio.create_task(self._watch_exit())
         try:
             # Before Init: the child imports no user code until it has that frame.
-            await self._limit_memory(memory_cgroups)
+            await self._limit_memory(memory_cgroups, group)
             await self._initialize(code_dir)
         except BaseException:
             self.kill()
@@ -162,8 +168,19 @@ class Instance(InstanceBase):
         self._reader_task = asyncio.create_task(self._read_results())
         return self
 
-    async def _limit_memory(self, memory_cgroups: bool) -> None:
-        parent = detect_worker_group() if memory_cgroups else None
+    async def _limit_memory(self, memory_cgroups: bool, ready: MemoryCgroup | None) -> None:
+        """Join the child to its memory group (`ready`: made ahead), else RLIMIT_AS."""
+        if ready is not None:
+            self._memory_group = ready  # removed by the exit watcher from here on
+            try:
+                # On the loop, not in a thread: one write, cheaper than the thread hop.
+                ready.attach(self.pid)
+                return
+            except OSError as e:
+                log.warning(
+                    "instance %s: no memory cgroup, RLIMIT_AS instead (%s)", self.instance_id, e
+                )
+        parent = detect_worker_group() if memory_cgroups and ready is None else None
         if parent is not None:
             try:
                 self._memory_group = await asyncio.to_thread(

@@ -179,6 +179,18 @@ class MemoryCgroup:
             raise
         return group
 
+    def resize(self, old_mb: int, new_mb: int) -> None:
+        """Change the limit from `old_mb` to `new_mb`; the kernel wants memory <= memsw
+        at every step, so which limit moves first depends on the direction."""
+        memsw = (self.path / "memory.memsw.limit_in_bytes").exists()
+        names = ["memory.limit_in_bytes"]
+        if memsw:
+            names.append("memory.memsw.limit_in_bytes")
+        if new_mb > old_mb:
+            names.reverse()
+        for name in names:
+            self._write(name, limit_bytes(new_mb))
+
     def attach(self, pid: int) -> None:
         """Move `pid` into the group (its future children follow it)."""
         self._write("cgroup.procs", pid)

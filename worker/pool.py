@@ -410,4 +410,6 @@ class InstancePool:
             self._idle.clear()
             self._cond.notify_all()
         await asyncio.gather(*(i.stop(self._stop_grace) for i in instances))
+        if self._zygote is not None:  # its spare's memory group lives in the worker's
+            await self._zygote.spares.close()
         await asyncio.to_thread(release_worker_group)

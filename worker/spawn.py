@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import NamedTuple, Protocol
@@ -23,6 +23,7 @@ from typing import NamedTuple, Protocol
 import worker
 from shared.protocol import FunctionSpec
 from worker.forking import Zygote, ZygoteUnavailable, interpreter_settings
+from worker.spares import make_workdir
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +41,11 @@ class ChildProcess(Protocol):
 
 
 def private_workdir(
-    spec: FunctionSpec, code_dir: Path, instance_id: str
+    spec: FunctionSpec, code_dir: Path, instance_id: str, workdir: Path | None = None
 ) -> tuple[Path, dict[str, str]]:
-    """A fresh private HOME and TMPDIR for one instance, and its clean environment."""
-    workdir = Path(tempfile.mkdtemp(prefix=f"pyfc-{instance_id}-"))
-    (workdir / "home").mkdir()
-    (workdir / "tmp").mkdir()
+    """A private HOME and TMPDIR for one instance (fresh unless `workdir`, one made ahead
+    by `make_workdir`, is given), and its clean environment."""
+    workdir = workdir or make_workdir(instance_id)
     env = build_environment(
         spec,
         code_dir=code_dir,
@@ -67,6 +67,7 @@ class Spawned(NamedTuple):
     workdir: Path  # holds home/ and tmp/; remove once the child exited
 
 
+@functools.cache
 def package_root() -> str:
     """The directory holding the `worker` package, so `-m worker.bootstrap` resolves."""
     return str(Path(worker.__file__).resolve().parent.parent)
@@ -138,14 +139,16 @@ async def spawn(
     instance_id: str,
     python: str,
     zygote: Zygote | None = None,
+    workdir: Path | None = None,
 ) -> Spawned:
     """Start `python -m worker.bootstrap` for `spec`; raises OSError if it cannot start.
 
     With a `zygote` (of the same `python`) the child is forked from it, already imported;
     it is spawned instead when the function sets interpreter variables (PYTHONHASHSEED...)
-    or the zygote is unavailable.
+    or the zygote is unavailable. `workdir`: one made ahead (`worker.spares`); the child
+    owns it from here, as one made here.
     """
-    workdir, env = private_workdir(spec, code_dir, instance_id)
+    workdir, env = private_workdir(spec, code_dir, instance_id, workdir)
     parent_sock, child_sock = socket.socketpair()
     out_read, out_write = os.pipe()
     try:

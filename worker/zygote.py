@@ -33,6 +33,9 @@ from worker import bootstrap
 
 MAX_PACKET = 256 * 1024  # far above FC's 4 KB of environment variables
 _CHILD_FAILED = 70  # EX_SOFTWARE: the child could not become an instance
+# The next spare is forked once the control socket has been quiet this long: a fork right
+# after a request would compete for the CPUs with the instance just handed out.
+REFILL_DELAY = 0.003
 
 
 class Fork(msgspec.Struct, tag=True, kw_only=True):
@@ -201,7 +204,6 @@ class _Server:
             for fd in fds:  # the child has its copies
                 os.close(fd)
         control.sendall(encode(reply))
-        self.refill()
 
 
 def _reap(control: socket.socket) -> None:
@@ -232,7 +234,10 @@ def main(argv: list[str]) -> NoReturn:
     server.refill()
     control.sendall(encode(Ready()))
     while True:
-        ready, _, _ = select.select([control_fd, wake_read], [], [])
+        quiet = REFILL_DELAY if server.spare is None else None
+        ready, _, _ = select.select([control_fd, wake_read], [], [], quiet)
+        if not ready:
+            server.refill()
         if wake_read in ready:
             while True:
                 try:
