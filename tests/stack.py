@@ -205,6 +205,6 @@ class Stack:
 async def _delete_namespace(namespace: str) -> None:
     connection = await aio_pika.connect(AMQP_URL, timeout=10)
     async with connection:
-        await delete_all(
-            await connection.channel(), Topology(namespace), backoff_steps(RETRY_BASE, RETRY_MAX)
-        )
+        # The delay queues of the tests' short backoff and of the defaults (`pyfc up`).
+        delays = {*backoff_steps(RETRY_BASE, RETRY_MAX), *backoff_steps(1.0, 300.0)}
+        await delete_all(await connection.channel(), Topology(namespace), sorted(delays))
