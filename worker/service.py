@@ -148,9 +148,9 @@ class Worker:
                     span.set_status(StatusCode.ERROR, outcome.error_type)
         if self._metrics is not None:
             self._metrics.observe(inv.spec, outcome)
-        # Warm successful sync calls are the hot path: DEBUG keeps them out of the way;
-        # async work, errors and cold starts are always logged.
-        quiet = inv.kind == "sync" and outcome.status == "succeeded" and not outcome.cold_start
+        # Warm successful calls are the hot path: DEBUG keeps them out of the way (the
+        # dispatcher logs every async outcome); errors and cold starts are always logged.
+        quiet = outcome.status == "succeeded" and not outcome.cold_start
         log.log(
             logging.DEBUG if quiet else logging.INFO,
             "%s %s/%s %s%s in %.1f ms%s",
