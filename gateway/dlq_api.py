@@ -11,20 +11,17 @@ from __future__ import annotations
 import base64
 import time
 
-import aio_pika
 import msgspec
 from aiohttp import web
 
 from gateway.app import gateway_of, json_response, tenant_of
 from gateway.control_api import list_params
-from gateway.rpc import BROKER_ERRORS, invocation_headers
+from gateway.invoke_api import enqueue
 from shared import codec
 from shared.errors import Conflict, DeadLetterNotFound, PyfcError, Unavailable
 from shared.models import DeadLetter
 from shared.protocol import Invocation
-from shared.topology import invoke_routing_key
 
-PUBLISH_TIMEOUT = 10.0
 # One POST /v1/dlq/redrive handles at most this many; `nextToken` continues.
 REDRIVE_BATCH = 100
 
@@ -144,28 +141,7 @@ async def _redrive(request: web.Request, dl: DeadLetter) -> None:
     spec = await gw.catalog.spec(tenant, inv.service, inv.qualifier, inv.function)
     inv.min_revision = max(inv.min_revision, spec.revision)
     await gw.store.reenqueue(tenant, inv.id, inv.service, inv.qualifier, inv.function)
-    try:
-        await gw.invoke_exchange.publish(
-            aio_pika.Message(
-                codec.encode(inv),
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                headers=invocation_headers(inv),
-                message_id=inv.id,
-            ),
-            routing_key=invoke_routing_key(inv.tenant),
-            timeout=PUBLISH_TIMEOUT,
-        )
-    except BROKER_ERRORS as e:
-        await gw.store.record_outcome(
-            tenant,
-            inv.id,
-            status="Failed",
-            attempt=0,
-            result=b"",
-            error_type="ServiceUnavailable",
-            error_message="redrive not accepted: broker unavailable; the dead letter is kept",
-        )
-        raise Unavailable(f"cannot enqueue the redrive: {type(e).__name__}: {e}") from e
+    await enqueue(gw, inv, "redrive not accepted: broker unavailable; the dead letter is kept")
     try:
         await gw.store.delete_dead_letter(tenant, dl.request_id)
     except DeadLetterNotFound:

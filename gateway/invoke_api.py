@@ -15,6 +15,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from gateway.app import (
     GET_INVOCATION_ROUTE,
     INVOKE_ROUTE,
+    Gateway,
     gateway_of,
     grant_of,
     json_response,
@@ -31,6 +32,7 @@ from shared.topology import invoke_routing_key
 
 log = logging.getLogger("pyfc.gateway")
 
+PUBLISH_TIMEOUT = 10.0
 # Cold start, initializer and queueing come on top of the function's own timeout.
 SYNC_SLACK_SECONDS = 10.0
 TRACEPARENT_RE = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
@@ -181,6 +183,16 @@ async def _accept_async(request: web.Request, inv: Invocation) -> web.Response:
             function_name=inv.function,
         )
     )
+    await enqueue(gw, inv, "not accepted: broker unavailable")
+    return web.Response(status=202, headers={"X-Fc-Request-Id": inv.id})
+
+
+async def enqueue(gw: Gateway, inv: Invocation, refused: str) -> None:
+    """Publish async work persistently and wait for the broker's confirm.
+
+    If the broker cannot take it, the invocation's record says so (`refused`) and the
+    caller gets 503: nothing is accepted that is not persisted.
+    """
     try:
         await gw.invoke_exchange.publish(
             aio_pika.Message(
@@ -190,7 +202,7 @@ async def _accept_async(request: web.Request, inv: Invocation) -> web.Response:
                 message_id=inv.id,
             ),
             routing_key=invoke_routing_key(inv.tenant),
-            timeout=10.0,
+            timeout=PUBLISH_TIMEOUT,
         )
     except BROKER_ERRORS as e:
         await gw.store.record_outcome(
@@ -200,10 +212,9 @@ async def _accept_async(request: web.Request, inv: Invocation) -> web.Response:
             attempt=0,
             result=b"",
             error_type="ServiceUnavailable",
-            error_message="not accepted: broker unavailable",
+            error_message=refused,
         )
         raise Unavailable(f"cannot enqueue the invocation: {type(e).__name__}: {e}") from e
-    return web.Response(status=202, headers={"X-Fc-Request-Id": inv.id})
 
 
 def _result_fields(result: bytes) -> dict[str, str]:
