@@ -18,12 +18,12 @@ import uuid
 import aio_pika
 from aio_pika.abc import AbstractExchange, AbstractRobustConnection
 
-from shared import codec
+from shared.broker import persistent_invocation
 from shared.errors import AlreadyExists
 from shared.models import InvocationRecord
 from shared.protocol import Invocation, Lineage
 from shared.store import Store
-from shared.topology import HDR_HOPS, HDR_KIND, HDR_TENANT, HDR_TRACE, invoke_routing_key
+from shared.topology import HDR_HOPS, HDR_TENANT, HDR_TRACE, invoke_routing_key
 
 log = logging.getLogger("pyfc.dispatcher")
 
@@ -104,16 +104,7 @@ class Destinations:
             # recording and publishing); the same id marks it as the same event.
             log.info("destination invocation %s already recorded; sending again", target.id)
         await self._invoke.publish(
-            aio_pika.Message(
-                codec.encode(target),
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                message_id=target.id,
-                headers={
-                    HDR_TENANT: target.tenant,
-                    HDR_HOPS: target.lineage.hops,
-                    HDR_KIND: "async",
-                },
-            ),
+            persistent_invocation(target),
             routing_key=invoke_routing_key(target.tenant),
             timeout=PUBLISH_TIMEOUT,
         )

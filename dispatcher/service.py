@@ -40,7 +40,14 @@ from dispatcher.verdict import (
     judge,
 )
 from shared import codec, control, telemetry
-from shared.broker import consume_fast, decode_delivery, ready, settle
+from shared.broker import (
+    consume_fast,
+    decode_delivery,
+    invocation_headers,
+    persistent_invocation,
+    ready,
+    settle,
+)
 from shared.catalog import FunctionCatalog, FunctionPolicy
 from shared.errors import FunctionNotFound, PyfcError, ServiceNotFound
 from shared.logs import request_id_var
@@ -49,9 +56,6 @@ from shared.protocol import Completion, Invocation, Outcome, system_outcome
 from shared.store import Store
 from shared.topology import (
     HDR_DELAY,
-    HDR_HOPS,
-    HDR_KIND,
-    HDR_TENANT,
     MSG_DONE,
     Topology,
     declare_all,
@@ -269,7 +273,7 @@ class Dispatcher:
             ),
             reply_to=message.header.properties.reply_to,
             correlation_id=message.header.properties.correlation_id,
-            headers={HDR_TENANT: inv.tenant, HDR_HOPS: inv.lineage.hops, HDR_KIND: inv.kind},
+            headers=invocation_headers(inv),
         )
         channel = self._confirmed if persistent else self._fast
         try:
@@ -401,17 +405,7 @@ class Dispatcher:
         self._metrics.retries.labels(inv.tenant).inc()
         log.info("retrying %s (attempt %d) in %.1fs", inv.id, inv.attempt, delay_ms / 1000)
         await self._retry.publish(
-            aio_pika.Message(
-                codec.encode(inv),
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                message_id=inv.id,
-                headers={
-                    HDR_DELAY: str(delay_ms),
-                    HDR_TENANT: inv.tenant,
-                    HDR_HOPS: inv.lineage.hops,
-                    HDR_KIND: "async",
-                },
-            ),
+            persistent_invocation(inv, **{HDR_DELAY: str(delay_ms)}),
             # Kept through dead-lettering: back on the tenant's shard after the delay.
             routing_key=invoke_routing_key(inv.tenant),
             timeout=PUBLISH_TIMEOUT,

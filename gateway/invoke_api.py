@@ -8,7 +8,6 @@ import re
 import time
 import uuid
 
-import aio_pika
 from aiohttp import web
 from opentelemetry.trace import SpanKind, StatusCode
 
@@ -21,8 +20,9 @@ from gateway.app import (
     json_response,
     tenant_of,
 )
-from gateway.rpc import BROKER_ERRORS, invocation_headers
-from shared import codec, telemetry
+from gateway.rpc import BROKER_ERRORS
+from shared import telemetry
+from shared.broker import persistent_invocation
 from shared.errors import BadRequest, InvocationNotFound, PayloadTooLarge, PyfcError, Unavailable
 from shared.logs import request_id_var
 from shared.models import InvocationRecord
@@ -195,12 +195,7 @@ async def enqueue(gw: Gateway, inv: Invocation, refused: str) -> None:
     """
     try:
         await gw.invoke_exchange.publish(
-            aio_pika.Message(
-                codec.encode(inv),
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                headers=invocation_headers(inv),
-                message_id=inv.id,
-            ),
+            persistent_invocation(inv),
             routing_key=invoke_routing_key(inv.tenant),
             timeout=PUBLISH_TIMEOUT,
         )

@@ -6,35 +6,21 @@ import asyncio
 import uuid
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractExchange, FieldValue
+from aio_pika.abc import AbstractChannel, AbstractExchange
 from aiormq.abc import DeliveredMessage
 from aiormq.exceptions import AMQPError, ChannelInvalidStateError
 
 from shared import codec
-from shared.broker import consume_fast
+from shared.broker import consume_fast, invocation_headers
 from shared.errors import DeadlineExceeded, Unavailable
 from shared.protocol import Invocation, Outcome
 from shared.topology import (
     DIRECT_REPLY_TO,
-    HDR_HOPS,
-    HDR_KIND,
-    HDR_TENANT,
     invoke_routing_key,
 )
 
 # What a publish raises while the broker connection is down or being restored.
 BROKER_ERRORS = (AMQPError, ChannelInvalidStateError, ConnectionError, RuntimeError)
-
-
-def invocation_headers(inv: Invocation) -> dict[str, FieldValue]:
-    headers: dict[str, FieldValue] = {
-        HDR_TENANT: inv.tenant,
-        HDR_HOPS: inv.lineage.hops,
-        HDR_KIND: inv.kind,
-    }
-    if inv.traceparent:
-        headers["traceparent"] = inv.traceparent
-    return headers
 
 
 class RpcClient:

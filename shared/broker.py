@@ -9,11 +9,13 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractRobustConnection
+from aio_pika.abc import AbstractChannel, AbstractRobustConnection, FieldValue
 from aiormq.abc import DeliveredMessage
 
 from shared import codec
 from shared.errors import BadRequest, Unavailable
+from shared.protocol import Invocation
+from shared.topology import HDR_HOPS, HDR_KIND, HDR_TENANT, HDR_TRACEPARENT
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,28 @@ async def connect(
             f"cannot reach RabbitMQ at {redact(url)} ({type(e).__name__}: {e}); "
             "is it running? start it with `rabbitmq-server -detached` or set PYFC_AMQP_URL"
         ) from e
+
+
+def invocation_headers(inv: Invocation) -> dict[str, FieldValue]:
+    """The AMQP headers every invocation message carries (visible to the broker's tools)."""
+    headers: dict[str, FieldValue] = {
+        HDR_TENANT: inv.tenant,
+        HDR_HOPS: inv.lineage.hops,
+        HDR_KIND: inv.kind,
+    }
+    if inv.traceparent:
+        headers[HDR_TRACEPARENT] = inv.traceparent
+    return headers
+
+
+def persistent_invocation(inv: Invocation, **headers: FieldValue) -> aio_pika.Message:
+    """An async invocation as a persistent message (id = request id), `headers` added."""
+    return aio_pika.Message(
+        codec.encode(inv),
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        message_id=inv.id,
+        headers={**invocation_headers(inv), **headers},
+    )
 
 
 RawHandler = Callable[[DeliveredMessage], Coroutine[Any, Any, None]]
