@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -90,3 +91,20 @@ async def test_close_removes_a_spare_still_being_made(monkeypatch: pytest.Monkey
     await spares.close()
     assert spares._spare is None and len(made) == 1
     assert not made[0].workdir.exists()
+
+
+def test_workdirs_of_dead_workers_are_swept(tmp_path: Path) -> None:
+    import subprocess
+
+    from worker.spares import WORKDIR_ROOT_PREFIX, sweep_stale_workdirs
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = tmp_path / f"{WORKDIR_ROOT_PREFIX}{dead.pid}"
+    (stale / "pyfc-i-x" / "home").mkdir(parents=True)
+    live = tmp_path / f"{WORKDIR_ROOT_PREFIX}{os.getpid()}"
+    live.mkdir()
+    other = tmp_path / f"{WORKDIR_ROOT_PREFIX}1"  # init: alive
+    other.mkdir()
+    assert sweep_stale_workdirs(tmp_path) == 1
+    assert not stale.exists() and live.exists() and other.exists()

@@ -19,6 +19,7 @@ from worker.metrics import WorkerMetrics
 from worker.pool import InstancePool
 from worker.provision import Provisioner
 from worker.service import Worker
+from worker.spares import sweep_stale_workdirs
 
 log = logging.getLogger("pyfc.worker")
 
@@ -33,6 +34,9 @@ def main(settings: Settings | None = None) -> int:
         raise SystemExit(f"pyfc: {e.message}") from None
 
     async def serve(stop: asyncio.Event) -> None:
+        removed = await asyncio.to_thread(sweep_stale_workdirs)
+        if removed:
+            log.info("removed the instance workdirs of %d worker(s) no longer running", removed)
         blobs = open_blob_store(settings.effective_blob_url)
         connection = await connect(
             settings.amqp_url, f"pyfc-worker-{settings.worker_id}@{settings.namespace}"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import secrets
 import shutil
 import tempfile
@@ -34,9 +35,45 @@ def new_instance_id() -> str:
     return f"i-{secrets.token_hex(8)}"
 
 
+WORKDIR_ROOT_PREFIX = "pyfc-w-"
+
+
+def workdir_root() -> Path:
+    """This worker's directory of instance workdirs (`<tmp>/pyfc-w-<worker pid>`), so
+    what a SIGKILLed worker leaves behind is found and removed by the next one."""
+    root = Path(tempfile.gettempdir()) / f"{WORKDIR_ROOT_PREFIX}{os.getpid()}"
+    root.mkdir(mode=0o700, exist_ok=True)
+    return root
+
+
+def sweep_stale_workdirs(tmp: Path | None = None) -> int:
+    """Remove the workdir roots of workers that are no longer running; how many."""
+    removed = 0
+    for root in Path(tmp or tempfile.gettempdir()).glob(f"{WORKDIR_ROOT_PREFIX}*"):
+        try:
+            pid = int(root.name.removeprefix(WORKDIR_ROOT_PREFIX))
+        except ValueError:
+            continue
+        if pid == os.getpid() or _alive(pid):
+            continue
+        shutil.rmtree(root, ignore_errors=True)
+        removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: not ours to judge
+    return True
+
+
 def make_workdir(instance_id: str) -> Path:
     """A fresh private directory (mode 0700) holding the instance's `home/` and `tmp/`."""
-    workdir = Path(tempfile.mkdtemp(prefix=f"pyfc-{instance_id}-"))
+    workdir = Path(tempfile.mkdtemp(prefix=f"pyfc-{instance_id}-", dir=workdir_root()))
     (workdir / "home").mkdir()
     (workdir / "tmp").mkdir()
     return workdir
