@@ -10,6 +10,8 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 
+from shared.errors import Unavailable
+
 log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
@@ -46,4 +48,7 @@ def run_role(serve: Callable[[asyncio.Event], Awaitable[None]]) -> int:
         uvloop.run(_main())
     except KeyboardInterrupt:
         pass
+    except Unavailable as e:  # broker or database unreachable or unusable: one clear line
+        print(f"pyfc: {e.message}", file=sys.stderr)
+        return 1
     return 0

@@ -15,7 +15,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import aio_pika
+import aiormq
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
+
+from shared.errors import Unavailable
 
 # AMQP headers that must be visible to the broker and other tools (not only our code).
 HDR_TENANT = "x-pyfc-tenant"
@@ -108,7 +111,22 @@ async def declare_invoke(channel: AbstractChannel, topo: Topology) -> AbstractEx
     Each role declares the shards too, so nothing published before the first dispatcher
     starts is unroutable.
     """
-    exchange = await channel.declare_exchange(topo.invoke_exchange, CONSISTENT_HASH, durable=True)
+    try:
+        exchange = await channel.declare_exchange(
+            topo.invoke_exchange, CONSISTENT_HASH, durable=True
+        )
+    except aiormq.exceptions.ConnectionCommandInvalid as e:
+        raise Unavailable(
+            "RabbitMQ has no x-consistent-hash exchange type: enable the plugin with "
+            "`rabbitmq-plugins enable rabbitmq_consistent_hash_exchange` (`make up` and "
+            "`make test` do it through .ci/services.sh)"
+        ) from e
+    except aiormq.exceptions.ChannelPreconditionFailed as e:
+        raise Unavailable(
+            f"exchange {topo.invoke_exchange!r} exists with another type or arguments "
+            f"(left by an older pyfc?): delete it with `rabbitmqctl delete_exchange "
+            f"{topo.invoke_exchange}` or choose another PYFC_NAMESPACE ({e})"
+        ) from e
     for name in topo.shard_queues:
         queue = await channel.declare_queue(
             name, durable=True, arguments={"x-single-active-consumer": True}
