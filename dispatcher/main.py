@@ -36,6 +36,7 @@ def main(settings: Settings | None = None) -> int:
             prefetch=settings.dispatch_prefetch,
         )
         provision = ProvisionPublisher(connection, store, topo)
+        provision.on_beat = dispatcher.heard
         metrics_runner = None
         try:
             await dispatcher.start()

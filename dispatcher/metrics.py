@@ -35,6 +35,16 @@ class _PoolGauges(Collector):
             waiting.add_metric(labels, len(pool.waiting))
         yield running
         yield waiting
+        yield GaugeMetricFamily(
+            "pyfc_dispatcher_async_slots_used",
+            "Worker slots (instances) taken by routed async work",
+            value=self._admission.async_slots_used,
+        )
+        yield GaugeMetricFamily(
+            "pyfc_dispatcher_async_slots_limit",
+            "Worker slots async work may take (0: fleet not heard yet, no limit)",
+            value=self._admission.async_limit,
+        )
 
 
 class DispatcherMetrics:

@@ -16,6 +16,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Callable
 
 import aio_pika
 from aio_pika.abc import (
@@ -59,6 +60,8 @@ class ProvisionPublisher:
         self._exchange: AbstractExchange | None = None
         self._task: asyncio.Task[None] | None = None
         self.published = 0
+        # Also told of every heartbeat (the dispatcher sizes async work to the fleet).
+        self.on_beat: Callable[[WorkerBeat], None] | None = None
 
     async def start(self) -> None:
         self._channel = channel = await self._connection.channel()
@@ -90,6 +93,8 @@ class ProvisionPublisher:
         except PyfcError as e:
             log.warning("ignoring malformed heartbeat: %s", e.message)
             return
+        if self.on_beat is not None:
+            self.on_beat(beat)
         if beat.seq == 0 and not beat.leaving:
             self._wake.set()
 

@@ -27,7 +27,7 @@ from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnec
 from aiormq.abc import DeliveredMessage
 from opentelemetry.trace import SpanKind
 
-from dispatcher.admission import Admission, Pool
+from dispatcher.admission import Admission, FleetSlots, Pool, async_share
 from dispatcher.destinations import DestinationError, Destinations
 from dispatcher.metrics import DispatcherMetrics
 from dispatcher.verdict import (
@@ -52,7 +52,7 @@ from shared.catalog import FunctionCatalog, FunctionPolicy
 from shared.errors import FunctionNotFound, PyfcError, ServiceNotFound
 from shared.logs import request_id_var
 from shared.models import DeadLetter, InvocationStatus
-from shared.protocol import Completion, Invocation, Outcome, system_outcome
+from shared.protocol import Completion, Invocation, Outcome, WorkerBeat, system_outcome
 from shared.store import Store
 from shared.topology import (
     HDR_DELAY,
@@ -123,6 +123,8 @@ class Dispatcher:
         self._retry: AbstractExchange | None = None
         self._destinations: Destinations | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self._fleet = FleetSlots()
+        self._routing: set[asyncio.Task[None]] = set()
 
     @property
     def metrics(self) -> DispatcherMetrics:
@@ -192,7 +194,13 @@ class Dispatcher:
         if self.admission.holds(inv.id):
             # Redelivered after a connection blip, but already routed by us.
             return Decision("duplicate", pool, policy, pool.limit)
-        if pool.waiting or not self.admission.try_acquire(pool, inv.id, ASYNC_LEASE_SECONDS):
+        if pool.waiting or not self.admission.try_acquire(
+            pool,
+            inv.id,
+            ASYNC_LEASE_SECONDS,
+            is_async=True,
+            per_instance=inv.spec.instance_concurrency,
+        ):
             return Decision("wait", pool, policy, pool.limit)  # nothing overtakes older work
         return Decision("run", pool, policy, pool.limit)
 
@@ -222,8 +230,8 @@ class Dispatcher:
                 await self._throttle(message, inv, pool)
             elif verdict == "wait":
                 held = Held(message, inv, decision.policy.max_event_age, time.time())
-                pool.waiting.append(held)
-                await self._drain(pool)
+                self.admission.wait(pool, held)
+                self._drain()
             elif inv.kind == "sync":
                 self._metrics.admitted.labels(inv.tenant, "sync").inc()
                 await self._route(message, inv)
@@ -249,16 +257,38 @@ class Dispatcher:
         self._metrics.admitted.labels(inv.tenant, "async").inc()
         await self._route(held.message, inv)
 
-    async def _drain(self, pool: Pool[Held]) -> None:
-        """Admit waiting work while the pool has room (in arrival order)."""
-        while pool.waiting and pool.free > 0:
-            held = pool.waiting.popleft()
+    def _drain(self) -> None:
+        """Admit waiting async work while there is room, the tenants' pools in turn.
+
+        Slots are taken here, synchronously; the routing (a confirmed publish each) runs
+        in tasks, so a long backlog is not routed one round trip at a time.
+        """
+        while (turn := self.admission.next_waiting()) is not None:
+            pool, held = turn
             if held.message.channel.is_closed:
                 continue  # the broker already gave it back to the queue
-            if not self.admission.try_acquire(pool, held.inv.id, ASYNC_LEASE_SECONDS):
-                pool.waiting.appendleft(held)
+            per_instance = held.inv.spec.instance_concurrency if held.inv.spec else 1
+            if not self.admission.try_acquire(
+                pool, held.inv.id, ASYNC_LEASE_SECONDS, is_async=True, per_instance=per_instance
+            ):
+                self.admission.unget(pool, held)  # the fleet is full
                 return
-            await self._route_async(held)
+            task = asyncio.create_task(self._route_async(held))
+            self._routing.add(task)
+            task.add_done_callback(self._routing.discard)
+
+    def heard(self, beat: WorkerBeat) -> None:
+        """A worker's heartbeat: async work is kept within the fleet's slots."""
+        now = time.monotonic()
+        self._fleet.heard(beat.worker_id, beat.slots, beat.leaving, now)
+        self._resize(now)
+
+    def _resize(self, now: float) -> None:
+        limit = async_share(self._fleet.total(now))
+        if limit != self.admission.async_limit:
+            log.info("async work limited to %s slots of the fleet", limit or "all")
+            self.admission.async_limit = limit
+        self._drain()
 
     async def _route(self, message: DeliveredMessage, inv: Invocation) -> None:
         """Publish admitted work to the workers, then ack; on failure free the slot."""
@@ -353,9 +383,8 @@ class Dispatcher:
         if done is None:
             return
         request_id_var.set(done.request_id)
-        pool = self.admission.release(done.request_id)
-        if pool is not None:
-            await self._drain(pool)
+        if self.admission.release(done.request_id) is not None:
+            self._drain()
         if done.outcome is None or done.invocation is None:
             await settle(message)  # a sync release: the caller has its answer
             return
@@ -513,8 +542,8 @@ class Dispatcher:
 
     async def sweep(self) -> None:
         """Reclaim lapsed leases, drop waiters whose channel died, rotate long waiters."""
-        for pool in self.admission.expire():
-            await self._drain(pool)
+        self.admission.expire()
+        self._resize(time.monotonic())  # drains too
         now = time.time()
         for pool in self.admission.pools():
             keep = [h for h in pool.waiting if not h.message.channel.is_closed]

@@ -152,13 +152,15 @@ class ProvisionSnapshot(msgspec.Struct, kw_only=True, frozen=True):
 class WorkerBeat(msgspec.Struct, kw_only=True, frozen=True):
     """A worker's heartbeat on the `fleet` fanout, so every worker knows the live fleet.
 
-    `capacity`: provisioned instances it may host; `ready`: its live provisioned instances
+    `capacity`: provisioned instances it may host; `slots`: instances it may run at once
+    (dispatchers keep async work within the fleet's slots); `ready`: its live provisioned instances
     per instance key; `seq` 0 is its first beat (others answer with theirs at once);
     `leaving` is its last one, on a clean stop.
     """
 
     worker_id: str
     capacity: int
+    slots: int = 0
     seq: int = 0
     leaving: bool = False
     ready: dict[str, int] = {}

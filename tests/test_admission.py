@@ -141,3 +141,42 @@ def test_destination_record_has_the_documented_fields() -> None:
     assert record["responseContext"] == {"statusCode": 200, "functionError": "X"}
     assert record["responsePayloadEncoding"] == "base64"
     assert set(record) >= {"timestamp", "requestPayload", "responsePayload"}
+
+
+def test_async_work_is_kept_within_the_fleet_and_tenants_take_turns() -> None:
+    adm: Admission[str] = Admission()
+    adm.async_limit = 2
+    busy = adm.pool("busy", "s", "f", tenant_cap=100, reserved_total=0, reserved=None)
+    quiet = adm.pool("quiet", "s", "f", tenant_cap=100, reserved_total=0, reserved=None)
+    assert adm.try_acquire(busy, "b1", 60, is_async=True)
+    assert adm.try_acquire(busy, "b2", 60, is_async=True)
+    assert not adm.try_acquire(busy, "b3", 60, is_async=True)  # the fleet is full
+    assert adm.try_acquire(busy, "sync", 60)  # sync is not held back by async work
+    for i in range(3, 7):
+        adm.wait(busy, f"b{i}")
+    adm.wait(quiet, "q1")
+    adm.wait(quiet, "q2")
+    order = []
+    for done in ("b1", "b2", "b3", "q1", "b4", "q2"):
+        adm.release(done)
+        turn = adm.next_waiting()
+        assert turn is not None
+        pool, item = turn
+        assert adm.try_acquire(pool, item, 60, is_async=True)
+        order.append(item)
+    assert order == ["b3", "q1", "b4", "q2", "b5", "b6"]  # in turn, each in its order
+    assert adm.async_running == 2
+
+
+def test_the_fleet_share_leaves_room_for_sync_calls() -> None:
+    from dispatcher.admission import FleetSlots, async_share
+
+    assert async_share(0) == 0  # unknown fleet: no limit
+    assert [async_share(n) for n in (1, 2, 4, 8, 16)] == [1, 1, 3, 6, 12]
+    fleet = FleetSlots(expire_after=5)
+    fleet.heard("w1", 8, False, now=0)
+    fleet.heard("w2", 4, False, now=3)
+    assert fleet.total(now=4) == 12
+    assert fleet.total(now=6) == 4  # w1 unheard for too long
+    fleet.heard("w2", 4, True, now=7)
+    assert fleet.total(now=7) == 0

@@ -399,3 +399,36 @@ async def test_a_function_invoking_itself_async_stops_at_hop_16(
     assert letter["reason"] == "RecursiveLoopDetected" and letter["hops"] == 16, letter
     assert letter["traceId"] == first
     assert sorted(int(h) for h in probe.ids()) == list(range(16))  # hops 0..15 ran once
+
+
+async def test_an_async_flood_does_not_hold_up_another_tenants_async_work(
+    fresh_stack: StartStack, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    # One worker with 4 slots: async work may take 3 of them (one is kept for sync calls).
+    stack = fresh_stack(workers=1, worker_slots=4)
+    stack.wait_log("dispatcher", "async work limited to 3 slots")
+    noisy = tenant_client(stack, session, concurrency=100)
+    probe = Probe(tmp_path)
+    n_service, n_function = await deploy(
+        noisy, {"index.py": PROBE}, environmentVariables=probe.env(SLEEP="0.5"), timeout=30
+    )
+    flood = await fire_async(noisy, n_service, n_function, 40)  # ~7 s of work for 3 slots
+    await probe.wait(lambda s: s["now"] == 3, what="the flood running")
+    quiet = tenant_client(stack, session, concurrency=10)
+    q_service, q_function = await deploy(quiet)
+    # A sync call finds the slot kept free at once.
+    started = time.monotonic()
+    status, _, _ = await invoke(quiet, q_service, q_function, b"now")
+    assert status == 200 and time.monotonic() - started < 1.5
+    # Async calls wait their turn beside the flood, not behind all of it.
+    started = time.monotonic()
+    for request_id in await fire_async(quiet, q_service, q_function, 3):
+        rec = await wait_result(quiet, q_service, q_function, request_id)
+        assert rec["status"] == "Succeeded"
+    assert time.monotonic() - started < 3.0
+    assert probe.state()["now"] > 0  # the flood was still running meanwhile
+    for request_id in flood:
+        assert (await wait_result(noisy, n_service, n_function, request_id))[
+            "status"
+        ] == "Succeeded"
+    assert probe.state()["max"] == 3

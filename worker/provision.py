@@ -63,6 +63,7 @@ class Provisioner:
         self._code = code
         self.worker_id = worker_id
         self.capacity = provision_capacity(slots)
+        self._slots = slots
         self._beat_seconds = beat_seconds
         # Gone after three missed beats (and some slack for a busy broker or loop).
         self.fleet = Fleet(expire_after=3 * beat_seconds + 1.0)
@@ -165,6 +166,7 @@ class Provisioner:
         beat = WorkerBeat(
             worker_id=self.worker_id,
             capacity=self.capacity,
+            slots=self._slots,
             seq=self._seq,
             leaving=leaving,
             ready=dict(ready),
