@@ -1,0 +1,94 @@
+"""deploy/ manifests, validated (no Docker engine or cluster here to run them).
+
+They must name only real settings, run every role from one image, share what every role
+must share, enable the broker plugin the dispatcher shards need, and scale workers on the
+queue the dispatcher really routes work to.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import yaml
+
+from shared.settings import Settings
+from shared.topology import CONSISTENT_HASH, Topology
+
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+SETTINGS = {f"PYFC_{f.name.upper()}" for f in msgspec.structs.fields(Settings)}
+ROLES = {"gateway", "dispatcher", "worker"}
+
+
+def compose() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    return data
+
+
+def k8s() -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all((DEPLOY / "k8s" / "pyfc.yaml").read_text()) if d]
+
+
+def test_compose_runs_every_role_from_one_image_with_real_settings() -> None:
+    services = compose()["services"]
+    roles = {name: svc for name, svc in services.items() if name in ROLES}
+    assert set(roles) == ROLES
+    for name, svc in roles.items():
+        assert svc["command"] == [name]
+        assert svc["image"] == "pyfc:latest"
+        assert svc["build"]["dockerfile"] == "deploy/Dockerfile"
+        env = svc["environment"]
+        assert set(env) <= SETTINGS, set(env) - SETTINGS
+        for shared in ("PYFC_AMQP_URL", "PYFC_DATABASE_URL", "PYFC_BLOB_URL", "PYFC_SECRET"):
+            assert env[shared] == roles["gateway"]["environment"][shared], (name, shared)
+    # Settings parse (types, URLs) as each role would read them.
+    for svc in roles.values():
+        values = {k: str(v) for k, v in svc["environment"].items()}
+        values["PYFC_SECRET"] = "x" * 40
+        Settings.from_env(values)
+    assert roles["dispatcher"]["deploy"]["replicas"] >= 2  # failover needs a standby
+
+
+def test_compose_broker_has_the_plugin_the_dispatcher_shards_need() -> None:
+    services = compose()["services"]
+    mounts = services["rabbitmq"]["volumes"]
+    plugins_file = next(m.split(":")[0] for m in mounts if "enabled_plugins" in m)
+    plugins = (DEPLOY / plugins_file).read_text()
+    assert CONSISTENT_HASH.removeprefix("x-").replace("-", "_") in plugins
+    assert re.fullmatch(r"\[[a-z_,]+\]\.\s*", plugins), plugins  # Erlang term syntax
+
+
+def test_dockerfile_copies_every_package_and_runs_the_cli() -> None:
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    for package in ("shared", "gateway", "dispatcher", "worker", "triggers", "pyfc"):
+        assert f"COPY {package} ./{package}" in dockerfile
+    assert 'ENTRYPOINT ["pyfc"]' in dockerfile
+
+
+def test_k8s_roles_settings_probes_and_worker_scaling() -> None:
+    docs = k8s()
+    by_kind: dict[str, list[dict[str, Any]]] = {}
+    for doc in docs:
+        by_kind.setdefault(doc["kind"], []).append(doc)
+    config = by_kind["ConfigMap"][0]["data"]
+    secret = by_kind["Secret"][0]["stringData"]
+    assert set(config) | set(secret) <= SETTINGS
+    deployments = {d["metadata"]["name"]: d for d in by_kind["Deployment"]}
+    assert set(deployments) == ROLES
+    for name, dep in deployments.items():
+        (container,) = dep["spec"]["template"]["spec"]["containers"]
+        assert container["args"] == [name]
+        assert {e["name"] for e in container.get("env", [])} <= SETTINGS
+        refs = {next(iter(r.values()))["name"] for r in container["envFrom"]}
+        assert refs == {"pyfc"}
+        labels = dep["spec"]["template"]["metadata"]["labels"]
+        assert dep["spec"]["selector"]["matchLabels"] == labels
+    gateway = deployments["gateway"]["spec"]["template"]["spec"]["containers"][0]
+    assert gateway["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    assert deployments["dispatcher"]["spec"]["replicas"] >= 2
+    (scaled,) = by_kind["ScaledObject"]
+    assert scaled["spec"]["scaleTargetRef"]["name"] == "worker"
+    (trigger,) = scaled["spec"]["triggers"]
+    assert trigger["metadata"]["queueName"] == Topology(config["PYFC_NAMESPACE"]).work_queue
