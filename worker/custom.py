@@ -40,8 +40,8 @@ from worker.custom_protocol import (
     request_headers,
 )
 from worker.frames import Result
-from worker.instance import InstanceStartError, describe_exit, invocation_budget
-from worker.instance_base import InstanceBase
+from worker.instance import InstanceStartError, invocation_budget
+from worker.instance_base import InstanceBase, describe_exit
 from worker.limits import MemoryCgroup, detect_worker_group
 from worker.outcomes import crashed, error_body, from_result, late, out_of_memory, timed_out
 from worker.output import ProcessOutput
@@ -100,7 +100,6 @@ class CustomInstance(InstanceBase):
         )
         self._in_flight = 0
         self._invoked = False
-        self._out_of_memory = False
         self._kill_reason = ""  # why we killed it, for the other requests it was running
         self._output = ProcessOutput(output_fd, instance_id)
         self._exited = asyncio.Event()
@@ -311,22 +310,9 @@ class CustomInstance(InstanceBase):
         await self.wait_closed()
 
     async def _watch_exit(self) -> None:
-        returncode = await self._proc.wait()
-        self._alive = False
+        await self._reaped()
         self._exited.set()
-        # Whatever it spawned dies with it (the group id cannot be reused while members remain).
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self._proc.pid, signal.SIGKILL)
         group = self._memory_group
-        if group is not None and not self._stopping:
-            self._out_of_memory = await asyncio.to_thread(group.out_of_memory)
-        if not self._stopping:
-            log.warning(
-                "instance %s %s%s",
-                self.instance_id,
-                describe_exit(returncode),
-                " (over its memorySize)" if self._out_of_memory else "",
-            )
         # Fails requests still waiting: a grandchild might hold their sockets open.
         await self._session.close()
         self._output.close()

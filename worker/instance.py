@@ -13,7 +13,6 @@ import contextlib
 import logging
 import os
 import shutil
-import signal
 import sys
 import time
 from collections import deque
@@ -33,7 +32,7 @@ from worker.frames import (
     read_frame,
     write_frame,
 )
-from worker.instance_base import InstanceBase
+from worker.instance_base import InstanceBase, describe_exit
 from worker.limits import MemoryCgroup, address_space_bytes, detect_worker_group
 from worker.outcomes import crashed, from_result, late, out_of_memory, timed_out
 from worker.spares import new_instance_id
@@ -70,17 +69,6 @@ class InstanceCrashed(Exception):
         self.returncode = returncode
 
 
-def describe_exit(returncode: int) -> str:
-    """Human wording of a child's exit status (negative = killed by that signal)."""
-    if returncode < 0:
-        try:
-            name = signal.Signals(-returncode).name
-        except ValueError:
-            name = f"signal {-returncode}"
-        return f"killed by {name}"
-    return f"exited with code {returncode}"
-
-
 def invocation_budget(timeout: float, deadline: float, now: float) -> float:
     """Seconds the function may run: its own timeout, cut short by the caller's deadline."""
     return min(timeout, deadline - now) if deadline else timeout
@@ -103,9 +91,7 @@ class Instance(InstanceBase):
         self._writer = writer
         self._workdir = workdir
         self._pending: dict[str, asyncio.Future[Result]] = {}
-        self._memory_group: MemoryCgroup | None = None
         self._address_space_limit = 0
-        self._out_of_memory = False
         self._retiring = False
         # Why we killed the child ourselves, for the other requests it was running.
         self._kill_reason = ""
@@ -350,22 +336,8 @@ class Instance(InstanceBase):
         self._sigkill()
 
     async def _watch_exit(self) -> None:
-        returncode = await self._proc.wait()
-        self._alive = False
-        # Whatever the function spawned dies with it (the group id cannot be reused while
-        # members remain, so this cannot hit a stranger).
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self._proc.pid, signal.SIGKILL)
+        returncode = await self._reaped()
         group = self._memory_group
-        if group is not None and not self._stopping:
-            self._out_of_memory = await asyncio.to_thread(group.out_of_memory)
-        if not self._stopping:
-            log.warning(
-                "instance %s %s%s",
-                self.instance_id,
-                describe_exit(returncode),
-                " (over its memorySize)" if self._out_of_memory else "",
-            )
         crash = InstanceCrashed(returncode)
         for future in self._pending.values():
             if not future.done():

@@ -10,12 +10,24 @@ import signal
 import time
 
 from shared.protocol import FunctionSpec
+from worker.limits import MemoryCgroup
 from worker.spawn import ChildProcess
 
 log = logging.getLogger("pyfc.worker")
 
 # How long to wait for a SIGKILLed process to be reaped before reporting it as hung.
 EXIT_WAIT_SECONDS = 10.0
+
+
+def describe_exit(returncode: int) -> str:
+    """Human wording of a child's exit status (negative = killed by that signal)."""
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"killed by {name}"
+    return f"exited with code {returncode}"
 
 
 class InstanceBase:
@@ -37,6 +49,9 @@ class InstanceBase:
         self._last_used = time.monotonic()
         # Set by the subclass's exit watcher once the process is reaped and cleaned up.
         self._closed = asyncio.Event()
+        # The instance's memory cgroup (memorySize), when it has one; removed at exit.
+        self._memory_group: MemoryCgroup | None = None
+        self._out_of_memory = False
 
     @property
     def alive(self) -> bool:
@@ -87,6 +102,27 @@ class InstanceBase:
                 os.killpg(self._proc.pid, signal.SIGKILL)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self._proc.pid, signal.SIGKILL)  # before setsid ran in the child
+
+    async def _reaped(self) -> int:
+        """Wait for the process to exit; kill whatever it spawned, learn whether it went over
+        its memorySize, and warn unless we stopped it ourselves. Its exit status."""
+        returncode = await self._proc.wait()
+        self._alive = False
+        # Whatever the function spawned dies with it (the group id cannot be reused while
+        # members remain, so this cannot hit a stranger).
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._proc.pid, signal.SIGKILL)
+        group = self._memory_group
+        if group is not None and not self._stopping:
+            self._out_of_memory = await asyncio.to_thread(group.out_of_memory)
+        if not self._stopping:
+            log.warning(
+                "instance %s %s%s",
+                self.instance_id,
+                describe_exit(returncode),
+                " (over its memorySize)" if self._out_of_memory else "",
+            )
+        return returncode
 
     async def exited(self) -> None:
         """Return once the process has exited and been cleaned up, however long it runs."""
