@@ -52,11 +52,19 @@ from shared.catalog import FunctionCatalog, FunctionPolicy
 from shared.errors import FunctionNotFound, PyfcError, ServiceNotFound
 from shared.logs import request_id_var
 from shared.models import DeadLetter, InvocationStatus
-from shared.protocol import Completion, Invocation, Outcome, WorkerBeat, system_outcome
+from shared.protocol import (
+    Completion,
+    CompletionBatch,
+    Invocation,
+    Outcome,
+    WorkerBeat,
+    system_outcome,
+)
 from shared.store import Store
 from shared.topology import (
     HDR_DELAY,
     MSG_DONE,
+    MSG_DONE_BATCH,
     Topology,
     declare_all,
     declare_invoke,
@@ -157,7 +165,10 @@ class Dispatcher:
                 await channel.close()
 
     async def _on_message(self, message: DeliveredMessage) -> None:
-        if message.header.properties.message_type == MSG_DONE:
+        kind = message.header.properties.message_type
+        if kind == MSG_DONE_BATCH:
+            await self._on_done_batch(message)
+        elif kind == MSG_DONE:
             await self._on_done(message)
         else:
             await self._on_invoke(message)
@@ -395,6 +406,43 @@ class Dispatcher:
             # again, after a pause so a long outage is not a hot requeue loop.
             log.exception(
                 "cannot conclude %s yet; requeueing in %.0fs", done.request_id, RECORD_RETRY_SECONDS
+            )
+            await asyncio.sleep(RECORD_RETRY_SECONDS)
+            await settle(message, ack=False, requeue=True)
+            return
+        await settle(message)
+
+    async def _on_done_batch(self, message: DeliveredMessage) -> None:
+        """Several async completions of one worker: concluded together, acked once.
+
+        Their outcomes share the store's group commit. If any cannot be concluded the
+        whole message goes back to the queue; concluding one twice records the same
+        outcome again (an upsert) and may schedule its retry twice (at least once).
+        """
+        batch = await decode_delivery(message, CompletionBatch)
+        if batch is None:
+            return
+        released = False
+        for done in batch.completions:
+            released |= self.admission.release(done.request_id) is not None
+        if released:
+            self._drain()
+        results = await asyncio.gather(
+            *(
+                self._conclude(done.invocation, done.outcome)
+                for done in batch.completions
+                if done.outcome is not None and done.invocation is not None
+            ),
+            return_exceptions=True,
+        )
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            log.error(
+                "cannot conclude %d of %d completions yet (%s); requeueing in %.0fs",
+                len(failed),
+                len(results),
+                failed[0],
+                RECORD_RETRY_SECONDS,
             )
             await asyncio.sleep(RECORD_RETRY_SECONDS)
             await settle(message, ack=False, requeue=True)

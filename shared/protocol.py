@@ -124,6 +124,13 @@ class Completion(msgspec.Struct, kw_only=True):
     invocation: Invocation | None = None
 
 
+class CompletionBatch(msgspec.Struct, kw_only=True):
+    """Several async completions of one worker bound for one dispatcher shard, in one
+    persistent message (fewer publishes, confirms and deliveries per invocation)."""
+
+    completions: list[Completion]
+
+
 class ControlEvent(msgspec.Struct, kw_only=True):
     """Fanout notice that metadata changed; every process drops what it cached."""
 

@@ -32,6 +32,7 @@ HDR_DELAY = "pyfc-delay-ms"
 # AMQP `type` of the messages on a dispatcher shard queue.
 MSG_INVOKE = "invoke"
 MSG_DONE = "done"
+MSG_DONE_BATCH = "done-batch"
 
 DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
 CONSISTENT_HASH = "x-consistent-hash"

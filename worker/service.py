@@ -18,11 +18,19 @@ from aiormq.abc import DeliveredMessage
 from opentelemetry.trace import SpanKind, StatusCode
 
 from shared import codec, telemetry
+from shared.batching import Batcher
 from shared.broker import consume_fast, decode_delivery, ready, settle
 from shared.errors import PyfcError
 from shared.logs import request_id_var
-from shared.protocol import Completion, Invocation, Outcome, system_outcome
-from shared.topology import MSG_DONE, Topology, declare_all, declare_invoke, invoke_routing_key
+from shared.protocol import Completion, CompletionBatch, Invocation, Outcome, system_outcome
+from shared.topology import (
+    MSG_DONE,
+    MSG_DONE_BATCH,
+    Topology,
+    declare_all,
+    declare_invoke,
+    invoke_routing_key,
+)
 from worker.codecache import CodeCache
 from worker.metrics import WorkerMetrics
 from worker.pool import InstancePool
@@ -30,6 +38,7 @@ from worker.pool import InstancePool
 log = logging.getLogger("pyfc.worker")
 
 ANSWER_RETRY_SECONDS = 1.0
+PUBLISH_TIMEOUT = 10.0
 
 
 def skip_reason(inv: Invocation, redelivered: bool, now: float) -> Outcome | None:
@@ -47,6 +56,16 @@ def skip_reason(inv: Invocation, redelivered: bool, now: float) -> Outcome | Non
     if inv.deadline and now > inv.deadline:
         return system_outcome(inv, "DeadlineExceeded", "deadline passed before it started", 504)
     return None
+
+
+def completion_size(done: Completion) -> int:
+    """Roughly the bytes `done` adds to a batch (its bodies dominate)."""
+    size = 256
+    if done.outcome is not None:
+        size += len(done.outcome.body) + len(done.outcome.log_tail)
+    if done.invocation is not None:
+        size += len(done.invocation.payload)
+    return size
 
 
 class Worker:
@@ -74,6 +93,10 @@ class Worker:
         self._done_confirmed: AbstractExchange | None = None
         self._done_fast: AbstractExchange | None = None
         self._reaper: asyncio.Task[None] | None = None
+        # Async completions to one dispatcher shard go several to a message.
+        self._completions: Batcher[str, Completion] = Batcher(
+            self._publish_completions, completion_size
+        )
 
     async def start(self) -> None:
         self._consume = await self._connection.channel()
@@ -191,9 +214,17 @@ class Worker:
             request_id=inv.id, tenant=inv.tenant, kind="async", outcome=outcome, invocation=inv
         )
         # Confirmed before the work is acked: the outcome is never lost in between.
+        await self._completions.send(routing_key, done)
+
+    async def _publish_completions(self, routing_key: str, batch: list[Completion]) -> None:
+        assert self._confirmed is not None and self._done_confirmed is not None
+        await ready(self._confirmed)
         await self._done_confirmed.publish(
             aio_pika.Message(
-                codec.encode(done), delivery_mode=aio_pika.DeliveryMode.PERSISTENT, type=MSG_DONE
+                codec.encode(CompletionBatch(completions=batch)),
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                type=MSG_DONE_BATCH,
             ),
             routing_key=routing_key,
+            timeout=PUBLISH_TIMEOUT,
         )
