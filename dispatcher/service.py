@@ -40,6 +40,7 @@ from dispatcher.verdict import (
     judge,
 )
 from shared import codec, control, telemetry
+from shared.batching import Batcher
 from shared.broker import (
     consume_fast,
     decode_delivery,
@@ -57,6 +58,7 @@ from shared.protocol import (
     CompletionBatch,
     Invocation,
     Outcome,
+    WorkBatch,
     WorkerBeat,
     system_outcome,
 )
@@ -65,6 +67,7 @@ from shared.topology import (
     HDR_DELAY,
     MSG_DONE,
     MSG_DONE_BATCH,
+    MSG_WORK_BATCH,
     Topology,
     declare_all,
     declare_invoke,
@@ -133,6 +136,9 @@ class Dispatcher:
         self._sweeper: asyncio.Task[None] | None = None
         self._fleet = FleetSlots()
         self._routing: set[asyncio.Task[None]] = set()
+        self._work: Batcher[tuple[str, str], Invocation] = Batcher(
+            self._publish_work, lambda inv: 256 + len(inv.payload)
+        )
 
     @property
     def metrics(self) -> DispatcherMetrics:
@@ -302,26 +308,22 @@ class Dispatcher:
         self._drain()
 
     async def _route(self, message: DeliveredMessage, inv: Invocation) -> None:
-        """Publish admitted work to the workers, then ack; on failure free the slot."""
-        assert self._confirmed is not None and self._fast is not None
-        persistent = inv.kind == "async"
-        out = aio_pika.Message(
-            codec.encode(inv),
-            delivery_mode=(
-                aio_pika.DeliveryMode.PERSISTENT
-                if persistent
-                else aio_pika.DeliveryMode.NOT_PERSISTENT
-            ),
-            reply_to=message.header.properties.reply_to,
-            correlation_id=message.header.properties.correlation_id,
-            headers=invocation_headers(inv),
-        )
-        channel = self._confirmed if persistent else self._fast
+        """Publish admitted work to the workers, then ack; on failure free the slot.
+
+        Async work for one instance key goes out in batches of up to its
+        instanceConcurrency (one instance's worth: what a worker slot holds), several
+        invocations to one persistent message when they arrive together.
+        """
+        assert inv.spec is not None
         try:
-            await ready(channel)
-            await channel.default_exchange.publish(
-                out, routing_key=self._topo.work_queue, timeout=PUBLISH_TIMEOUT
-            )
+            if inv.kind == "sync":
+                await self._publish_sync_work(message, inv)
+            else:
+                await self._work.send(
+                    (self._topo.work_queue, inv.spec.instance_key),
+                    inv,
+                    limit=inv.spec.instance_concurrency,
+                )
         except Exception:
             log.exception("cannot route invocation %s", inv.id)
             self.admission.release(inv.id)
@@ -336,6 +338,38 @@ class Dispatcher:
                 await settle(message, ack=False, requeue=True)
             return
         await settle(message)
+
+    async def _publish_sync_work(self, message: DeliveredMessage, inv: Invocation) -> None:
+        # Not persistent and not confirmed: its caller is waiting and would rather fail
+        # fast than wait twice; a lost message times out the caller, never runs twice.
+        assert self._fast is not None
+        await ready(self._fast)
+        await self._fast.default_exchange.publish(
+            aio_pika.Message(
+                codec.encode(inv),
+                reply_to=message.header.properties.reply_to,
+                correlation_id=message.header.properties.correlation_id,
+                headers=invocation_headers(inv),
+            ),
+            routing_key=self._topo.work_queue,
+            timeout=PUBLISH_TIMEOUT,
+        )
+
+    async def _publish_work(self, key: tuple[str, str], batch: list[Invocation]) -> None:
+        """One persistent, confirmed message of async work for one instance key."""
+        assert self._confirmed is not None
+        queue, _ = key
+        await ready(self._confirmed)
+        await self._confirmed.default_exchange.publish(
+            aio_pika.Message(
+                codec.encode(WorkBatch(invocations=batch)),
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                type=MSG_WORK_BATCH,
+                headers=invocation_headers(batch[0]),
+            ),
+            routing_key=queue,
+            timeout=PUBLISH_TIMEOUT,
+        )
 
     async def _reply(self, message: DeliveredMessage, outcome: Outcome) -> None:
         """Answer a sync caller directly (nothing to run, or not admitted)."""

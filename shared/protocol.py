@@ -124,6 +124,13 @@ class Completion(msgspec.Struct, kw_only=True):
     invocation: Invocation | None = None
 
 
+class WorkBatch(msgspec.Struct, kw_only=True):
+    """Admitted async invocations of one function version, in one persistent message to
+    the workers: at most its instanceConcurrency, so one instance can take them all."""
+
+    invocations: list[Invocation]
+
+
 class CompletionBatch(msgspec.Struct, kw_only=True):
     """Several async completions of one worker bound for one dispatcher shard, in one
     persistent message (fewer publishes, confirms and deliveries per invocation)."""

@@ -22,10 +22,18 @@ from shared.batching import Batcher
 from shared.broker import consume_fast, decode_delivery, ready, settle
 from shared.errors import PyfcError
 from shared.logs import request_id_var
-from shared.protocol import Completion, CompletionBatch, Invocation, Outcome, system_outcome
+from shared.protocol import (
+    Completion,
+    CompletionBatch,
+    Invocation,
+    Outcome,
+    WorkBatch,
+    system_outcome,
+)
 from shared.topology import (
     MSG_DONE,
     MSG_DONE_BATCH,
+    MSG_WORK_BATCH,
     Topology,
     declare_all,
     declare_invoke,
@@ -130,23 +138,53 @@ class Worker:
                 log.exception("idle reaping failed")
 
     async def _on_work(self, message: DeliveredMessage) -> None:
+        if message.header.properties.message_type == MSG_WORK_BATCH:
+            await self._on_work_batch(message)
+            return
         inv = await decode_delivery(message, Invocation)
         if inv is None:
             return
+        try:
+            await self._run_and_answer(message, inv)
+        except Exception as e:
+            await self._give_back(message, [inv.id], e)
+            return
+        await settle(message)
+
+    async def _on_work_batch(self, message: DeliveredMessage) -> None:
+        """Async work of one function version: run together, acked once all are answered."""
+        batch = await decode_delivery(message, WorkBatch)
+        if batch is None:
+            return
+        results = await asyncio.gather(
+            *(self._run_and_answer(message, inv) for inv in batch.invocations),
+            return_exceptions=True,
+        )
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            await self._give_back(message, [inv.id for inv in batch.invocations], failed[0])
+            return
+        await settle(message)
+
+    async def _run_and_answer(self, message: DeliveredMessage, inv: Invocation) -> None:
         request_id_var.set(inv.id)
         outcome = skip_reason(inv, bool(message.redelivered), time.time())
         if outcome is None:
             outcome = await self._run(inv)
-        try:
-            await self._answer(message, inv, outcome)
-        except Exception:
-            # Not answered: give the work back (its channel may be alive, so it would
-            # otherwise sit unacked forever); async work runs again, at least once.
-            log.exception("cannot send the outcome of %s; returning the work", inv.id)
-            await asyncio.sleep(ANSWER_RETRY_SECONDS)
-            await settle(message, ack=False, requeue=True)
-            return
-        await settle(message)
+        await self._answer(message, inv, outcome)
+
+    async def _give_back(
+        self, message: DeliveredMessage, request_ids: list[str], error: BaseException
+    ) -> None:
+        """Not answered: give the work back (its channel may be alive, so it would
+        otherwise sit unacked forever); async work runs again, at least once."""
+        log.error(
+            "cannot send the outcome of %s; returning the work",
+            ", ".join(request_ids),
+            exc_info=error,
+        )
+        await asyncio.sleep(ANSWER_RETRY_SECONDS)
+        await settle(message, ack=False, requeue=True)
 
     async def _run(self, inv: Invocation) -> Outcome:
         if inv.spec is None:
