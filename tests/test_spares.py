@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.instances import eventually
+from tests.instances import eventually, process_gone
 from worker import spares as spares_module
+from worker.forking import Zygote
 from worker.limits import MemoryCgroup, detect_worker_group
 from worker.spares import Spare, Spares
 
@@ -57,6 +58,40 @@ async def test_memory_group_is_resized_for_the_taker() -> None:
         spare.discard()
     finally:
         await spares.close()
+
+
+async def test_refill_now_does_not_wait_for_the_timer(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(spares_module, "REFILL_DELAY", 3600.0)
+    spares = Spares()
+    try:
+        assert await spares.take(128, memory_cgroups=False) is None
+        spares.refill_now()  # the cold start that took the last one is over
+        await eventually(lambda: spares._spare is not None)
+    finally:
+        await spares.close()
+
+
+async def test_spare_child_is_moved_into_its_group_ahead() -> None:
+    """With a zygote each spare has a child, in its memory group before anyone takes it;
+    a taker without memory cgroups gets neither (the child would carry the limit)."""
+    if detect_worker_group() is None:
+        pytest.skip("no writable cgroup v1 memory controller here")
+    zygote = Zygote()
+    spares = zygote.spares
+    try:
+        await spares.take(128, memory_cgroups=True)
+        await eventually(lambda: spares._spare is not None)
+        spare = spares._spare
+        assert spare is not None and spare.child is not None and spare.group is not None
+        assert spare.joined
+        pid, group = spare.child.pid, spare.group.path
+        assert str(pid) in (group / "cgroup.procs").read_text().split()
+        taken = await spares.take(128, memory_cgroups=False)
+        assert taken is spare and taken.child is None and taken.group is None
+        await eventually(lambda: process_gone(pid) and not group.exists())
+        taken.discard()
+    finally:
+        await zygote.close()
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ import pytest
 from tests.instances import eventually, make_inv, make_spec, process_gone, write_code
 from worker.forking import Zygote, interpreter_settings, zygote_environment
 from worker.instance import Instance
+from worker.limits import detect_worker_group
 from worker.zygote import instance_path
 
 Start = Callable[..., Awaitable[Instance]]
@@ -253,3 +254,76 @@ async def test_forked_instance_dies_with_its_worker(tmp_path: Path) -> None:
         if host.returncode is None:
             host.kill()
             await host.wait()
+
+
+async def spare_ready(zygote: Zygote) -> int:
+    """Have the zygote's spares make one (as after a cold start); the spare child's pid."""
+    await zygote.spares.take(128, memory_cgroups=True)  # none yet: starts making one
+    zygote.spares.refill_now()
+    await eventually(lambda: zygote.spares._spare is not None)
+    spare = zygote.spares._spare
+    assert spare is not None and spare.child is not None
+    return spare.child.pid
+
+
+# Read when the module is imported: the instance must be in its memory group by then, and
+# must see nothing the spare child did before it was handed out.
+TRACES = """
+import logging, os, sys
+GROUP_AT_IMPORT = open("/proc/self/cgroup").read()
+
+def handler(event, context):
+    return {
+        "group_at_import": GROUP_AT_IMPORT,
+        "pid": os.getpid(),
+        "env": sorted(os.environ),
+        "warm_up_modules": [m for m in sys.modules if "warm_up" in m],
+        "warm_up_paths": [p for p in [*sys.path, *sys.path_importer_cache] if "warm_up" in p],
+        "handlers": len(logging.getLogger().handlers),
+    }
+"""
+
+
+async def test_spare_child_is_handed_out_in_its_memory_group(
+    tmp_path: Path, start: Start, zygote: Zygote
+) -> None:
+    """The cold start takes the child forked ahead: already in its memory group (resized
+    to the function's memorySize) before the function's module is imported."""
+    pid = await spare_ready(zygote)
+    instance = await start(make_spec(memory_size=192), write_code(tmp_path, TRACES))
+    body = json.loads((await instance.invoke(make_inv())).body)
+    assert instance.pid == body["pid"] == pid and parent_of(pid) == zygote.pid
+    assert body["warm_up_modules"] == body["warm_up_paths"] == []
+    assert body["handlers"] == 1
+    assert [k for k in body["env"] if not k.startswith(("FC_", "PYTHON"))] == [
+        "HOME",
+        "LANG",
+        "LC_ALL",
+        "PATH",
+        "TMPDIR",
+    ]
+    group = detect_worker_group()
+    if group is not None:
+        assert f"/{instance.instance_id}\n" in body["group_at_import"]
+        limit = (group / instance.instance_id / "memory.limit_in_bytes").read_text()
+        assert int(limit) == 192 * 1024 * 1024
+
+
+async def test_a_dead_spare_child_is_replaced_by_a_fork(
+    tmp_path: Path, start: Start, zygote: Zygote
+) -> None:
+    pid = await spare_ready(zygote)
+    os.kill(pid, signal.SIGKILL)
+    await eventually(lambda: process_gone(pid))
+    instance = await start(make_spec(), write_code(tmp_path, TRACES))
+    body = json.loads((await instance.invoke(make_inv())).body)
+    assert body["pid"] != pid and parent_of(body["pid"]) == zygote.pid
+    if detect_worker_group() is not None:  # joined before the import all the same
+        assert f"/{instance.instance_id}\n" in body["group_at_import"]
+
+
+async def test_unused_spare_child_exits(zygote: Zygote) -> None:
+    spare = await zygote.prefork()
+    assert parent_of(spare.pid) == zygote.pid
+    spare.discard()
+    assert await asyncio.wait_for(spare.process.wait(), 10) == 0

@@ -1,8 +1,11 @@
 """The worker's side of the zygote (`worker.zygote`): fork instances instead of spawning them.
 
-`Zygote.fork` sends the instance's environment, cwd and fds to the zygote process and gets
-back a `ForkedProcess`, which `Instance` uses as it would an `asyncio.subprocess.Process`
-(pid, returncode, wait): the exit status arrives from the zygote, which reaps its children.
+`Zygote.prefork` has the zygote fork a spare child ahead of demand and returns it as a
+`SpareChild`; `SpareChild.hand_over` then sends it the instance's environment, cwd and fds
+directly (one packet, no reply to wait for). `Zygote.fork` asks the zygote for a child
+there and then, for a cold start that found no spare. Either way the child is a
+`ForkedProcess`, which `Instance` uses as it would an `asyncio.subprocess.Process` (pid,
+returncode, wait): the exit status arrives from the zygote, which reaps its children.
 
 The zygote is started on first use and started again on the next use after it died; a
 zygote that cannot be reached raises `ZygoteUnavailable` (an OSError), on which the caller
@@ -24,7 +27,7 @@ from pathlib import Path
 
 import worker
 from worker.spares import Spares
-from worker.zygote import Exited, Fork, Forked, Ready, decode_reply, encode
+from worker.zygote import Exited, Fork, Forked, Prefork, Ready, decode_reply, encode
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +90,38 @@ class ForkedProcess:
         return self.returncode
 
 
+class SpareChild:
+    """A child the zygote forked ahead, waiting on `sock` for its `Fork` (worker.spares)."""
+
+    def __init__(self, process: ForkedProcess, sock: socket.socket) -> None:
+        self.process = process
+        self._sock = sock
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def hand_over(
+        self, env: Mapping[str, str], cwd: str, sock_fd: int, out_fd: int
+    ) -> ForkedProcess:
+        """Make it the instance running bootstrap on `sock_fd`, output to `out_fd`.
+
+        Raises OSError if it is gone (its zygote died, ...): fork one the usual way then.
+        """
+        try:
+            if self.process.returncode is not None:
+                raise ProcessLookupError(f"spare child {self.pid} has exited")
+            request = Fork(request_id=0, env=dict(env), cwd=cwd)
+            socket.send_fds(self._sock, [encode(request)], [sock_fd, out_fd])
+        finally:
+            self._sock.close()
+        return self.process
+
+    def discard(self) -> None:
+        """Not needed after all: it exits when its socket closes (the zygote reaps it)."""
+        self._sock.close()
+
+
 class Zygote:
     """One zygote process per worker, (re)started on demand; see the module docstring."""
 
@@ -98,12 +133,12 @@ class Zygote:
         self._listener: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._next_id = 0
-        self._replies: dict[int, asyncio.Future[Forked]] = {}
+        self._replies: dict[int, asyncio.Future[ForkedProcess]] = {}
         self._children: dict[int, ForkedProcess] = {}
         self._closed = False
         self._ready = asyncio.Event()
-        # The filesystem side of the next instance, ready as the spare child is.
-        self.spares = Spares()
+        # The next instance made ahead: its workdir, memory group and spare child.
+        self.spares = Spares(self.prefork)
 
     @property
     def pid(self) -> int | None:
@@ -159,21 +194,38 @@ class Zygote:
         self, env: Mapping[str, str], cwd: str, sock_fd: int, out_fd: int
     ) -> ForkedProcess:
         """Fork an instance running bootstrap on `sock_fd`, its output going to `out_fd`."""
+        request = Fork(request_id=0, env=dict(env), cwd=cwd)
+        return await self._request(request, [sock_fd, out_fd])
+
+    async def prefork(self) -> SpareChild:
+        """A spare child, forked now and ready to be handed an instance (see `SpareChild`)."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            ours.setblocking(False)  # a packet to a waiting child never has to wait
+            process = await self._request(Prefork(request_id=0), [theirs.fileno()])
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        return SpareChild(process, ours)
+
+    async def _request(self, request: Fork | Prefork, fds: list[int]) -> ForkedProcess:
         async with self._lock:
             if self._control is None:
                 await self._start()
             control = self._control
             assert control is not None
             self._next_id += 1
-            request_id = self._next_id
-            reply: asyncio.Future[Forked] = asyncio.get_running_loop().create_future()
+            request.request_id = request_id = self._next_id
+            reply: asyncio.Future[ForkedProcess] = asyncio.get_running_loop().create_future()
             self._replies[request_id] = reply
         try:
             async with asyncio.timeout(_REPLY_TIMEOUT):
-                await self._send(
-                    control, Fork(request_id=request_id, env=dict(env), cwd=cwd), [sock_fd, out_fd]
-                )
-                forked = await reply
+                await self._send(control, request, fds)
+                return await reply
+        except ZygoteUnavailable:
+            raise
         except TimeoutError:
             self._lose(control, "did not answer a fork request")
             raise ZygoteUnavailable("the zygote did not answer") from None
@@ -182,12 +234,9 @@ class Zygote:
             raise ZygoteUnavailable(f"zygote unreachable: {e}") from e
         finally:
             self._replies.pop(request_id, None)
-        if not forked.pid:
-            raise ZygoteUnavailable(f"zygote could not fork: {forked.error}")
-        return self._children[forked.pid]
 
     @staticmethod
-    async def _send(control: socket.socket, request: Fork, fds: list[int]) -> None:
+    async def _send(control: socket.socket, request: Fork | Prefork, fds: list[int]) -> None:
         data = encode(request)
         while True:
             try:
@@ -216,11 +265,14 @@ class Zygote:
 
     def _received(self, message: Ready | Forked | Exited, ready: asyncio.Event) -> None:
         if isinstance(message, Forked):
-            if message.pid:  # registered here, before the Exited that may follow
-                self._children[message.pid] = ForkedProcess(message.pid)
             future = self._replies.get(message.request_id)
-            if future is not None and not future.done():
-                future.set_result(message)
+            if message.pid:  # registered here, before the Exited that may follow
+                forked = self._children[message.pid] = ForkedProcess(message.pid)
+                if future is not None and not future.done():
+                    future.set_result(forked)
+            elif future is not None and not future.done():
+                error = ZygoteUnavailable(f"zygote could not fork: {message.error}")
+                future.set_exception(error)
         elif isinstance(message, Exited):
             child = self._children.pop(message.pid, None)
             if child is not None:

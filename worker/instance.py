@@ -21,7 +21,7 @@ from pathlib import Path
 from shared.errors import PyfcError
 from shared.protocol import FunctionSpec, Invocation, Outcome
 from worker.credentials import TokenIssuer
-from worker.forking import Zygote
+from worker.forking import SpareChild, Zygote
 from worker.frames import (
     FrameError,
     Init,
@@ -35,7 +35,7 @@ from worker.frames import (
 from worker.instance_base import InstanceBase, describe_exit
 from worker.limits import MemoryCgroup, address_space_bytes, detect_worker_group
 from worker.outcomes import crashed, from_result, late, out_of_memory, timed_out
-from worker.spares import new_instance_id
+from worker.spares import Spares, new_instance_id
 from worker.spawn import ChildProcess, spawn
 
 log = logging.getLogger(__name__)
@@ -101,6 +101,8 @@ class Instance(InstanceBase):
         self._reader_task: asyncio.Task[None] | None = None
         self._output_task: asyncio.Task[None] | None = None
         self._exit_task: asyncio.Task[None] | None = None
+        # Told to make the next spare once this instance's first request is over.
+        self._spares: Spares[SpareChild] | None = None
 
     @classmethod
     async def start(
@@ -122,14 +124,13 @@ class Instance(InstanceBase):
         With a `zygote` the child is forked from it when it can be (see `spawn`). With an
         `issuer` each invocation hands the function an invoke token (`worker.credentials`).
         """
-        # A forking worker has the id, workdir and memory group made ahead (worker.spares).
+        # A forking worker has the id, workdir, memory group and child made ahead
+        # (worker.spares).
         spare = await zygote.spares.take(spec.memory_size, memory_cgroups) if zygote else None
         instance_id = spare.instance_id if spare is not None else new_instance_id()
         group = spare.group if spare is not None else None
         try:
-            child = await spawn(
-                spec, code_dir, instance_id, python, zygote, spare.workdir if spare else None
-            )
+            child = await spawn(spec, code_dir, instance_id, python, zygote, spare)
         except OSError as e:
             if group is not None:
                 await asyncio.to_thread(group.remove)
@@ -138,26 +139,32 @@ class Instance(InstanceBase):
             if group is not None:
                 await asyncio.to_thread(group.remove)
             raise
-        proc, reader, writer, out_read, workdir = child
+        proc, reader, writer, out_read, workdir, joined = child
         self = cls(spec, instance_id, proc, reader, writer, workdir)
         self._issuer = issuer
         self._output_task = asyncio.create_task(self._forward_output(out_read))
         self._exit_task = asyncio.create_task(self._watch_exit())
         try:
             # Before Init: the child imports no user code until it has that frame.
-            await self._limit_memory(memory_cgroups, group)
+            await self._limit_memory(memory_cgroups, group, joined)
             await self._initialize(code_dir)
         except BaseException:
             self.kill()
             await self.wait_closed()
             raise
+        self._spares = zygote.spares if zygote is not None else None
         self._reader_task = asyncio.create_task(self._read_results())
         return self
 
-    async def _limit_memory(self, memory_cgroups: bool, ready: MemoryCgroup | None) -> None:
-        """Join the child to its memory group (`ready`: made ahead), else RLIMIT_AS."""
+    async def _limit_memory(
+        self, memory_cgroups: bool, ready: MemoryCgroup | None, joined: bool = False
+    ) -> None:
+        """Join the child to its memory group (`ready`: made ahead; `joined`: the child
+        was moved in ahead too), else RLIMIT_AS."""
         if ready is not None:
             self._memory_group = ready  # removed by the exit watcher from here on
+            if joined:
+                return
             try:
                 # On the loop, not in a thread: one write, cheaper than the thread hop.
                 ready.attach(self.pid)
@@ -288,6 +295,9 @@ class Instance(InstanceBase):
                 reason = f"{reason}: {self._kill_reason}"
             return crashed(inv, self.instance_id, f"instance {reason}", cold=cold, log=tail)
         finally:
+            if self._spares is not None:  # this cold start is over: make the next spare
+                self._spares.refill_now()
+                self._spares = None
             self._pending.pop(inv.id, None)
             self._last_used = time.monotonic()
             if self._retiring and not self._pending:

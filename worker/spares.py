@@ -1,12 +1,15 @@
-"""The filesystem side of the next cold start, made before it is asked for.
+"""The next cold start, made before it is asked for.
 
-The zygote keeps a child forked ahead; `Spares` (held by `worker.forking.Zygote`) keeps the
-rest of what a new instance needs from the filesystem ready too: its id, its private
-workdir (HOME and TMPDIR) and its memory cgroup with the limit set. Those are a handful of
-mkdirs and writes, 0.1-0.3 ms each on a journaled /tmp or cgroupfs, and were the largest
-part of a forked cold start. `take` hands the prepared set out and prepares the next one
-in a thread, off the cold start's path; with none ready (a burst), the caller makes its
-own the old way.
+`Spares` (held by `worker.forking.Zygote`) keeps one new instance ready but for its
+function: its id, its private workdir (HOME and TMPDIR), its memory cgroup with the limit
+set, and a child forked from the zygote, already in that group and set up as an instance
+(`bootstrap.prepare`), waiting for its environment and frame socket. Those are a handful
+of mkdirs and writes (0.1-0.3 ms each on a journaled /tmp or cgroupfs), a fork, and the
+move into the group, which costs a whole RCU grace period (~10 ms here) when no other
+process changed cgroups in the last few milliseconds: that move is why the child must be
+made ahead together with its group, and it must happen before any user code runs in it.
+`take` hands the prepared set out and prepares the next one off the cold start's path;
+with none ready (a burst), the caller makes its own the old way.
 """
 
 from __future__ import annotations
@@ -18,8 +21,10 @@ import os
 import secrets
 import shutil
 import tempfile
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Generic, Protocol, TypeVar
 
 from worker.limits import MemoryCgroup, detect_worker_group
 
@@ -79,24 +84,44 @@ def make_workdir(instance_id: str) -> Path:
     return workdir
 
 
+class SpareProcess(Protocol):
+    """A child forked ahead (`worker.forking.SpareChild`), as far as spares handle it."""
+
+    @property
+    def pid(self) -> int: ...
+
+    def discard(self) -> None:
+        """Let it go unused: it exits."""
+        ...
+
+
+P = TypeVar("P", bound=SpareProcess)
+
+
 @dataclass(slots=True)
-class Spare:
-    """A new instance's id, workdir and (when cgroups are used) memory group."""
+class Spare(Generic[P]):
+    """A new instance's id, workdir, (when cgroups are used) memory group, and (with a
+    zygote) a child forked for it; `joined`: the child is in `group` already."""
 
     instance_id: str
     workdir: Path
     group: MemoryCgroup | None
     memory_size: int
+    child: P | None = None
+    joined: bool = False
 
     def discard(self) -> None:
-        """Remove what was made (blocking; for a thread)."""
+        """Remove what was made, child first (blocking; for a thread)."""
+        if self.child is not None:
+            self.child.discard()
         shutil.rmtree(self.workdir, ignore_errors=True)
         if self.group is not None:
-            self.group.remove()
+            self.group.remove()  # waits while a child in it exits
 
 
-def prepare(memory_size: int, memory_cgroups: bool) -> Spare:
-    """Make one spare (blocking); raises OSError if the filesystem refuses."""
+def prepare(memory_size: int, memory_cgroups: bool) -> Spare[P]:
+    """Make one spare's id, workdir and group (blocking); raises OSError if the filesystem
+    refuses."""
     instance_id = new_instance_id()
     workdir = make_workdir(instance_id)
     parent = detect_worker_group() if memory_cgroups else None
@@ -109,16 +134,21 @@ def prepare(memory_size: int, memory_cgroups: bool) -> Spare:
     return Spare(instance_id, workdir, group, memory_size)
 
 
-class Spares:
-    """One spare prepared ahead, for instances sized like the last one started."""
+class Spares(Generic[P]):
+    """One spare prepared ahead, for instances sized like the last one started.
 
-    def __init__(self) -> None:
-        self._spare: Spare | None = None
-        self._filling: asyncio.Future[Spare] | None = None
+    `prefork` (the zygote's) forks the child of each spare; without it spares have none.
+    """
+
+    def __init__(self, prefork: Callable[[], Awaitable[P]] | None = None) -> None:
+        self._prefork = prefork
+        self._spare: Spare[P] | None = None
+        self._filling: asyncio.Task[None] | None = None
         self._refill_timer: asyncio.TimerHandle | None = None
+        self._refill_for = (128, True)  # memory size and cgroups of the last taker
         self._closed = False
 
-    async def take(self, memory_size: int, memory_cgroups: bool) -> Spare | None:
+    async def take(self, memory_size: int, memory_cgroups: bool) -> Spare[P] | None:
         """The prepared spare fitted to `memory_size` (None if none is ready); starts the
         next one. Its group is None when `memory_cgroups` is off or it could not be made."""
         spare, self._spare = self._spare, None
@@ -128,6 +158,9 @@ class Spares:
         group = spare.group
         try:
             if group is not None and not memory_cgroups:
+                if spare.joined and spare.child is not None:  # it would keep the limit
+                    spare.child.discard()
+                    spare.child, spare.joined = None, False
                 spare.group = None
                 await asyncio.to_thread(group.remove)
             elif group is not None and spare.memory_size != memory_size:
@@ -139,8 +172,17 @@ class Spares:
             return None
         return spare
 
+    def refill_now(self) -> None:
+        """Make the next spare now rather than when the timer runs out: the cold start
+        that took the last one is over (its first request ran)."""
+        timer, self._refill_timer = self._refill_timer, None
+        if timer is not None:
+            timer.cancel()
+            self._start_refill(*self._refill_for)
+
     def _refill(self, memory_size: int, memory_cgroups: bool) -> None:
         if self._refill_timer is None:
+            self._refill_for = (memory_size, memory_cgroups)
             loop = asyncio.get_running_loop()
             self._refill_timer = loop.call_later(
                 REFILL_DELAY, self._start_refill, memory_size, memory_cgroups
@@ -150,25 +192,44 @@ class Spares:
         self._refill_timer = None
         if self._closed or self._filling is not None or self._spare is not None:
             return
-        loop = asyncio.get_running_loop()
-        self._filling = filling = loop.run_in_executor(None, prepare, memory_size, memory_cgroups)
-        filling.add_done_callback(self._filled)
+        self._filling = asyncio.get_running_loop().create_task(
+            self._make(memory_size, memory_cgroups)
+        )
 
-    def _filled(self, filling: asyncio.Future[Spare]) -> None:
-        self._filling = None
-        if filling.cancelled():
-            return
-        error = filling.exception()
-        if error is not None:
-            log.warning("could not prepare a spare instance workdir: %s", error)
-            return
-        spare = filling.result()
-        if self._closed:  # `close` is waiting for it and removes it
-            return
-        if self._spare is not None:
-            asyncio.get_running_loop().run_in_executor(None, spare.discard)
-        else:
-            self._spare = spare
+    async def _make(self, memory_size: int, memory_cgroups: bool) -> None:
+        """Make the next spare: the filesystem part in a thread while the zygote forks its
+        child, then the child moved into the group (in a thread: it can take ~10 ms)."""
+        loop = asyncio.get_running_loop()
+        try:
+            made: asyncio.Future[Spare[P]] = loop.run_in_executor(
+                None, prepare, memory_size, memory_cgroups
+            )
+            child = None
+            if self._prefork is not None:
+                try:
+                    child = await self._prefork()
+                except OSError as e:  # the cold start forks (or spawns) its own child
+                    log.debug("no spare child: %s", e)
+            try:
+                spare = await made
+            except OSError as e:
+                log.warning("could not prepare a spare instance workdir: %s", e)
+                if child is not None:
+                    child.discard()
+                return
+            spare.child = child
+            if child is not None and spare.group is not None:
+                try:
+                    await loop.run_in_executor(None, spare.group.attach, child.pid)
+                    spare.joined = True
+                except OSError as e:  # the instance tries again once it has the child
+                    log.debug("spare %s: child not in its memory group (%s)", spare.instance_id, e)
+            if self._closed or self._spare is not None:
+                await asyncio.to_thread(spare.discard)
+            else:
+                self._spare = spare
+        finally:
+            self._filling = None
 
     async def close(self) -> None:
         """Remove the spare and make no more (before the worker's cgroup is released)."""
@@ -176,10 +237,9 @@ class Spares:
         if self._refill_timer is not None:
             self._refill_timer.cancel()
             self._refill_timer = None
-        if self._filling is not None:
+        if self._filling is not None:  # it discards what it makes, seeing us closed
             with contextlib.suppress(Exception):
-                made = await self._filling
-                await asyncio.to_thread(made.discard)
+                await self._filling
         spare, self._spare = self._spare, None
         if spare is not None:
             await asyncio.to_thread(spare.discard)

@@ -22,8 +22,8 @@ from typing import NamedTuple, Protocol
 
 import worker
 from shared.protocol import FunctionSpec
-from worker.forking import Zygote, ZygoteUnavailable, interpreter_settings
-from worker.spares import make_workdir
+from worker.forking import SpareChild, Zygote, ZygoteUnavailable, interpreter_settings
+from worker.spares import Spare, make_workdir
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,7 @@ class Spawned(NamedTuple):
     writer: asyncio.StreamWriter
     output_fd: int  # read end of the child's stdout/stderr pipe
     workdir: Path  # holds home/ and tmp/; remove once the child exited
+    joined: bool  # the child is in the spare's memory group already (moved in ahead)
 
 
 @functools.cache
@@ -125,7 +126,15 @@ async def _fork(
     child_sock: socket.socket,
     out_write: int,
     instance_id: str,
+    spare: SpareChild | None,
 ) -> ChildProcess | None:
+    """The spare child made ahead if it is still there, else one forked now; None if the
+    zygote cannot give one (the caller spawns then)."""
+    if spare is not None:
+        try:
+            return spare.hand_over(env, str(code_dir), child_sock.fileno(), out_write)
+        except OSError as e:
+            log.info("instance %s: spare child gone (%s), forking one", instance_id, e)
     try:
         return await zygote.fork(env, str(code_dir), child_sock.fileno(), out_write)
     except ZygoteUnavailable as e:
@@ -139,22 +148,26 @@ async def spawn(
     instance_id: str,
     python: str,
     zygote: Zygote | None = None,
-    workdir: Path | None = None,
+    spare: Spare[SpareChild] | None = None,
 ) -> Spawned:
     """Start `python -m worker.bootstrap` for `spec`; raises OSError if it cannot start.
 
     With a `zygote` (of the same `python`) the child is forked from it, already imported;
     it is spawned instead when the function sets interpreter variables (PYTHONHASHSEED...)
-    or the zygote is unavailable. `workdir`: one made ahead (`worker.spares`); the child
-    owns it from here, as one made here.
+    or the zygote is unavailable. `spare`: the workdir and child made ahead
+    (`worker.spares`); the child owns the workdir from here, as one made here, and the
+    spare's child is used or let go.
     """
-    workdir, env = private_workdir(spec, code_dir, instance_id, workdir)
+    workdir, env = private_workdir(spec, code_dir, instance_id, spare.workdir if spare else None)
+    spare_child = spare.child if spare is not None else None
     parent_sock, child_sock = socket.socketpair()
     out_read, out_write = os.pipe()
     try:
         proc = None
         if zygote is not None and forkable(spec, python, zygote):
-            proc = await _fork(zygote, env, code_dir, child_sock, out_write, instance_id)
+            proc = await _fork(
+                zygote, env, code_dir, child_sock, out_write, instance_id, spare_child
+            )
         proc = proc or await asyncio.create_subprocess_exec(
             python,
             *("-u", "-X", "faulthandler", "-m", "worker.bootstrap"),
@@ -179,6 +192,10 @@ async def spawn(
     finally:
         child_sock.close()
         os.close(out_write)
+        handed_over = spare_child is not None and proc is not None and proc is spare_child.process
+        if spare_child is not None and not handed_over:
+            spare_child.discard()  # not used: it exits
+    joined = handed_over and spare is not None and spare.joined
     try:
         reader, writer = await asyncio.open_connection(sock=parent_sock)
     except BaseException:
@@ -189,4 +206,4 @@ async def spawn(
         await proc.wait()
         shutil.rmtree(workdir, ignore_errors=True)
         raise
-    return Spawned(proc, reader, writer, out_read, workdir)
+    return Spawned(proc, reader, writer, out_read, workdir, joined)

@@ -2,13 +2,16 @@
 
 `python -m worker.zygote <control fd> <worker pid>`, started once per worker by
 `worker.forking.Zygote`. It imports everything `worker.bootstrap` needs, freezes the heap
-(`gc.freeze`, so children do not dirty shared pages by collecting them), then loops:
+(`gc.freeze`, so children do not dirty shared pages by collecting them), then loops on the
+control socket (SOCK_SEQPACKET: one message per packet):
 
-- a `Fork` packet on the control socket (SOCK_SEQPACKET: one message per packet) carries
-  the instance's environment and cwd, with its frame socket and output pipe as SCM_RIGHTS
-  fds; the zygote hands them to a spare child it forked ahead of time (or forks one now),
-  and that child becomes `worker.bootstrap` on them;
-- it answers `Forked{pid}` at once, and `Exited{pid, returncode}` when it reaps the child,
+- `Prefork` carries one end of a socketpair (SCM_RIGHTS): the zygote forks a spare child
+  that readies itself as an instance (`bootstrap.prepare`) and waits on that socket. The
+  worker keeps the other end and later sends the spare its `Fork` itself, so a cold start
+  does not pass through the zygote at all;
+- `Fork` carries the instance's environment and cwd, with its frame socket and output pipe
+  as SCM_RIGHTS fds: the zygote forks a child for it now (when no spare was ready);
+- it answers `Forked{pid}` for either, and `Exited{pid, returncode}` when it reaps a child,
   since the worker cannot wait for a grandchild.
 
 It dies with the worker (PR_SET_PDEATHSIG) and its children die with it, so the chain
@@ -25,7 +28,7 @@ import signal
 import socket
 import sys
 import traceback
-from typing import NamedTuple, NoReturn
+from typing import NoReturn
 
 import msgspec
 
@@ -33,17 +36,21 @@ from worker import bootstrap
 
 MAX_PACKET = 256 * 1024  # far above FC's 4 KB of environment variables
 _CHILD_FAILED = 70  # EX_SOFTWARE: the child could not become an instance
-# The next spare is forked once the control socket has been quiet this long: a fork right
-# after a request would compete for the CPUs with the instance just handed out.
-REFILL_DELAY = 0.003
 
 
 class Fork(msgspec.Struct, tag=True, kw_only=True):
-    """Worker → zygote: fork an instance; fds (SCM_RIGHTS): frame socket, output pipe."""
+    """Worker → zygote, or → a spare child directly: become an instance with this
+    environment and cwd; fds (SCM_RIGHTS): frame socket, output pipe."""
 
     request_id: int
     env: dict[str, str]
     cwd: str
+
+
+class Prefork(msgspec.Struct, tag=True, kw_only=True):
+    """Worker → zygote: fork a spare child waiting for its `Fork` on the one fd passed."""
+
+    request_id: int
 
 
 class Forked(msgspec.Struct, tag=True, kw_only=True):
@@ -65,10 +72,12 @@ class Ready(msgspec.Struct, tag=True, kw_only=True):
     """Zygote → worker, once: imports done, forks from now on are fast."""
 
 
+Request = Fork | Prefork
 Reply = Ready | Forked | Exited
 
 encode = msgspec.msgpack.Encoder().encode
 decode_fork = msgspec.msgpack.Decoder(Fork).decode
+decode_request = msgspec.msgpack.Decoder(Request).decode
 decode_reply = msgspec.msgpack.Decoder(Reply).decode
 
 
@@ -94,7 +103,7 @@ def _prepare_child(control: socket.socket, wake: list[int], zygote_pid: int) -> 
     bootstrap._die_with_parent(zygote_pid)
 
 
-def _become_instance(request: Fork, sock_fd: int, out_fd: int, zygote_pid: int) -> NoReturn:
+def _become_instance(request: Fork, sock_fd: int, out_fd: int) -> NoReturn:
     """In the forked child: look exactly like a freshly spawned bootstrap, then run it."""
     os.dup2(out_fd, 1)
     os.dup2(out_fd, 2)
@@ -103,9 +112,26 @@ def _become_instance(request: Fork, sock_fd: int, out_fd: int, zygote_pid: int) 
     os.environ.update(request.env)
     os.chdir(request.cwd)
     sys.path[:] = instance_path(request.cwd, request.env.get("PYTHONPATH", ""), sys.path[1:])
-    argv = [bootstrap.__file__, str(sock_fd), str(zygote_pid)]
-    sys.argv[:] = argv
-    bootstrap.main(argv)
+    sys.argv[:] = [bootstrap.__file__, str(sock_fd), str(os.getppid())]
+    sock = socket.socket(fileno=sock_fd)
+    sock.set_inheritable(False)  # processes the function spawns must not hold it open
+    bootstrap.run(sock)
+
+
+def _wait_as_spare(sock: socket.socket) -> NoReturn:
+    """In a spare child: get ready to be an instance, then wait for the worker's `Fork`."""
+    bootstrap.prepare()
+    try:
+        bootstrap.warm_up()
+    except Exception:  # only slower without it
+        traceback.print_exc()
+    data, fds, _, _ = socket.recv_fds(sock, MAX_PACKET, 2, socket.MSG_CMSG_CLOEXEC)
+    if not data:  # the worker dropped us, or is gone
+        os._exit(0)
+    sock.close()
+    if len(fds) != 2:
+        raise ValueError(f"a spare expects 2 fds with its Fork, got {len(fds)}")
+    _become_instance(decode_fork(data), fds[0], fds[1])
 
 
 def _fork() -> int:
@@ -114,81 +140,41 @@ def _fork() -> int:
     return os.fork()
 
 
-class _Spare(NamedTuple):
-    """A child forked ahead of demand, waiting on `sock` for its `Fork` and fds."""
-
-    pid: int
-    sock: socket.socket
-
-
 class _Server:
-    """Forks instances; keeps one spare child forked ahead, so a request skips the fork."""
+    """Forks instances (`Fork`) and spare children the worker hands out itself (`Prefork`)."""
 
     def __init__(self, control: socket.socket, wake: list[int]) -> None:
         self.control = control
         self.wake = wake
-        self.spare: _Spare | None = None
 
-    def refill(self) -> None:
-        """Fork the next spare (after the reply went out: the worker need not wait for it)."""
-        if self.spare is not None:
-            return
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        zygote_pid = os.getpid()
-        try:
-            pid = _fork()
-        except OSError:
-            traceback.print_exc()  # the next request forks directly
-            ours.close()
-            theirs.close()
-            return
-        if pid:
-            theirs.close()
-            self.spare = _Spare(pid, ours)
-            return
-        try:
-            ours.close()
-            _prepare_child(self.control, self.wake, zygote_pid)
-            data, fds, _, _ = socket.recv_fds(theirs, MAX_PACKET, 2, socket.MSG_CMSG_CLOEXEC)
-            if not data:  # the zygote is gone without using us
-                os._exit(0)
-            theirs.close()
-            _become_instance(decode_fork(data), fds[0], fds[1], zygote_pid)
-        except BaseException:
-            traceback.print_exc()
-        os._exit(_CHILD_FAILED)
-
-    def launch(self, data: bytes, request: Fork, fds: list[int]) -> int:
-        """The pid now running `request`: the spare if it takes it, else a fresh fork."""
-        spare, self.spare = self.spare, None
-        if spare is not None:
-            try:
-                socket.send_fds(spare.sock, [data], fds)
-                return spare.pid
-            except OSError:  # it died; the reaper reports it
-                pass
-            finally:
-                spare.sock.close()
+    def launch(self, request: Fork | Prefork, fds: list[int]) -> int:
+        """Fork the child for `request`; its pid (in the parent; the child never returns)."""
         zygote_pid = os.getpid()
         pid = _fork()
         if pid:
             return pid
         try:
             _prepare_child(self.control, self.wake, zygote_pid)
-            _become_instance(request, fds[0], fds[1], zygote_pid)
+            if isinstance(request, Prefork):
+                _wait_as_spare(socket.socket(fileno=fds[0]))
+            bootstrap.prepare()
+            _become_instance(request, fds[0], fds[1])
         except BaseException:
             traceback.print_exc()
         os._exit(_CHILD_FAILED)
 
     def answer(self, data: bytes, fds: list[int]) -> Forked:
         try:
-            request = decode_fork(data)
+            request = decode_request(data)
         except msgspec.DecodeError as e:
             return Forked(request_id=-1, error=f"undecodable request: {e}")
-        if len(fds) != 2:
-            return Forked(request_id=request.request_id, error=f"expected 2 fds, got {len(fds)}")
+        wanted = 1 if isinstance(request, Prefork) else 2
+        if len(fds) != wanted:
+            return Forked(
+                request_id=request.request_id, error=f"expected {wanted} fds, got {len(fds)}"
+            )
         try:
-            pid = self.launch(data, request, fds)
+            pid = self.launch(request, fds)
         except OSError as e:
             return Forked(request_id=request.request_id, error=f"fork failed: {e}")
         return Forked(request_id=request.request_id, pid=pid)
@@ -231,13 +217,9 @@ def main(argv: list[str]) -> NoReturn:
     gc.collect()
     gc.freeze()
     server = _Server(control, wake)
-    server.refill()
     control.sendall(encode(Ready()))
     while True:
-        quiet = REFILL_DELAY if server.spare is None else None
-        ready, _, _ = select.select([control_fd, wake_read], [], [], quiet)
-        if not ready:
-            server.refill()
+        ready, _, _ = select.select([control_fd, wake_read], [], [])
         if wake_read in ready:
             while True:
                 try:
