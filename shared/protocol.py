@@ -122,6 +122,9 @@ class Completion(msgspec.Struct, kw_only=True):
     kind: InvocationKind
     outcome: Outcome | None = None
     invocation: Invocation | None = None
+    # The worker that ran it: the dispatcher learns when work it routed to one worker's
+    # affinity queue ran elsewhere (dispatcher/affinity.py).
+    worker_id: str = ""
 
 
 class WorkBatch(msgspec.Struct, kw_only=True):
@@ -169,7 +172,11 @@ class WorkerBeat(msgspec.Struct, kw_only=True, frozen=True):
     `capacity`: provisioned instances it may host; `slots`: instances it may run at once
     (dispatchers keep async work within the fleet's slots); `ready`: its live provisioned instances
     per instance key; `seq` 0 is its first beat (others answer with theirs at once);
-    `leaving` is its last one, on a clean stop.
+    `leaving` is its last one, on a clean stop. For routing work to warm instances
+    (dispatcher/affinity.py): `warm` is the requests its live instances can take at once
+    per instance key, `busy` the requests running on them, `held` the messages of the
+    shared work queue it holds unacked (of its `slots` prefetch: work no dispatcher counts
+    as routed to it); all empty when it has no affinity queue.
     """
 
     worker_id: str
@@ -178,3 +185,6 @@ class WorkerBeat(msgspec.Struct, kw_only=True, frozen=True):
     seq: int = 0
     leaving: bool = False
     ready: dict[str, int] = {}
+    warm: dict[str, int] = {}
+    busy: dict[str, int] = {}
+    held: int = 0

@@ -80,6 +80,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     # Fork Python instances from a pre-imported zygote process (ms cold starts) instead of
     # spawning an interpreter each (~50 ms); spawning stays the fallback either way.
     worker_zygote: bool = True
+    # Worker: work routed to this worker's warm instances waits this long in its own queue
+    # (ms) before it falls back to the shared work queue (the worker is busy or dead);
+    # 0 = no affinity queue (the worker takes shared work only and advertises no warm room).
+    worker_affinity_ttl_ms: int = 500
     # Worker Prometheus endpoint (per-function instance metrics); 0 = off.
     worker_metrics_port: int = 0
     # Limits at the HTTP edge.

@@ -44,6 +44,10 @@ CONSISTENT_HASH = "x-consistent-hash"
 # single-active-consumer, so this bounds how many dispatchers can be active at once.
 DISPATCH_SHARDS = 4
 
+# A worker's affinity queue that nobody has consumed for this long is deleted by the broker:
+# its worker is gone, and every message in it expired and fell back long before.
+AFFINITY_EXPIRES_MS = 600_000
+
 
 def invoke_routing_key(tenant: str) -> str:
     """Routing key on the invoke exchange: the tenant, hashed onto a dispatcher shard."""
@@ -70,6 +74,11 @@ class Topology:
     def work_queue(self) -> str:
         """Admitted work waiting for a worker slot."""
         return f"{self.namespace}.work"
+
+    def affinity_queue(self, worker_id: str) -> str:
+        """One worker's own work queue: calls routed to its warm instances. What it does not
+        take within the queue's TTL is dead-lettered to the shared work queue."""
+        return f"{self.work_queue}.{worker_id}"
 
     @property
     def retry_exchange(self) -> str:
@@ -143,6 +152,32 @@ async def declare_work(channel: AbstractChannel, topo: Topology) -> AbstractQueu
     return await channel.declare_queue(topo.work_queue, durable=True)
 
 
+async def declare_affinity(
+    channel: AbstractChannel, topo: Topology, worker_id: str, ttl_ms: int
+) -> AbstractQueue:
+    """`worker_id`'s affinity queue: durable (async work in it is persistent), a message TTL
+    after which work the worker did not take (busy, or dead: a dead consumer's unacked
+    deliveries return here and keep their original expiry) is dead-lettered to the shared
+    work queue, and deleted once unused for `AFFINITY_EXPIRES_MS`."""
+    name = topo.affinity_queue(worker_id)
+    try:
+        return await channel.declare_queue(
+            name,
+            durable=True,
+            arguments={
+                "x-message-ttl": ttl_ms,
+                "x-dead-letter-exchange": "",
+                "x-dead-letter-routing-key": topo.work_queue,
+                "x-expires": AFFINITY_EXPIRES_MS,
+            },
+        )
+    except aiormq.exceptions.ChannelPreconditionFailed as e:
+        raise Unavailable(
+            f"queue {name!r} exists with other arguments (another affinity TTL under the "
+            f"same worker id?): delete it with `rabbitmqctl delete_queue {name}` ({e})"
+        ) from e
+
+
 async def declare_retries(
     channel: AbstractChannel, topo: Topology, delays_ms: list[int]
 ) -> AbstractExchange:
@@ -192,10 +227,21 @@ def backoff_steps(base_seconds: float, max_seconds: float) -> list[int]:
 
 
 async def delete_all(
-    channel: AbstractChannel, topo: Topology, delays_ms: Sequence[int] = ()
+    channel: AbstractChannel,
+    topo: Topology,
+    delays_ms: Sequence[int] = (),
+    worker_ids: Sequence[str] = (),
 ) -> None:
-    """Remove every queue and exchange of a namespace (tests clean up with this)."""
-    for name in [*topo.all_queues(), *(topo.delay_queue(ms) for ms in delays_ms)]:
+    """Remove every queue and exchange of a namespace (tests clean up with this).
+
+    Affinity queues are named by worker id, so only those of `worker_ids` go now; any
+    other expires by itself (`AFFINITY_EXPIRES_MS`).
+    """
+    for name in [
+        *topo.all_queues(),
+        *(topo.delay_queue(ms) for ms in delays_ms),
+        *(topo.affinity_queue(w) for w in worker_ids),
+    ]:
         await channel.queue_delete(name)
     for name in topo.all_exchanges():
         await channel.exchange_delete(name)

@@ -101,6 +101,8 @@ class Stack:
             self.env["PYFC_DATABASE_URL"] = self.pg.url
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self._counter = 0
+        # process name -> worker id (names its affinity queue, deleted at stop)
+        self.worker_ids: dict[str, str] = {}
 
     # --- processes ------------------------------------------------------------------------
 
@@ -137,7 +139,9 @@ class Stack:
         return self.log_path(name).read_text(errors="replace")[-8000:]
 
     def start_worker(self, extra_env: dict[str, str] | None = None) -> str:
-        name = self.spawn("worker", extra_env=extra_env)
+        worker_id = (extra_env or {}).get("PYFC_WORKER_ID") or f"w-{uuid.uuid4().hex[:8]}"
+        name = self.spawn("worker", extra_env={**(extra_env or {}), "PYFC_WORKER_ID": worker_id})
+        self.worker_ids[name] = worker_id
         self.wait_log(name, "ready")
         return name
 
@@ -197,14 +201,16 @@ class Stack:
                 proc.wait()
                 print(f"{name} needed SIGKILL to stop:\n{self.logs(name)}")
         if self.env["PYFC_AMQP_URL"] == AMQP_URL:  # a private broker goes away whole
-            asyncio.run(_delete_namespace(self.namespace))
+            asyncio.run(_delete_namespace(self.namespace, list(self.worker_ids.values())))
         if self.pg:
             self.pg.close()
 
 
-async def _delete_namespace(namespace: str) -> None:
+async def _delete_namespace(namespace: str, worker_ids: list[str]) -> None:
     connection = await aio_pika.connect(AMQP_URL, timeout=10)
     async with connection:
         # The delay queues of the tests' short backoff and of the defaults (`pyfc up`).
         delays = {*backoff_steps(RETRY_BASE, RETRY_MAX), *backoff_steps(1.0, 300.0)}
-        await delete_all(await connection.channel(), Topology(namespace), sorted(delays))
+        await delete_all(
+            await connection.channel(), Topology(namespace), sorted(delays), worker_ids
+        )

@@ -12,6 +12,7 @@ from shared.errors import BadRequest
 from shared.process import run_role
 from shared.settings import Settings, load_or_exit
 from shared.topology import Topology
+from worker.affinity import AffinityQueue
 from worker.codecache import CodeCache
 from worker.credentials import TokenIssuer
 from worker.forking import Zygote
@@ -51,6 +52,11 @@ def main(settings: Settings | None = None) -> int:
                 settings.http_host, settings.worker_metrics_port, settings.metrics_token
             )
         topo = Topology(settings.namespace)
+        affinity = None
+        if settings.worker_affinity_ttl_ms > 0:
+            affinity = AffinityQueue(
+                connection, topo, settings.worker_id, settings.worker_affinity_ttl_ms, pool.snapshot
+            )
         worker = Worker(
             connection,
             topo,
@@ -59,10 +65,20 @@ def main(settings: Settings | None = None) -> int:
             slots=settings.worker_slots,
             idle_seconds=settings.instance_idle_seconds,
             metrics=metrics,
+            worker_id=settings.worker_id,
+            affinity=affinity,
         )
         provisioner = Provisioner(
-            connection, topo, pool, code, worker_id=settings.worker_id, slots=settings.worker_slots
+            connection,
+            topo,
+            pool,
+            code,
+            worker_id=settings.worker_id,
+            slots=settings.worker_slots,
+            affinity=affinity,
         )
+        if affinity is not None:
+            affinity.announce = provisioner.beat_now
         try:
             await worker.start()
             await provisioner.start()

@@ -29,6 +29,7 @@ from shared import codec
 from shared.errors import PyfcError
 from shared.protocol import FunctionSpec, ProvisionSnapshot, WorkerBeat
 from shared.topology import Topology, declare_fanout
+from worker.affinity import AffinityQueue
 from worker.codecache import CodeCache
 from worker.placement import Fleet, Held, Wanted, function_key, place, plan, provision_capacity
 from worker.pool import AnyInstance, InstancePool
@@ -56,6 +57,7 @@ class Provisioner:
         worker_id: str,
         slots: int,
         beat_seconds: float = BEAT_SECONDS,
+        affinity: AffinityQueue | None = None,
     ) -> None:
         self._connection = connection
         self._topo = topo
@@ -65,6 +67,11 @@ class Provisioner:
         self.capacity = provision_capacity(slots)
         self._slots = slots
         self._beat_seconds = beat_seconds
+        # Beats carry this worker's warm room when it has an affinity queue.
+        self._affinity = affinity
+        self._beat_lock = asyncio.Lock()
+        self._beat_due = False
+        self._leaving = False
         # Gone after three missed beats (and some slack for a busy broker or loop).
         self.fleet = Fleet(expire_after=3 * beat_seconds + 1.0)
         # function key -> (spec of its current revision, target); None until a snapshot came.
@@ -105,6 +112,7 @@ class Provisioner:
 
     async def close(self) -> None:
         """Stop provisioning and tell the fleet at once, so others take this share now."""
+        self._leaving = True  # no beat after the one that says so
         tasks = [*self._tasks, *self._starts, *self._watchers]
         for task in tasks:
             task.cancel()
@@ -163,6 +171,7 @@ class Provisioner:
     async def _beat(self, *, leaving: bool = False) -> None:
         assert self._fleet_exchange is not None
         ready = Counter(i.spec.instance_key for i in self._pool.provisioned())
+        warm, busy, held = self._affinity.room() if self._affinity else ({}, {}, 0)
         beat = WorkerBeat(
             worker_id=self.worker_id,
             capacity=self.capacity,
@@ -170,11 +179,28 @@ class Provisioner:
             seq=self._seq,
             leaving=leaving,
             ready=dict(ready),
+            warm=warm,
+            busy=busy,
+            held=held,
         )
         self._seq += 1
         await self._fleet_exchange.publish(
             aio_pika.Message(codec.encode(beat)), routing_key="", timeout=PUBLISH_TIMEOUT
         )
+
+    async def beat_now(self) -> None:
+        """Beat at once (an instance became warm), several callers at once sharing one."""
+        if self._fleet_exchange is None or self._leaving:
+            return  # not started yet (its first beat will say it all) or gone
+        self._beat_due = True
+        async with self._beat_lock:
+            if not self._beat_due:
+                return  # a beat taken after this caller's news went out meanwhile
+            self._beat_due = False
+            try:
+                await self._beat()
+            except Exception as e:
+                log.warning("heartbeat not sent: %s", e)
 
     async def _beat_forever(self) -> None:
         while True:
@@ -253,6 +279,7 @@ class Provisioner:
                 log.debug("no free slot for a provisioned instance of %s yet", key)
             else:
                 self._failures.pop(spec.instance_key, None)
+                await self.beat_now()  # dispatchers route its calls here from now on
                 watcher = asyncio.create_task(self._watch(instance))
                 self._watchers.add(watcher)
                 watcher.add_done_callback(self._watchers.discard)

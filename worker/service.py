@@ -39,6 +39,7 @@ from shared.topology import (
     declare_invoke,
     invoke_routing_key,
 )
+from worker.affinity import AffinityQueue
 from worker.codecache import CodeCache
 from worker.metrics import WorkerMetrics
 from worker.pool import InstancePool
@@ -87,6 +88,8 @@ class Worker:
         slots: int,
         idle_seconds: float,
         metrics: WorkerMetrics | None = None,
+        worker_id: str = "",
+        affinity: AffinityQueue | None = None,
     ) -> None:
         self._connection = connection
         self._topo = topo
@@ -95,6 +98,9 @@ class Worker:
         self._slots = slots
         self._idle_seconds = idle_seconds
         self._metrics = metrics
+        self._worker_id = worker_id
+        # This worker's own queue, for calls routed to its warm instances (None: off).
+        self._affinity = affinity
         self._consume: AbstractChannel | None = None
         self._confirmed: AbstractChannel | None = None
         self._fast: AbstractChannel | None = None
@@ -108,18 +114,27 @@ class Worker:
 
     async def start(self) -> None:
         self._consume = await self._connection.channel()
-        # One unacked message per slot: a full worker takes nothing it cannot start.
-        await self._consume.set_qos(prefetch_count=self._slots)
+        # One unacked message per slot: a full worker takes nothing it cannot start. Global:
+        # one limit for the shared queue and this worker's affinity queue together.
+        await self._consume.set_qos(prefetch_count=self._slots, global_=True)
         self._confirmed = await self._connection.channel(publisher_confirms=True)
         self._fast = await self._connection.channel(publisher_confirms=False)
         await declare_all(self._consume, self._topo)
         # Completions go back through the invoke exchange to the tenant's dispatcher shard.
         self._done_confirmed = await declare_invoke(self._confirmed, self._topo)
         self._done_fast = await declare_invoke(self._fast, self._topo)
-        await consume_fast(self._consume, self._topo.work_queue, self._on_work)
+        if self._affinity is None:
+            await consume_fast(self._consume, self._topo.work_queue, self._on_work)
+        else:
+            await consume_fast(
+                self._consume, self._topo.work_queue, self._affinity.hold(self._on_work)
+            )
+            await self._affinity.start(self._consume, self._on_work)
         self._reaper = asyncio.create_task(self._reap_forever())
 
     async def close(self) -> None:
+        if self._affinity is not None and self._consume is not None:
+            await self._affinity.drain()
         if self._reaper is not None:
             self._reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -169,6 +184,8 @@ class Worker:
     async def _run_and_answer(self, message: DeliveredMessage, inv: Invocation) -> None:
         request_id_var.set(inv.id)
         outcome = skip_reason(inv, bool(message.redelivered), time.time())
+        if outcome is None and self._affinity is not None and inv.kind == "sync":
+            outcome = await self._affinity.lost(message, inv)
         if outcome is None:
             outcome = await self._run(inv)
         await self._answer(message, inv, outcome)
@@ -209,6 +226,8 @@ class Worker:
                     span.set_status(StatusCode.ERROR, outcome.error_type)
         if self._metrics is not None:
             self._metrics.observe(inv.spec, outcome)
+        if outcome.cold_start and self._affinity is not None:
+            await self._affinity.warmed()
         # Warm successful calls are the hot path: DEBUG keeps them out of the way (the
         # dispatcher logs every async outcome); errors and cold starts are always logged.
         quiet = outcome.status == "succeeded" and not outcome.cold_start
@@ -242,14 +261,21 @@ class Worker:
                 )
             # Then free the caller's concurrency slot. Not persistent: if it is lost, the
             # dispatcher reclaims the slot when its lease (the caller's deadline) runs out.
-            release = Completion(request_id=inv.id, tenant=inv.tenant, kind="sync")
+            release = Completion(
+                request_id=inv.id, tenant=inv.tenant, kind="sync", worker_id=self._worker_id
+            )
             await self._done_fast.publish(
                 aio_pika.Message(codec.encode(release), type=MSG_DONE), routing_key=routing_key
             )
             return
         inv.spec = None  # the dispatcher re-reads it if it retries
         done = Completion(
-            request_id=inv.id, tenant=inv.tenant, kind="async", outcome=outcome, invocation=inv
+            request_id=inv.id,
+            tenant=inv.tenant,
+            kind="async",
+            outcome=outcome,
+            invocation=inv,
+            worker_id=self._worker_id,
         )
         # Confirmed before the work is acked: the outcome is never lost in between.
         await self._completions.send(routing_key, done)
