@@ -74,4 +74,18 @@ class DispatcherMetrics:
             "pyfc_dispatcher_destinations", "Records delivered to destinations, by condition",
             ["tenant", "condition"], registry=self.registry,
         )  # fmt: skip
+        routed = Counter(
+            "pyfc_dispatcher_routed",
+            "Invocations routed to a worker's affinity queue (warm room) or the shared queue",
+            ["route"], registry=self.registry,
+        )  # fmt: skip
+        self._routed = (routed.labels("shared"), routed.labels("affinity"))
+        self.affinity_missed = Counter(
+            "pyfc_dispatcher_affinity_missed",
+            "Work routed to a worker's affinity queue that ran elsewhere (it fell back)",
+            registry=self.registry,
+        )
         self.registry.register(_PoolGauges(admission))
+
+    def count_route(self, affinity: bool) -> None:
+        self._routed[affinity].inc()

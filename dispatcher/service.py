@@ -28,6 +28,7 @@ from aiormq.abc import DeliveredMessage
 from opentelemetry.trace import SpanKind
 
 from dispatcher.admission import Admission, FleetSlots, Pool, async_share
+from dispatcher.affinity import WarmFleet
 from dispatcher.destinations import DestinationError, Destinations
 from dispatcher.metrics import DispatcherMetrics
 from dispatcher.verdict import (
@@ -135,6 +136,8 @@ class Dispatcher:
         self._destinations: Destinations | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._fleet = FleetSlots()
+        # Workers' warm room: calls go to a worker's own queue when it has some.
+        self.warm = WarmFleet(topo.affinity_queue)
         self._routing: set[asyncio.Task[None]] = set()
         self._work: Batcher[tuple[str, str], Invocation] = Batcher(
             self._publish_work, lambda inv: 256 + len(inv.payload)
@@ -298,6 +301,7 @@ class Dispatcher:
         """A worker's heartbeat: async work is kept within the fleet's slots."""
         now = time.monotonic()
         self._fleet.heard(beat.worker_id, beat.slots, beat.leaving, now)
+        self.warm.heard(beat, now)
         self._resize(now)
 
     def _resize(self, now: float) -> None:
@@ -315,18 +319,21 @@ class Dispatcher:
         invocations to one persistent message when they arrive together.
         """
         assert inv.spec is not None
+        key = inv.spec.instance_key
+        weight = 1.0 if inv.kind == "sync" else 1.0 / max(1, inv.spec.instance_concurrency)
+        # A worker with warm room for it, else the shared queue (a cold start anywhere).
+        affinity = self.warm.route(key, inv.id, weight)
+        self._metrics.count_route(affinity is not None)
+        queue = affinity or self._topo.work_queue
         try:
             if inv.kind == "sync":
-                await self._publish_sync_work(message, inv)
+                await self._publish_sync_work(message, inv, queue)
             else:
-                await self._work.send(
-                    (self._topo.work_queue, inv.spec.instance_key),
-                    inv,
-                    limit=inv.spec.instance_concurrency,
-                )
+                await self._work.send((queue, key), inv, limit=inv.spec.instance_concurrency)
         except Exception:
             log.exception("cannot route invocation %s", inv.id)
             self.admission.release(inv.id)
+            self.warm.completed(inv.id)
             if inv.kind == "sync":  # never retried: tell the caller now
                 await self._reply(
                     message,
@@ -339,7 +346,9 @@ class Dispatcher:
             return
         await settle(message)
 
-    async def _publish_sync_work(self, message: DeliveredMessage, inv: Invocation) -> None:
+    async def _publish_sync_work(
+        self, message: DeliveredMessage, inv: Invocation, queue: str
+    ) -> None:
         # Not persistent and not confirmed: its caller is waiting and would rather fail
         # fast than wait twice; a lost message times out the caller, never runs twice.
         assert self._fast is not None
@@ -351,7 +360,7 @@ class Dispatcher:
                 correlation_id=message.header.properties.correlation_id,
                 headers=invocation_headers(inv),
             ),
-            routing_key=self._topo.work_queue,
+            routing_key=queue,
             timeout=PUBLISH_TIMEOUT,
         )
 
@@ -428,6 +437,7 @@ class Dispatcher:
         if done is None:
             return
         request_id_var.set(done.request_id)
+        self._completed(done)
         if self.admission.release(done.request_id) is not None:
             self._drain()
         if done.outcome is None or done.invocation is None:
@@ -458,6 +468,7 @@ class Dispatcher:
             return
         released = False
         for done in batch.completions:
+            self._completed(done)
             released |= self.admission.release(done.request_id) is not None
         if released:
             self._drain()
@@ -482,6 +493,11 @@ class Dispatcher:
             await settle(message, ack=False, requeue=True)
             return
         await settle(message)
+
+    def _completed(self, done: Completion) -> None:
+        """Give the warm room its call took back to the worker it was routed to."""
+        if self.warm.completed(done.request_id, done.worker_id):
+            self._metrics.affinity_missed.inc()
 
     async def _policy(self, inv: Invocation) -> FunctionPolicy:
         try:
@@ -625,6 +641,7 @@ class Dispatcher:
     async def sweep(self) -> None:
         """Reclaim lapsed leases, drop waiters whose channel died, rotate long waiters."""
         self.admission.expire()
+        self.warm.expire(time.monotonic(), self.admission.holds)
         self._resize(time.monotonic())  # drains too
         now = time.time()
         for pool in self.admission.pools():
