@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 from tests.instances import bootstrap_children, eventually, make_inv, make_spec, write_code
-from worker.pool import Decision, InstancePool, choose, expired, provision_slot
+from worker.forking import Zygote
+from worker.pool import InstancePool
+from worker.pool_decisions import Decision, choose, expired, provision_slot
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,55 @@ def test_choose(
     key: str, idle: dict[str, list[Idle]], used: int, capacity: int, expected: Decision[Idle]
 ) -> None:
     assert choose(key, idle, used, capacity) == expected
+
+
+@dataclass(frozen=True)
+class Starting:
+    name: str
+    reserved: int  # the request that started it, and those that joined it
+    concurrency: int
+
+    @property
+    def room(self) -> int:
+        return self.concurrency - self.reserved
+
+
+# instance_concurrency 4, starting: with room for 3 more, for 1 more, and none (joined by 3)
+S1, S3, S4 = Starting("s1", 1, 4), Starting("s3", 3, 4), Starting("s4", 4, 4)
+S1B = Starting("s1b", 1, 4)  # as S1, started after it
+S_ONE = Starting("s_one", 1, 1)  # instance_concurrency 1: nobody can join it
+
+
+@pytest.mark.parametrize(
+    ("key", "idle", "starting", "used", "capacity", "expected"),
+    [
+        # a start of the function with room is joined rather than another started...
+        ("a", {}, {"a": [S1]}, 1, 4, Decision("join", S1)),
+        # ... even when no slot is free, or an idle instance of another could be evicted
+        ("a", {}, {"a": [S1]}, 2, 2, Decision("join", S1)),
+        ("a", {"b": [B1]}, {"a": [S1]}, 2, 2, Decision("join", S1)),
+        # the fullest one with room first, then the one started first
+        ("a", {}, {"a": [S1, S3]}, 2, 4, Decision("join", S3)),
+        ("a", {}, {"a": [S4, S1, S1B]}, 3, 4, Decision("join", S1)),
+        # a warm instance with room still wins: no waiting at all
+        ("a", {"a": [P1]}, {"a": [S1]}, 2, 4, Decision("warm", P1)),
+        # full starts, instance_concurrency 1, or another function's: as if none started
+        ("a", {}, {"a": [S4]}, 1, 4, Decision("cold")),
+        ("a", {}, {"a": [S_ONE]}, 1, 4, Decision("cold")),
+        ("a", {}, {"b": [S1]}, 1, 4, Decision("cold")),
+        ("a", {}, {"a": [S4]}, 1, 1, Decision("wait")),
+        ("a", {"b": [B1]}, {"a": [S4]}, 2, 2, Decision("evict", B1)),
+    ],
+)
+def test_choose_joins_a_starting_instance(
+    key: str,
+    idle: dict[str, list[Idle]],
+    starting: dict[str, list[Starting]],
+    used: int,
+    capacity: int,
+    expected: Decision[Idle | Starting],
+) -> None:
+    assert choose(key, idle, used, capacity, starting) == expected
 
 
 DEAD = Idle("dead", 100.0, alive=False)
@@ -297,3 +348,111 @@ async def test_provisioned_instances(tmp_path: Path) -> None:
     finally:
         await pool.close()
     assert not bootstrap_children()
+
+
+SHARED = """
+import os, time
+def init(context):
+    time.sleep(0.2)  # a start long enough for every concurrent call to arrive during it
+
+def handler(event, context):
+    time.sleep(0.1)
+    return {"pid": os.getpid()}
+"""
+
+
+FAILING = """
+import time
+def init(context):
+    time.sleep(0.1)
+    raise KeyError("cfg")
+
+def handler(event, context):
+    return "never"
+"""
+
+
+@pytest.fixture
+async def forking_pool() -> AsyncIterator[InstancePool]:
+    zygote = Zygote()
+    p = InstancePool(max_instances=8, stop_grace=1.0, zygote=zygote)
+    yield p
+    await p.close()
+    await zygote.close()
+    await eventually(lambda: not bootstrap_children())
+
+
+@pytest.mark.parametrize(("concurrency", "instances"), [(8, 1), (4, 2), (1, 8)])
+async def test_concurrent_first_calls_share_a_start(
+    tmp_path: Path, forking_pool: InstancePool, concurrency: int, instances: int
+) -> None:
+    """8 calls at once to a function nobody runs yet: its instances start once for every
+    instance_concurrency calls, not once per call, though 8 slots are free."""
+    pool = forking_pool
+    spec = make_spec(instance_concurrency=concurrency, initializer="index.init")
+    code = write_code(tmp_path, SHARED)
+    outcomes = await asyncio.gather(*(pool.invoke(spec, code, make_inv()) for _ in range(8)))
+    assert [o.status for o in outcomes] == ["succeeded"] * 8, [o.body for o in outcomes]
+    by_instance: dict[str, int] = {}
+    for outcome in outcomes:
+        by_instance[outcome.instance_id] = by_instance.get(outcome.instance_id, 0) + 1
+    assert sorted(by_instance.values()) == [concurrency] * instances
+    assert len({result(o.body)["pid"] for o in outcomes}) == instances
+    assert (pool.stats.cold_starts, pool.stats.joined_starts) == (instances, 8 - instances)
+    assert sum(o.cold_start for o in outcomes) == instances  # one cold start per instance
+    assert (pool.instances_alive, pool.instances_starting) == (instances, 0)
+
+
+async def test_calls_that_joined_a_failed_start_fail_with_it(
+    tmp_path: Path, forking_pool: InstancePool
+) -> None:
+    """The start's error is theirs too: one failed start, not one per call."""
+    pool = forking_pool
+    code = write_code(tmp_path, FAILING)
+    spec = make_spec(instance_concurrency=4, initializer="index.init")
+    outcomes = await asyncio.gather(*(pool.invoke(spec, code, make_inv()) for _ in range(4)))
+    errors = [json.loads(o.body) for o in outcomes]
+    assert [(o.status, e["errorType"]) for o, e in zip(outcomes, errors, strict=True)] == [
+        ("function_error", "KeyError")
+    ] * 4
+    assert (pool.stats.start_failures, pool.stats.joined_starts) == (1, 3)
+    assert pool.instances_alive == pool.instances_starting == 0
+    # Nothing is left joinable: the next call starts afresh (and fails the same way).
+    again = await pool.invoke(spec, code, make_inv())
+    assert json.loads(again.body)["errorType"] == "KeyError"
+    assert pool.stats.start_failures == 2
+
+
+async def test_a_joined_call_waits_no_longer_than_its_deadline(
+    tmp_path: Path, forking_pool: InstancePool
+) -> None:
+    pool = forking_pool
+    spec = make_spec(instance_concurrency=2, initializer="index.init")
+    code = write_code(tmp_path, SHARED)
+    first = asyncio.create_task(pool.invoke(spec, code, make_inv()))
+    await eventually(lambda: pool.instances_starting == 1)
+    began = time.monotonic()
+    hurried = await pool.invoke(spec, code, make_inv(deadline=time.time() + 0.05))
+    assert (hurried.error_type, hurried.http_status) == ("DeadlineExceeded", 504)
+    assert time.monotonic() - began < 0.15  # not the whole start
+    # It gave its place back: a later call joins (or finds warm) the same instance.
+    second = await pool.invoke(spec, code, make_inv())
+    assert (await first).instance_id == second.instance_id
+    assert pool.stats.cold_starts == 1
+
+
+async def test_calls_that_joined_an_abandoned_start_choose_again(
+    tmp_path: Path, forking_pool: InstancePool
+) -> None:
+    pool = forking_pool
+    spec = make_spec(instance_concurrency=2, initializer="index.init")
+    code = write_code(tmp_path, SHARED)
+    starter = asyncio.create_task(pool.invoke(spec, code, make_inv()))
+    await eventually(lambda: pool.instances_starting == 1)
+    joined = asyncio.create_task(pool.invoke(spec, code, make_inv()))
+    await eventually(lambda: pool.stats.joined_starts == 1)
+    starter.cancel()
+    outcome = await joined
+    assert (outcome.status, outcome.cold_start) == ("succeeded", True)  # it started its own
+    assert starter.cancelled()
+    assert (pool.stats.cold_starts, pool.instances_alive, pool.instances_starting) == (1, 1, 0)

@@ -1,11 +1,20 @@
 """Warm instances of many functions sharing one worker's slots.
 
 `InstancePool.invoke` takes an instance of the function with room for one more request
-(warm start; an instance runs up to `instance_concurrency` requests at once), or starts one
-(cold start) while there is a free slot, or evicts the least recently used idle instance of
-another function, or waits for a slot. Slots count instances, not requests. Which of these
-happens is decided by `choose`, a pure function over plain data; the pool only moves
-instances between its dicts.
+(warm start; an instance runs up to `instance_concurrency` requests at once), or joins an
+instance of it that is still starting and has room left (its requests share that start, as
+on FC or Lambda), or starts one (cold start) while there is a free slot, or evicts the least
+recently used idle instance of another function, or waits for a slot. Slots count
+instances, not requests. Which of these happens is decided by `choose`
+(`worker.pool_decisions`), a pure function over plain data; the pool only moves instances
+between its dicts.
+
+A request that joined a start waits for it (until its own deadline at most). If the start
+fails, the request fails with the same error rather than starting another instance: what
+makes a start fail (the initializer, the module's import, a timeout) is the function's own
+and would fail every start alike. If the request that started it is cancelled instead, the
+joined ones choose again. Only the request that started an instance counts as its cold
+start.
 
 Provisioned instances (`InstancePool.provision`, kept by worker/provision.py) serve like any
 warm instance, but are never evicted for another function nor reaped when idle.
@@ -17,10 +26,8 @@ import asyncio
 import logging
 import sys
 import time
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Generic, Literal, Protocol, TypeVar
 
 from shared.codepkg import CUSTOM_RUNTIME
 from shared.protocol import FunctionSpec, Invocation, Outcome
@@ -30,6 +37,7 @@ from worker.forking import Zygote
 from worker.instance import Instance, InstanceStartError
 from worker.limits import release_worker_group
 from worker.outcomes import late, start_failed, unavailable
+from worker.pool_decisions import choose, expired, provision_slot
 
 log = logging.getLogger(__name__)
 
@@ -37,96 +45,37 @@ log = logging.getLogger(__name__)
 AnyInstance = Instance | CustomInstance
 
 
-class Candidate(Protocol):
-    """What `choose` needs to know about an instance that could take a request."""
+class Starting:
+    """An instance being started for a request, which others of its key may join while its
+    room lasts; `done` is set once `instance` is up or `error` says why not (neither: the
+    request that started it gave up)."""
 
-    @property
-    def last_used(self) -> float: ...
-
-    @property
-    def alive(self) -> bool: ...
-
-    @property
-    def reserved(self) -> int:
-        """Requests promised to it (running or about to)."""
-        ...
+    def __init__(self, key: str, concurrency: int) -> None:
+        self.key = key
+        self.concurrency = concurrency
+        self.reserved = 1  # the request that started it
+        self.done = asyncio.Event()
+        self.instance: AnyInstance | None = None
+        self.error: InstanceStartError | None = None
 
     @property
     def room(self) -> int:
-        """Requests it may still take (instance_concurrency - reserved)."""
-        ...
-
-    @property
-    def provisioned(self) -> bool:
-        """Kept warm by a provision config: never evicted or reaped while it lives."""
-        ...
+        return self.concurrency - self.reserved
 
 
-C = TypeVar("C", bound=Candidate)
+@dataclass(slots=True)
+class _Place:
+    """Where one request runs: on a warm `instance` (a slot on it reserved), or on the
+    instance of `starting`, which it `joined` or starts itself (after stopping `victim`)."""
+
+    instance: AnyInstance | None = None
+    starting: Starting | None = None
+    joined: bool = False
+    victim: AnyInstance | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Decision(Generic[C]):
-    """`warm`: send it to `instance`; `cold`: start one in a free slot; `evict`: stop
-    `instance` (idle, another function's) and start one in its slot; `wait`: no slot now."""
-
-    action: Literal["warm", "cold", "evict", "wait"]
-    instance: C | None = None
-
-
-def choose(key: str, idle: Mapping[str, Sequence[C]], used: int, capacity: int) -> Decision[C]:
-    """Where the next invocation of `key` runs.
-
-    `idle` maps instance keys to their instances with room for a request (idle, or busy
-    below their instance_concurrency); `used` counts every slot taken (instances idle,
-    busy and starting). Requests pack onto the busiest instance with room, then the most
-    recently used, so the rest stay idle long enough to be reaped; the least recently used
-    idle one that is not provisioned is evicted.
-    """
-    same = [c for c in idle.get(key, ()) if c.room > 0]
-    if same:
-        return Decision("warm", max(same, key=lambda c: (c.reserved, c.last_used)))
-    if used < capacity:
-        return Decision("cold")
-    return _evict_or_wait(key, idle)
-
-
-def provision_slot(
-    key: str, idle: Mapping[str, Sequence[C]], used: int, capacity: int
-) -> Decision[C]:
-    """Where one more provisioned instance of `key` comes from.
-
-    `warm`: adopt a warm instance of it that is not provisioned yet (no start at all);
-    `cold`: start one in a free slot; `evict`: stop the least recently used idle,
-    unprovisioned instance of another function for it; `wait`: no slot now.
-    """
-    adoptable = [c for c in idle.get(key, ()) if c.alive and not c.provisioned]
-    if adoptable:
-        return Decision("warm", max(adoptable, key=lambda c: c.last_used))
-    if used < capacity:
-        return Decision("cold")
-    return _evict_or_wait(key, idle)
-
-
-def _evict_or_wait(key: str, idle: Mapping[str, Sequence[C]]) -> Decision[C]:
-    others = [
-        c for k, cs in idle.items() if k != key for c in cs if c.reserved == 0 and not c.provisioned
-    ]
-    if others:
-        return Decision("evict", min(others, key=lambda c: c.last_used))
-    return Decision("wait")
-
-
-def expired(idle: Mapping[str, Sequence[C]], now: float, idle_seconds: float) -> list[C]:
-    """Idle instances unused for at least `idle_seconds` (monotonic clock) and not
-    provisioned, or dead."""
-    return [
-        c
-        for cs in idle.values()
-        for c in cs
-        if c.reserved == 0
-        and (not c.alive or (not c.provisioned and now - c.last_used >= idle_seconds))
-    ]
+class _StartAbandoned(Exception):
+    """The request that started an instance gave up on it (cancelled): choose again."""
 
 
 @dataclass(slots=True)
@@ -135,6 +84,7 @@ class PoolStats:
 
     cold_starts: int = 0
     warm_starts: int = 0
+    joined_starts: int = 0  # requests that waited for an instance another one was starting
     start_failures: int = 0
     evictions: int = 0
     reaped: int = 0
@@ -165,7 +115,9 @@ class InstancePool:
         self._instances: dict[str, AnyInstance] = {}  # every started, not yet dropped instance
         # instance key → instances with room for another request (idle or partly busy)
         self._idle: dict[str, list[AnyInstance]] = {}
-        self._starting = 0
+        # instance key → instances being started for requests (joinable while room lasts)
+        self._joinable: dict[str, list[Starting]] = {}
+        self._starting = 0  # slots held by starts (requests' and provisioned ones)
         self._closed = False
         self._cond = asyncio.Condition()
 
@@ -198,41 +150,102 @@ class InstancePool:
 
     async def invoke(self, spec: FunctionSpec, code_dir: Path, inv: Invocation) -> Outcome:
         """Run `inv` on a warm or new instance of `spec`; failures come back as Outcomes."""
-        acquired = await self._acquire(spec.instance_key, inv.deadline)
-        if acquired is None:
-            return unavailable(inv) if self._closed else late(inv, "")
-        instance, victim = acquired
-        if victim is not None:
-            await victim.stop(self._stop_grace)
-        started = instance is None
-        if instance is None:
+        while True:
+            place = await self._acquire(spec, inv.deadline)
+            if place is None:
+                return unavailable(inv) if self._closed else late(inv, "")
+            instance, starting = place.instance, place.starting
+            started = starting is not None and not place.joined
             try:
-                instance = await self._start(spec, code_dir)
+                if starting is not None and place.joined:
+                    instance = await self._join(starting, inv.deadline)
+                    if instance is None:
+                        return late(inv, "")
+                elif starting is not None:
+                    instance = await self._start_for(starting, spec, code_dir, place.victim)
             except InstanceStartError as e:
-                self.stats.start_failures += 1
-                await self._unreserve()
-                log.warning("cannot start %s: %s", spec.instance_key, e.message)
+                if started:
+                    log.warning("cannot start %s: %s", spec.instance_key, e.message)
                 return start_failed(inv, e.error_type, e.error_message, e.stack_trace, e.log)
-            except BaseException:
-                await self._unreserve()
-                raise
-            self.stats.cold_starts += 1
-            self.stats.last_init_ms = instance.init_duration_ms
-            async with self._cond:
-                self._starting -= 1
-                self._instances[instance.instance_id] = instance
-                instance.reserved = 1
-                if instance.room > 0:  # concurrent requests may join it while it runs
-                    self._idle.setdefault(spec.instance_key, []).append(instance)
-                    self._cond.notify_all()
+            except _StartAbandoned:
+                continue
+            assert instance is not None
+            break
         try:
             outcome = await instance.invoke(inv)
         finally:
             await self._release(instance)
         # Cold means a new instance was started for this request: the first request of a
-        # provisioned instance is warm.
-        outcome.cold_start = outcome.cold_start and started
+        # provisioned instance is warm, and so are those that joined the start.
+        outcome.cold_start = started
         return outcome
+
+    async def _start_for(
+        self, starting: Starting, spec: FunctionSpec, code_dir: Path, victim: AnyInstance | None
+    ) -> AnyInstance:
+        """Start the instance `starting` stands for (after stopping `victim`), let the
+        requests that joined it in, and return it with their slots reserved on it."""
+        try:
+            if victim is not None:
+                await victim.stop(self._stop_grace)
+            instance = await self._start(spec, code_dir)
+        except InstanceStartError as e:
+            self.stats.start_failures += 1
+            await self._start_ended(starting, None, e)
+            raise
+        except BaseException:
+            await self._start_ended(starting, None, None)
+            raise
+        self.stats.cold_starts += 1
+        self.stats.last_init_ms = instance.init_duration_ms
+        await self._start_ended(starting, instance, None)
+        return instance
+
+    async def _start_ended(
+        self, starting: Starting, instance: AnyInstance | None, error: InstanceStartError | None
+    ) -> None:
+        async with self._cond:
+            self._starting -= 1
+            joinable = self._joinable[starting.key]
+            joinable.remove(starting)
+            if not joinable:
+                del self._joinable[starting.key]
+            if instance is not None:
+                self._instances[instance.instance_id] = instance
+                instance.reserved = starting.reserved
+                if instance.room > 0:  # concurrent requests may join it while it runs
+                    self._idle.setdefault(starting.key, []).append(instance)
+            starting.instance, starting.error = instance, error
+            starting.done.set()
+            self._cond.notify_all()
+
+    async def _join(self, starting: Starting, deadline: float) -> AnyInstance | None:
+        """Wait for the instance this request joined to be up; None if the deadline passed
+        first. Raises its `InstanceStartError`, or `_StartAbandoned`."""
+        try:
+            async with asyncio.timeout(deadline - time.time() if deadline else None):
+                await starting.done.wait()
+        except TimeoutError:
+            await self._leave(starting)
+            return None
+        except BaseException:  # cancelled
+            await self._leave(starting)
+            raise
+        if starting.instance is not None:
+            return starting.instance
+        if starting.error is not None:
+            raise starting.error
+        raise _StartAbandoned
+
+    async def _leave(self, starting: Starting) -> None:
+        """Give up the place this request holds on `starting`, or on what it became."""
+        async with self._cond:
+            if not starting.done.is_set():
+                starting.reserved -= 1  # room for another request
+                self._cond.notify_all()
+                return
+        if starting.instance is not None:
+            await self._release(starting.instance)
 
     async def _start(self, spec: FunctionSpec, code_dir: Path) -> AnyInstance:
         if spec.runtime == CUSTOM_RUNTIME:
@@ -248,17 +261,21 @@ class InstancePool:
             issuer=self._issuer,
         )
 
-    async def _acquire(
-        self, key: str, deadline: float
-    ) -> tuple[AnyInstance | None, AnyInstance | None] | None:
-        """(warm instance or None to start one, idle instance to evict first); None if late."""
+    async def _acquire(self, spec: FunctionSpec, deadline: float) -> _Place | None:
+        """Where this request goes, with its slot (or its place on a start) reserved; None
+        if the deadline passes first or the pool is closed."""
+        key = spec.instance_key
         async with self._cond:
             while True:
                 if self._closed:
                     return None
                 used = len(self._instances) + self._starting
-                decision = choose(key, self._idle, used, self.max_instances)
+                decision = choose(key, self._idle, used, self.max_instances, self._joinable)
                 chosen = decision.instance
+                if isinstance(chosen, Starting):  # join
+                    chosen.reserved += 1
+                    self.stats.joined_starts += 1
+                    return _Place(starting=chosen, joined=True)
                 if decision.action == "warm" and chosen is not None:
                     if not chosen.alive:  # died (OOM killer, ...): drop, retry
                         self._forget_idle(chosen)
@@ -269,16 +286,16 @@ class InstancePool:
                     if chosen.room <= 0:
                         self._forget_idle(chosen)
                     self.stats.warm_starts += 1
-                    return chosen, None
-                if decision.action == "cold":
+                    return _Place(instance=chosen)
+                if decision.action in ("cold", "evict"):
+                    if chosen is not None:  # evict
+                        self._forget_idle(chosen)
+                        del self._instances[chosen.instance_id]
+                        self.stats.evictions += 1
                     self._starting += 1
-                    return None, None
-                if decision.action == "evict" and chosen is not None:
-                    self._forget_idle(chosen)
-                    del self._instances[chosen.instance_id]
-                    self._starting += 1
-                    self.stats.evictions += 1
-                    return None, chosen
+                    starting = Starting(key, spec.instance_concurrency)
+                    self._joinable.setdefault(key, []).append(starting)
+                    return _Place(starting=starting, victim=chosen)
                 if not await self._wait_for_slot(deadline):
                     return None
 
