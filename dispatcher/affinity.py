@@ -54,6 +54,7 @@ class WarmWorker:
     # per async one (async work goes out in batches of one instance's worth).
     load: float = 0.0
     heard: float = 0.0
+    seq: int = -1
     missed: bool = False
 
     def room(self, key: str, weight: float = 1.0) -> int:
@@ -113,6 +114,9 @@ class WarmFleet:
                 return  # nothing warm (or no affinity queue): nothing to route to it
             worker = WarmWorker(beat.worker_id, self._queue_of(beat.worker_id))
             self._workers[beat.worker_id] = worker
+        elif 0 < beat.seq < worker.seq:
+            return  # overtaken by a newer one (beats are built and sent concurrently)
+        worker.seq = beat.seq  # 0: the worker (re)started
         self._index(worker, beat.warm)
         worker.slots = beat.slots
         worker.warm = dict(beat.warm)

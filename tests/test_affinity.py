@@ -133,10 +133,19 @@ def test_silent_and_leaving_workers_are_forgotten() -> None:
     f.completed("r1", "b")  # completions of a forgotten worker's work are harmless
 
 
+def test_a_beat_overtaken_by_a_newer_one_is_ignored() -> None:
+    f = fleet()
+    f.heard(beat("a", seq=3, warm={K: 1}), now=0.0)
+    f.heard(beat("a", seq=2), now=0.1)  # built before the instance was, arrived after
+    assert f.route(K, "r1") == "pyfc.work.a"
+    f.heard(beat("a", seq=0), now=0.2)  # restarted under the same id: nothing warm now
+    assert f.route(K, "r2") is None
+
+
 def test_instances_gone_from_a_beat_are_no_longer_routed_to() -> None:
     f = fleet()
-    f.heard(beat("a", warm={K: 1, J: 1}), now=0.0)
-    f.heard(beat("a", warm={J: 1}), now=2.0)  # K's instance was reaped
+    f.heard(beat("a", seq=1, warm={K: 1, J: 1}), now=0.0)
+    f.heard(beat("a", seq=2, warm={J: 1}), now=2.0)  # K's instance was reaped
     assert f.route(K, "r1") is None
     assert f.route(J, "r2") == "pyfc.work.a"
 

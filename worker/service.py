@@ -11,11 +11,14 @@ import asyncio
 import contextlib
 import logging
 import time
+from typing import cast
 
 import aio_pika
+import aiormq
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
 from aiormq.abc import DeliveredMessage
 from opentelemetry.trace import SpanKind, StatusCode
+from pamqp.commands import Basic
 
 from shared import codec, telemetry
 from shared.batching import Batcher
@@ -252,21 +255,30 @@ class Worker:
         assert self._confirmed is not None
         await ready(self._confirmed)
         if inv.kind == "sync":
-            props = message.header.properties
-            if props.reply_to:
-                await self._fast.default_exchange.publish(
-                    aio_pika.Message(codec.encode(outcome), correlation_id=props.correlation_id),
-                    routing_key=props.reply_to,
-                    mandatory=False,
-                )
-            # Then free the caller's concurrency slot. Not persistent: if it is lost, the
-            # dispatcher reclaims the slot when its lease (the caller's deadline) runs out.
+            # The release of the caller's concurrency slot (and of the warm room the
+            # dispatcher counted) goes first, queued with the reply on one channel: it is
+            # on the dispatcher's queue before the reply reaches the caller (so before the
+            # caller's next call, which the room decides where to route), and the reply
+            # waits for no round trip, only for this enqueue. Not persistent: if it is lost,
+            # the dispatcher reclaims the slot when its lease (the caller's deadline) runs out.
+            channel = cast(aiormq.Channel, await self._fast.get_underlay_channel())
             release = Completion(
                 request_id=inv.id, tenant=inv.tenant, kind="sync", worker_id=self._worker_id
             )
-            await self._done_fast.publish(
-                aio_pika.Message(codec.encode(release), type=MSG_DONE), routing_key=routing_key
+            await channel.basic_publish(
+                codec.encode(release),
+                exchange=self._topo.invoke_exchange,
+                routing_key=routing_key,
+                properties=Basic.Properties(message_type=MSG_DONE),
+                wait=False,
             )
+            props = message.header.properties
+            if props.reply_to:
+                await channel.basic_publish(
+                    codec.encode(outcome),
+                    routing_key=props.reply_to,
+                    properties=Basic.Properties(correlation_id=props.correlation_id),
+                )
             return
         inv.spec = None  # the dispatcher re-reads it if it retries
         done = Completion(
