@@ -63,10 +63,13 @@ def build_policy(fn: Function, cfg: AsyncConfig | None) -> FunctionPolicy:
     )
 
 
-def build_spec(tenant: str, service: Service, fn: Function, qualifier: str) -> FunctionSpec:
+def build_spec(
+    tenant: str, service: Service, fn: Function, qualifier: str, tenant_number: int = 0
+) -> FunctionSpec:
     """Merge service and function config into what a worker needs (function env wins)."""
     return FunctionSpec(
         tenant=tenant,
+        tenant_number=tenant_number,
         service=service.service_name,
         function=fn.function_name,
         qualifier=qualifier,
@@ -112,7 +115,8 @@ class FunctionCatalog:
             )
         svc = await self._store.get_service(tenant, service)
         fn = await self._store.get_function(tenant, service, function)
-        spec = build_spec(tenant, svc, fn, qualifier)
+        owner = await self._store.get_tenant(tenant)
+        spec = build_spec(tenant, svc, fn, qualifier, owner.number)
         self._cache[key] = (spec, now + self._ttl)
         return spec
 

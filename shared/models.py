@@ -18,6 +18,9 @@ class Tenant(msgspec.Struct, kw_only=True, frozen=True):
     # Longest invocation chain (lineage hops) the dispatcher runs before stopping a loop.
     max_chain_depth: int = 16
     created_time: str = ""
+    # Given once at creation and never to another tenant: workers run the tenant's
+    # instances under a uid made from it (docs/architecture.md "Isolation").
+    number: int = 0
 
 
 class LogConfig(msgspec.Struct, kw_only=True, frozen=True, rename="camel", omit_defaults=True):

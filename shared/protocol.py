@@ -43,6 +43,9 @@ class FunctionSpec(msgspec.Struct, kw_only=True, frozen=True):
     instance_concurrency: int = 1
     environment: dict[str, str] = {}
     log_store: str = ""
+    # The tenant's number (`Tenant.number`): a root worker runs the instances as uid/gid
+    # PYFC_INSTANCE_UID_BASE + number. 0 from a dispatcher older than the numbers.
+    tenant_number: int = 0
 
     @property
     def instance_key(self) -> str:

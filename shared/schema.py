@@ -40,7 +40,20 @@ tenants = Table(
     Column("concurrency", Integer, nullable=False),
     Column("max_chain_depth", Integer, nullable=False, server_default=text("16")),
     Column("created_time", String(32), nullable=False),
+    # The tenant's instance uid on workers (uid base + number); the default only stands
+    # until migration 0003 numbers a database's existing tenants.
+    Column("number", Integer, nullable=False, unique=True, index=True, server_default=text("0")),
 )
+
+# Numbers handed out once: `tenant_number` is the last tenant number given, so a deleted
+# tenant's number (and with it its instance uid) never goes to a new tenant.
+counters = Table(
+    "counters",
+    metadata,
+    Column("name", String(63), primary_key=True),
+    Column("value", Integer, nullable=False),
+)
+TENANT_NUMBER = "tenant_number"
 
 # A table of its own so a tenant can hold several keys (rotation) later on.
 api_keys = Table(

@@ -62,8 +62,10 @@ from shared.models import (
     Tenant,
 )
 from shared.schema import (
+    TENANT_NUMBER,
     api_keys,
     async_configs,
+    counters,
     dead_letters,
     functions,
     invocations,
@@ -116,10 +118,21 @@ class Store:
         rows.check_tenant_name(name)
         if concurrency < 1:
             raise BadRequest(f"tenant concurrency must be at least 1, got {concurrency}")
-        tenant = Tenant(name=name, concurrency=concurrency, created_time=rows.now_iso())
         key = "pyfc_" + secrets.token_urlsafe(30)  # 30 bytes -> 40 urlsafe chars
+        # The next number, in the same transaction: the counter's row lock orders
+        # concurrent creations, and a failed one gives its number back.
+        next_number = (
+            update(counters)
+            .where(counters.c.name == TENANT_NUMBER)
+            .values(value=counters.c.value + 1)
+            .returning(counters.c.value)
+        )
         try:
             async with self._begin() as conn:
+                number = (await conn.execute(next_number)).scalar_one()
+                tenant = Tenant(
+                    name=name, concurrency=concurrency, created_time=rows.now_iso(), number=number
+                )
                 await conn.execute(insert(tenants).values(msgspec.structs.asdict(tenant)))
                 await conn.execute(
                     insert(api_keys).values(

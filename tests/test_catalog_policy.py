@@ -110,3 +110,11 @@ async def test_a_cache_hit_does_not_yield() -> None:
     for call in (catalog.policy("t", "s", "LATEST", "f"), catalog.tenant_limits("t")):
         with pytest.raises(StopIteration):  # finished on the first step: no suspension
             call.send(None)
+
+
+async def test_a_spec_names_its_tenants_number() -> None:
+    """Workers run the instances as uid base + number: the spec carries it."""
+    store = FakeStore()
+    store.tenant = Tenant(name="t", number=17)
+    spec = await FunctionCatalog(store).spec("t", "s", "LATEST", "f")
+    assert (spec.tenant, spec.tenant_number, spec.function) == ("t", 17, "f")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
@@ -122,6 +123,63 @@ async def test_concurrent_migrate_from_many_engines(backend: str, tmp_path: Path
             await s.close()
         if fresh_db:
             await _drop_db(fresh_db)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_migration_numbers_existing_tenants_by_age(backend: str, tmp_path: Path) -> None:
+    """0003 numbers a database's tenants 1..n, oldest first, keeping their services; new
+    tenants continue after them."""
+    fresh_db = await _create_db() if backend == "postgres" else ""
+    if backend == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / 'old.db'}"
+    else:
+        url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{fresh_db}"
+    store = await Store.open(url)
+
+    def upgrade(conn: Connection, revision: str) -> None:
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS_DIR))
+        config.attributes["connection"] = conn
+        command.upgrade(config, revision)
+
+    try:
+        async with store._engine.begin() as conn:
+            await conn.run_sync(upgrade, "0002")
+            for name, created in [("young", "2024-02-01T00:00:00Z"), ("old", "2024-01-01Z")]:
+                await conn.execute(
+                    text(
+                        "INSERT INTO tenants (name, concurrency, created_time) VALUES (:n, 5, :c)"
+                    ),
+                    {"n": name, "c": created},
+                )
+            await conn.execute(
+                text(
+                    "INSERT INTO services (tenant, service_name, service_id, description, role,"
+                    " log_config, environment_variables, created_time, last_modified_time)"
+                    " VALUES ('old', 'svc', 'id', '', '', '{}', '{}', 'c', 'm')"
+                )
+            )
+        await store.migrate()
+        assert (await store.get_tenant("old")).number == 1
+        assert (await store.get_tenant("young")).number == 2
+        assert (await store.get_service("old", "svc")).service_id == "id"
+        tenant, _ = await store.create_tenant("newcomer", 1)
+        assert tenant.number == 3 and (await store.get_tenant("newcomer")) == tenant
+    finally:
+        await store.close()
+        if fresh_db:
+            await _drop_db(fresh_db)
+
+
+async def test_tenant_numbers_are_unique_and_survive_failed_creates(store: Store) -> None:
+    names = [f"t-{uuid.uuid4().hex[:12]}" for _ in range(6)]
+    made = await asyncio.gather(*(store.create_tenant(name, 1) for name in names))
+    numbers = [tenant.number for tenant, _ in made]
+    assert len(set(numbers)) == len(numbers) and min(numbers) >= 1
+    with pytest.raises(AlreadyExists):
+        await store.create_tenant(names[0], 1)
+    later, _ = await store.create_tenant(f"t-{uuid.uuid4().hex[:12]}", 1)
+    assert later.number == max(numbers) + 1  # the failed create gave its number back
 
 
 @pytest.mark.parametrize(
