@@ -31,4 +31,22 @@ if ! grep -qs rabbitmq_consistent_hash_exchange "$plugins_file" \
   rabbitmq-plugins enable rabbitmq_consistent_hash_exchange >/dev/null || {
     echo "services: cannot enable rabbitmq_consistent_hash_exchange" >&2; exit 1; }
 fi
+# A root worker runs function instances under per-tenant uids (100000 + n), which must
+# reach the interpreter: pyenv installs it under /root (0700). Let others search (o+x,
+# not list) the directories in the way, as a system-wide Python install would be.
+if [ "$(id -u)" = 0 ] && [ -x .venv/bin/python ]; then
+  .venv/bin/python - <<'PY' || exit 1
+import os, stat, sys, sysconfig
+paths = [os.path.realpath(sys.executable), sys.prefix, *sysconfig.get_paths().values()]
+for path in paths:
+    path = os.path.realpath(path)
+    parts = path.split(os.sep)
+    for i in range(1, len(parts)):
+        d = os.sep.join(parts[:i]) or os.sep
+        mode = os.stat(d).st_mode
+        if stat.S_ISDIR(mode) and not mode & stat.S_IXOTH:
+            print(f"services: letting function instance uids search {d} (o+x)")
+            os.chmod(d, stat.S_IMODE(mode) | stat.S_IXOTH)
+PY
+fi
 exit 0

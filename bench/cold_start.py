@@ -9,13 +9,17 @@ Not a test: prints figures, ratios and whether each target is met on this machin
 - 0 -> 100: 100 instances started concurrently, each having run its first request;
 - idle private memory: Private_Clean + Private_Dirty of a warm idle instance.
 
-    .venv/bin/python bench/cold_start.py [--n 200] [--baseline 30] [--uvloop]
+Run as root, instances run as a tenant's uid (`--uid-base`, as a root worker does:
+workdir chown at take, the drop in the child); `--uid-base 0` keeps them root.
+
+    .venv/bin/python bench/cold_start.py [--n 200] [--baseline 30] [--uvloop] [--uid-base N]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
 import tempfile
@@ -28,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from shared.protocol import FunctionSpec, Invocation, Lineage
 from worker.forking import Zygote
 from worker.instance import Instance
+from worker.isolation import TenantUsers
 
 ENTRY = "import time\ndef handler(event, context):\n    return repr(time.time())\n"
 BASELINE = "import time, asyncio, uvloop, msgspec; print(repr(time.time()), flush=True)"
@@ -63,10 +68,13 @@ def private_mb(pid: int) -> float:
     return kb / 1024
 
 
+USERS: TenantUsers | None = None  # set by main from --uid-base
+
+
 async def cold_start_ms(spec: FunctionSpec, code: Path, zygote: Zygote | None) -> float:
     """Event arrival -> handler entry, for one new instance (stopped afterwards)."""
     arrived = time.time()
-    instance = await Instance.start(spec, code, zygote=zygote)
+    instance = await Instance.start(spec, code, zygote=zygote, users=USERS)
     outcome = await instance.invoke(invocation())
     entered = float(outcome.body)
     await instance.stop()
@@ -86,7 +94,7 @@ async def hundred(spec: FunctionSpec, code: Path, zygote: Zygote | None) -> floa
     """Seconds until 100 concurrently started instances have each run one request."""
 
     async def one() -> Instance:
-        instance = await Instance.start(spec, code, zygote=zygote)
+        instance = await Instance.start(spec, code, zygote=zygote, users=USERS)
         await instance.invoke(invocation())
         return instance
 
@@ -98,7 +106,7 @@ async def hundred(spec: FunctionSpec, code: Path, zygote: Zygote | None) -> floa
 
 
 async def idle_memory(spec: FunctionSpec, code: Path, zygote: Zygote | None) -> float:
-    instance = await Instance.start(spec, code, zygote=zygote)
+    instance = await Instance.start(spec, code, zygote=zygote, users=USERS)
     await instance.invoke(invocation())
     await asyncio.sleep(0.2)  # idle, as a warm instance waiting for its next request
     mb = private_mb(instance.pid)
@@ -112,12 +120,13 @@ def verdict(ok: bool) -> str:
 
 async def main(n: int, baseline_n: int, spawn_n: int) -> None:
     code = Path(tempfile.mkdtemp(prefix="pyfc-bench-"))
+    code.chmod(0o755)  # read by the instance's uid
     (code / "index.py").write_text(ENTRY)
-    spec = FunctionSpec(tenant="t", service="s", function="f", timeout=10)
+    spec = FunctionSpec(tenant="t", service="s", function="f", timeout=10, tenant_number=1)
     zygote = Zygote()
     await zygote.start()
     try:
-        probe = await Instance.start(spec, code, zygote=zygote)
+        probe = await Instance.start(spec, code, zygote=zygote, users=USERS)
         cgroup = probe._memory_group is not None
         await probe.stop()
         for _ in range(10):  # warm-up: page cache, allocator, code caches
@@ -135,7 +144,9 @@ async def main(n: int, baseline_n: int, spawn_n: int) -> None:
     f50, f99 = percentiles(forked)
     r50, r99 = percentiles(raw)
     s50, s99 = percentiles(spawned)
-    print(f"loop: {type(asyncio.get_running_loop()).__module__}; memory cgroup: {cgroup}")
+    user = USERS.user(1) if USERS is not None else None
+    print(f"loop: {type(asyncio.get_running_loop()).__module__}; memory cgroup: {cgroup}", end="")
+    print(f"; instance uid: {user.uid if user else os.getuid()}")
     print("cold start, event arrival -> handler entry")
     print(f"  forked from zygote       p50 {f50:7.2f} ms  p99 {f99:7.2f} ms  (n={n})")
     print(f"  spawned (old path)       p50 {s50:7.2f} ms  p99 {s99:7.2f} ms  (n={spawn_n})")
@@ -159,7 +170,9 @@ if __name__ == "__main__":
     parser.add_argument("--baseline", type=int, default=30)
     parser.add_argument("--spawned", type=int, default=30)
     parser.add_argument("--uvloop", action="store_true")
+    parser.add_argument("--uid-base", type=int, default=100000)
     args = parser.parse_args()
+    USERS = TenantUsers.for_worker(args.uid_base)
     run = main(args.n, args.baseline, args.spawned)
     if args.uvloop:
         import uvloop

@@ -27,6 +27,7 @@ def main(settings: Settings | None = None) -> int:
     logs.setup("gateway", settings.log_level)
     tracing = telemetry.setup("gateway", settings.otel_exporter)
     try:
+        settings.private_data_dir()  # before the database and blobs are made in it
         token_secret = settings.token_secret()
     except BadRequest as e:
         raise SystemExit(f"pyfc: {e.message}") from None

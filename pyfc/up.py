@@ -105,7 +105,7 @@ async def wait_healthy(url: str, timeout: float) -> bool:
 
 
 async def up(settings: Settings, workers: int) -> int:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.private_data_dir()  # 0700: functions run on this host
     try:
         settings.token_secret()  # made here once, so the roles only read it
         new_key = await preflight(settings)

@@ -100,7 +100,11 @@ def inspect_package(
 
 
 def unpack(data: bytes, dest: Path) -> None:
-    """Extract the zip into `dest` atomically; if `dest` already exists, leave it be."""
+    """Extract the zip into `dest` atomically; if `dest` already exists, leave it be.
+
+    Directories 0755 and files 0644 (0755 if executable in the zip) whatever the umask:
+    instances of other uids read them.
+    """
     if dest.exists():
         return
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -108,6 +112,8 @@ def unpack(data: bytes, dest: Path) -> None:
     try:
         with _open_zip(data) as zf:
             _extract_all(zf, staging)
+        for directory, _, _ in os.walk(staging):
+            os.chmod(directory, 0o755)
         try:
             os.rename(staging, dest)
         except OSError:

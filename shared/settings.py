@@ -53,6 +53,18 @@ def _secret_file(path: Path) -> bytes:
     return secret
 
 
+def private_dir(path: Path) -> Path:
+    """Create `path` (and parents) or take it as it is, then make it 0700 if it is ours.
+
+    A directory others may write to (sticky, like /tmp) is never a data dir: left alone.
+    """
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = path.stat()
+    if st.st_uid == os.geteuid() and not st.st_mode & 0o1002 and st.st_mode & 0o077:
+        path.chmod(0o700)
+    return path
+
+
 def load_or_exit() -> Settings:
     """Settings for a role `main`: a bad `PYFC_*` value ends the process with one clear line."""
     try:
@@ -86,6 +98,12 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     worker_affinity_ttl_ms: int = 500
     # Worker Prometheus endpoint (per-function instance metrics); 0 = off.
     worker_metrics_port: int = 0
+    # Worker: a root worker runs each tenant's instances as uid and gid this + the tenant's
+    # number, without supplementary groups; 0 = as the worker's own uid (no isolation).
+    instance_uid_base: int = 100000
+    # Worker: where code packages are unpacked, shared by the host's workers. Instance uids
+    # read it, so it is not in the (private) data dir; default `<tmp>/pyfc-code-<euid>`.
+    code_cache_dir: str = ""
     # Limits at the HTTP edge.
     max_event_bytes: int = 6 * 1024 * 1024
     max_code_bytes: int = 50 * 1024 * 1024
@@ -115,6 +133,17 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     @property
     def effective_blob_url(self) -> str:
         return self.blob_url or f"file://{self.data_dir / 'blobs'}"
+
+    @property
+    def effective_code_cache_dir(self) -> Path:
+        if self.code_cache_dir:
+            return Path(self.code_cache_dir)
+        return Path(tempfile.gettempdir()) / f"pyfc-code-{os.geteuid()}"
+
+    def private_data_dir(self) -> Path:
+        """The data dir, created or made mode 0700: it holds the metadata DB, blobs and the
+        secret, which function instances (other uids) must not read."""
+        return private_dir(self.data_dir)
 
     @property
     def effective_gateway_url(self) -> str:

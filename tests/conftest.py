@@ -10,6 +10,15 @@ import pytest
 from tests.stack import Stack
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _open_dirs() -> Iterator[None]:
+    """Removes what `tests.helpers.open_dir` made, once the session is over."""
+    yield
+    from tests.helpers import remove_open_dirs  # helpers imports this module
+
+    remove_open_dirs()
+
+
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
 def stack(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory

@@ -1,15 +1,41 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
+import shutil
+import tempfile
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 from tests.conftest import Client
 from tests.stack import code_body
 
 ECHO = "def handler(event, context):\n    return event\n"
+
+
+@functools.cache
+def _open_base() -> Path:
+    base = Path(tempfile.mkdtemp(prefix="pyfc-tests-"))
+    base.chmod(0o711)
+    return base
+
+
+def open_dir(name: str = "dir") -> Path:
+    """A fresh directory (mode 0777) that functions can write to: a root worker runs them
+    as other uids, and pytest's tmp_path sits under 0700 directories. Removed at the end
+    of the session (`remove_open_dirs`)."""
+    path = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=_open_base()))
+    path.chmod(0o777)
+    return path
+
+
+def remove_open_dirs() -> None:
+    if _open_base.cache_info().currsize:
+        shutil.rmtree(_open_base(), ignore_errors=True)
+        _open_base.cache_clear()
 
 
 def unique(prefix: str) -> str:

@@ -90,14 +90,14 @@ async def wait_all_recorded(
 
 
 async def test_sigkill_of_a_dispatcher_replica_loses_nothing(
-    fresh_stack: StartStack, session: aiohttp.ClientSession, tmp_path: Path
+    fresh_stack: StartStack, session: aiohttp.ClientSession
 ) -> None:
     stack = fresh_stack(workers=1, worker_slots=8)
     stack.spawn("dispatcher", "dispatcher-2")
     stack.wait_log("dispatcher-2", "ready")
     tenant, key = stack.create_tenant()
     client = Client(session, stack.url, key, tenant)
-    probe = Probe(tmp_path)
+    probe = Probe()
     service, function = await deploy(
         client, {"index.py": PROBE}, environmentVariables=probe.env(), instanceConcurrency=4
     )
@@ -124,7 +124,7 @@ async def test_broker_restart_loses_no_accepted_invocation(
         stack.start()
         tenant, key = stack.create_tenant()
         client = Client(session, stack.url, key, tenant)
-        probe = Probe(tmp_path)
+        probe = Probe()
         service, function = await deploy(
             client, {"index.py": PROBE}, environmentVariables=probe.env(), instanceConcurrency=4
         )

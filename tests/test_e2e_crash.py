@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import aiohttp
 import pytest
 
 from tests.conftest import Client, StartStack
-from tests.helpers import deploy, invoke, wait_result
+from tests.helpers import deploy, invoke, open_dir, wait_result
 from tests.stack import Stack, wait_until
 
 SLOW = (
@@ -35,9 +34,9 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-async def test_async_invocation_survives_worker_sigkill(crash_stack: Stack, tmp_path: Path) -> None:
+async def test_async_invocation_survives_worker_sigkill(crash_stack: Stack) -> None:
     _, key = crash_stack.create_tenant()
-    marker = tmp_path / "runs.txt"
+    marker = open_dir("crash") / "runs.txt"
     async with aiohttp.ClientSession() as session:
         client = Client(session, crash_stack.url, key)
         service, function = await deploy(client, {"index.py": SLOW}, timeout=30)
@@ -60,11 +59,9 @@ async def test_async_invocation_survives_worker_sigkill(crash_stack: Stack, tmp_
         assert len(runs) == 2, runs  # first (killed) run + the redelivered one
 
 
-async def test_sync_caller_gets_prompt_error_when_worker_dies(
-    crash_stack: Stack, tmp_path: Path
-) -> None:
+async def test_sync_caller_gets_prompt_error_when_worker_dies(crash_stack: Stack) -> None:
     _, key = crash_stack.create_tenant()
-    marker = tmp_path / "sync-runs.txt"
+    marker = open_dir("crash") / "sync-runs.txt"
     import asyncio
 
     async with aiohttp.ClientSession() as session:

@@ -8,7 +8,6 @@ import asyncio
 import json
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import aio_pika
@@ -16,7 +15,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import Client, StartStack
-from tests.helpers import deploy, invoke, unique, wait_result
+from tests.helpers import deploy, invoke, open_dir, unique, wait_result
 from tests.stack import AMQP_URL, Stack
 
 # Counts runs and concurrent runs across all instances and workers (flock on one file);
@@ -58,10 +57,8 @@ def handler(event, context):
 
 
 class Probe:
-    def __init__(self, root: Path) -> None:
-        self.dir = root / f"probe-{uuid.uuid4().hex[:8]}"
-        self.dir.mkdir()
-        self.dir.chmod(0o777)
+    def __init__(self) -> None:
+        self.dir = open_dir("probe")  # the function writes to it, as its tenant's uid
 
     def env(self, **extra: str) -> dict[str, str]:
         return {"PROBE_DIR": str(self.dir), **extra}
@@ -145,11 +142,11 @@ def two_dispatchers(fresh_stack: StartStack) -> Stack:
 
 
 async def test_tenant_cap_holds_across_two_dispatchers(
-    two_dispatchers: Stack, session: aiohttp.ClientSession, tmp_path: Path
+    two_dispatchers: Stack, session: aiohttp.ClientSession
 ) -> None:
     stack = two_dispatchers
     client = tenant_client(stack, session, concurrency=3)
-    probe = Probe(tmp_path)
+    probe = Probe()
     service, function = await deploy(
         client,
         {"index.py": PROBE},
@@ -174,11 +171,11 @@ async def test_tenant_cap_holds_across_two_dispatchers(
 
 
 async def test_reserved_concurrency_caps_one_function(
-    fresh_stack: StartStack, session: aiohttp.ClientSession, tmp_path: Path
+    fresh_stack: StartStack, session: aiohttp.ClientSession
 ) -> None:
     stack = fresh_stack(workers=1, worker_slots=8)
     client = tenant_client(stack, session, concurrency=6)
-    probe = Probe(tmp_path)
+    probe = Probe()
     service, function = await deploy(
         client,
         {"index.py": PROBE},
@@ -193,7 +190,7 @@ async def test_reserved_concurrency_caps_one_function(
 
 
 async def test_a_flooding_tenant_does_not_delay_another(
-    fresh_stack: StartStack, session: aiohttp.ClientSession, tmp_path: Path
+    fresh_stack: StartStack, session: aiohttp.ClientSession
 ) -> None:
     stack = fresh_stack(workers=1, worker_slots=8)
     quiet = tenant_client(stack, session, concurrency=10)
@@ -211,7 +208,7 @@ async def test_a_flooding_tenant_does_not_delay_another(
     await quiet_latencies(3)  # warm
     baseline = await quiet_latencies(20)
     noisy = tenant_client(stack, session, concurrency=4)
-    probe = Probe(tmp_path)
+    probe = Probe()
     n_service, n_function = await deploy(
         noisy, {"index.py": PROBE}, environmentVariables=probe.env(SLEEP="0.5"), timeout=30
     )
@@ -225,10 +222,8 @@ async def test_a_flooding_tenant_does_not_delay_another(
     assert len(flood) == 200
 
 
-async def test_function_errors_are_retried_then_dead_lettered(
-    client: Client, tmp_path: Path
-) -> None:
-    probe = Probe(tmp_path)
+async def test_function_errors_are_retried_then_dead_lettered(client: Client) -> None:
+    probe = Probe()
     service, function = await deploy(
         client, {"index.py": PROBE}, environmentVariables=probe.env(FAIL="1")
     )
@@ -250,8 +245,8 @@ async def test_function_errors_are_retried_then_dead_lettered(
     assert await dead_letters(client, service, function) == []
 
 
-async def test_zero_retries_means_one_attempt(client: Client, tmp_path: Path) -> None:
-    probe = Probe(tmp_path)
+async def test_zero_retries_means_one_attempt(client: Client) -> None:
+    probe = Probe()
     service, function = await deploy(
         client, {"index.py": PROBE}, environmentVariables=probe.env(FAIL="1")
     )
@@ -283,8 +278,8 @@ async def test_system_errors_retry_until_max_age(client: Client, stack: Stack) -
     assert letter["reason"] == "EventAgeExceeded"
 
 
-async def test_destinations_get_the_record(client: Client, tmp_path: Path) -> None:
-    probe = Probe(tmp_path)
+async def test_destinations_get_the_record(client: Client) -> None:
+    probe = Probe()
     # onSuccess: another function, which writes the record it receives to the probe dir.
     sink_code = (
         "import os\n"
@@ -346,8 +341,8 @@ async def test_destinations_get_the_record(client: Client, tmp_path: Path) -> No
     assert success["requestPayload"] == "e0" and success["responsePayload"] == "e0"
 
 
-async def test_a_destination_loop_stops_at_the_depth_limit(client: Client, tmp_path: Path) -> None:
-    probe = Probe(tmp_path)
+async def test_a_destination_loop_stops_at_the_depth_limit(client: Client) -> None:
+    probe = Probe()
     service, function = await deploy(client, {"index.py": PROBE}, environmentVariables=probe.env())
     # Its own onSuccess destination: every success invokes it again, one hop deeper.
     await put_async_config(
@@ -387,10 +382,8 @@ def handler(event, context):
 """
 
 
-async def test_a_function_invoking_itself_async_stops_at_hop_16(
-    client: Client, tmp_path: Path
-) -> None:
-    probe = Probe(tmp_path)
+async def test_a_function_invoking_itself_async_stops_at_hop_16(client: Client) -> None:
+    probe = Probe()
     service, function = await deploy(
         client, {"index.py": SELF_ASYNC}, environmentVariables=probe.env(), timeout=10
     )
@@ -402,13 +395,13 @@ async def test_a_function_invoking_itself_async_stops_at_hop_16(
 
 
 async def test_an_async_flood_does_not_hold_up_another_tenants_async_work(
-    fresh_stack: StartStack, session: aiohttp.ClientSession, tmp_path: Path
+    fresh_stack: StartStack, session: aiohttp.ClientSession
 ) -> None:
     # One worker with 4 slots: async work may take 3 of them (one is kept for sync calls).
     stack = fresh_stack(workers=1, worker_slots=4)
     stack.wait_log("dispatcher", "async work limited to 3 slots")
     noisy = tenant_client(stack, session, concurrency=100)
-    probe = Probe(tmp_path)
+    probe = Probe()
     n_service, n_function = await deploy(
         noisy, {"index.py": PROBE}, environmentVariables=probe.env(SLEEP="0.5"), timeout=30
     )

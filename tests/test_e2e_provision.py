@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import Client, StartStack
-from tests.helpers import deploy, invoke
+from tests.helpers import deploy, invoke, open_dir
 from tests.instances import process_gone
 from tests.stack import Stack, free_port
 
@@ -90,10 +90,8 @@ async def provision(client: Client, service: str, function: str, target: int) ->
 
 
 @pytest.fixture
-def markers(tmp_path: Path) -> Path:
-    path = tmp_path / "markers"
-    path.mkdir()
-    return path
+def markers() -> Path:
+    return open_dir("markers")  # instances write to it, as their tenant's uid
 
 
 async def test_provisioned_instances_on_one_worker(fresh_stack: StartStack, markers: Path) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import shutil
@@ -29,6 +28,7 @@ import aiohttp
 
 from shared.codepkg import BOOTSTRAP
 from shared.protocol import FunctionSpec, Invocation, Outcome
+from worker import isolation
 from worker.credentials import TokenIssuer
 from worker.custom_protocol import (
     HOST,
@@ -40,8 +40,9 @@ from worker.custom_protocol import (
     request_headers,
 )
 from worker.frames import Result
-from worker.instance import InstanceStartError, invocation_budget
+from worker.instance import InstanceStartError, invocation_budget, tenant_user
 from worker.instance_base import InstanceBase, describe_exit
+from worker.isolation import InstanceUser, TenantUsers
 from worker.limits import MemoryCgroup, detect_worker_group
 from worker.outcomes import crashed, error_body, from_result, late, out_of_memory, timed_out
 from worker.output import ProcessOutput
@@ -54,21 +55,15 @@ _CONNECT_POLL = 0.02
 # Below common servers' idle timeout (Node's is 5 s): never reuse a connection being closed.
 _KEEPALIVE = 4.0
 _LOST_WAIT = 1.0  # after a dropped connection, how long the process gets to show it died
-_PR_SET_PDEATHSIG = 1
 
 
-def _child_setup(parent_pid: int, group: MemoryCgroup | None) -> Callable[[], None]:
-    """preexec_fn: die with the worker, and be in the memory cgroup before `bootstrap` runs."""
-    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up in the parent, not the fork
-
-    def setup() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent_pid:  # the worker died before prctl: nobody signals us
-            os._exit(1)
-        if group is not None:
-            group.attach(os.getpid())
-
-    return setup
+def _child_setup(
+    parent_pid: int, group: MemoryCgroup | None, user: InstanceUser | None
+) -> Callable[[], None]:
+    """preexec_fn: be in the memory cgroup (as root) and become `user` before `bootstrap`
+    runs, and die with the worker."""
+    join = (lambda: group.attach(os.getpid())) if group is not None else None
+    return isolation.preexec(user, parent_pid, join)
 
 
 class CustomInstance(InstanceBase):
@@ -113,11 +108,13 @@ class CustomInstance(InstanceBase):
         *,
         memory_cgroups: bool = True,
         issuer: TokenIssuer | None = None,
+        users: TenantUsers | None = None,
     ) -> CustomInstance:
         """Spawn `bootstrap`, wait until it listens, and call its `/initialize` if configured.
 
         With an `issuer`, `FC_GATEWAY_URL` is in its environment and each `/invoke` carries
-        an invoke token and the lineage (`credential_headers`).
+        an invoke token and the lineage (`credential_headers`). `users` (default: the
+        worker's, `worker.isolation`) says which uid it runs as.
 
         Raises `InstanceStartError` (InstanceStartFailed, InstanceCrashed,
         InitializationTimeout, or the initializer's own errorType).
@@ -127,10 +124,19 @@ class CustomInstance(InstanceBase):
             raise InstanceStartError(
                 "InstanceStartFailed", f"{BOOTSTRAP} is missing or not executable in the package"
             )
+        try:
+            user = tenant_user(spec, users)
+        except ValueError as e:
+            raise InstanceStartError("InstanceStartFailed", str(e)) from e
         instance_id = new_instance_id()
         group = await _memory_group(instance_id, spec.memory_size) if memory_cgroups else None
         port = free_port()
-        workdir, env = private_workdir(spec, code_dir, instance_id)
+        try:
+            workdir, env = private_workdir(spec, code_dir, instance_id, user=user)
+        except OSError as e:
+            if group is not None:
+                await asyncio.to_thread(group.remove)
+            raise InstanceStartError("InstanceStartFailed", f"no workdir: {e}") from e
         # Those two serve worker.bootstrap; a custom runtime gets only the function's own.
         for name in ("PYTHONPATH", "PYTHONDONTWRITEBYTECODE"):
             env.pop(name, None)
@@ -142,14 +148,16 @@ class CustomInstance(InstanceBase):
         out_read, out_write = os.pipe()
         try:
             proc = await asyncio.create_subprocess_exec(
-                str(bootstrap),
+                # Relative to cwd: its path, which names the code's digest, stays out of
+                # the `/proc/<pid>/cmdline` every uid can read.
+                f"./{BOOTSTRAP}",
                 env=env,
                 cwd=code_dir,
                 stdin=subprocess.DEVNULL,
                 stdout=out_write,  # our pipe, not PIPE: see worker.spawn
                 stderr=out_write,
                 start_new_session=True,
-                preexec_fn=_child_setup(os.getpid(), group),
+                preexec_fn=_child_setup(os.getpid(), group, user),
             )
         except (OSError, subprocess.SubprocessError) as e:  # the latter: preexec_fn failed
             os.close(out_read)

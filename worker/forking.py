@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import worker
+from worker.isolation import InstanceUser
 from worker.spares import Spares
 from worker.zygote import Exited, Fork, Forked, Prefork, Ready, decode_reply, encode
 
@@ -71,6 +72,12 @@ def _gone(pid: int) -> bool:
         return True
 
 
+def _fork_request(env: Mapping[str, str], cwd: str, user: InstanceUser | None) -> Fork:
+    if user is None:
+        return Fork(request_id=0, env=dict(env), cwd=cwd)
+    return Fork(request_id=0, env=dict(env), cwd=cwd, uid=user.uid, gid=user.gid)
+
+
 class ForkedProcess:
     """A zygote's child, with the part of `asyncio.subprocess.Process` that `Instance` uses."""
 
@@ -102,16 +109,22 @@ class SpareChild:
         return self.process.pid
 
     def hand_over(
-        self, env: Mapping[str, str], cwd: str, sock_fd: int, out_fd: int
+        self,
+        env: Mapping[str, str],
+        cwd: str,
+        sock_fd: int,
+        out_fd: int,
+        user: InstanceUser | None = None,
     ) -> ForkedProcess:
-        """Make it the instance running bootstrap on `sock_fd`, output to `out_fd`.
+        """Make it the instance running bootstrap on `sock_fd`, output to `out_fd`, as
+        `user` (None: the zygote's uid).
 
         Raises OSError if it is gone (its zygote died, ...): fork one the usual way then.
         """
         try:
             if self.process.returncode is not None:
                 raise ProcessLookupError(f"spare child {self.pid} has exited")
-            request = Fork(request_id=0, env=dict(env), cwd=cwd)
+            request = _fork_request(env, cwd, user)
             socket.send_fds(self._sock, [encode(request)], [sock_fd, out_fd])
         finally:
             self._sock.close()
@@ -191,11 +204,16 @@ class Zygote:
         log.info("zygote started (pid %d)", self._proc.pid)
 
     async def fork(
-        self, env: Mapping[str, str], cwd: str, sock_fd: int, out_fd: int
+        self,
+        env: Mapping[str, str],
+        cwd: str,
+        sock_fd: int,
+        out_fd: int,
+        user: InstanceUser | None = None,
     ) -> ForkedProcess:
-        """Fork an instance running bootstrap on `sock_fd`, its output going to `out_fd`."""
-        request = Fork(request_id=0, env=dict(env), cwd=cwd)
-        return await self._request(request, [sock_fd, out_fd])
+        """Fork an instance running bootstrap on `sock_fd`, its output going to `out_fd`,
+        as `user` (None: the zygote's uid)."""
+        return await self._request(_fork_request(env, cwd, user), [sock_fd, out_fd])
 
     async def prefork(self) -> SpareChild:
         """A spare child, forked now and ready to be handed an instance (see `SpareChild`)."""

@@ -33,6 +33,7 @@ from worker.frames import (
     write_frame,
 )
 from worker.instance_base import InstanceBase, describe_exit
+from worker.isolation import InstanceUser, TenantUsers, worker_users
 from worker.limits import MemoryCgroup, address_space_bytes, detect_worker_group
 from worker.outcomes import crashed, from_result, late, out_of_memory, timed_out
 from worker.spares import Spares, new_instance_id
@@ -67,6 +68,13 @@ class InstanceCrashed(Exception):
     def __init__(self, returncode: int) -> None:
         super().__init__(describe_exit(returncode))
         self.returncode = returncode
+
+
+def tenant_user(spec: FunctionSpec, users: TenantUsers | None) -> InstanceUser | None:
+    """Who an instance of `spec` runs as: `users`' (else the worker's) user for its tenant;
+    ValueError if its number is out of range."""
+    users = users if users is not None else worker_users()
+    return users.user(spec.tenant_number) if users is not None else None
 
 
 def invocation_budget(timeout: float, deadline: float, now: float) -> float:
@@ -114,6 +122,7 @@ class Instance(InstanceBase):
         memory_cgroups: bool = True,
         zygote: Zygote | None = None,
         issuer: TokenIssuer | None = None,
+        users: TenantUsers | None = None,
     ) -> Instance:
         """Spawn a child for `spec`, import its handler and run its initializer.
 
@@ -123,14 +132,19 @@ class Instance(InstanceBase):
         the child's own error such as FunctionNotFound / the initializer's exception type).
         With a `zygote` the child is forked from it when it can be (see `spawn`). With an
         `issuer` each invocation hands the function an invoke token (`worker.credentials`).
+        `users` (default: the worker's, `worker.isolation`) says which uid it runs as.
         """
+        try:
+            user = tenant_user(spec, users)
+        except ValueError as e:
+            raise InstanceStartError("InstanceStartFailed", str(e)) from e
         # A forking worker has the id, workdir, memory group and child made ahead
         # (worker.spares).
         spare = await zygote.spares.take(spec.memory_size, memory_cgroups) if zygote else None
         instance_id = spare.instance_id if spare is not None else new_instance_id()
         group = spare.group if spare is not None else None
         try:
-            child = await spawn(spec, code_dir, instance_id, python, zygote, spare)
+            child = await spawn(spec, code_dir, instance_id, python, zygote, spare, user)
         except OSError as e:
             if group is not None:
                 await asyncio.to_thread(group.remove)

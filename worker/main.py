@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
+import tempfile
 
 from shared import logs, telemetry
 from shared.blobs import open_blob_store
@@ -12,8 +14,9 @@ from shared.errors import BadRequest
 from shared.process import run_role
 from shared.settings import Settings, load_or_exit
 from shared.topology import Topology
+from worker import isolation
 from worker.affinity import AffinityQueue
-from worker.codecache import CodeCache
+from worker.codecache import CodeCache, prepare_root
 from worker.credentials import TokenIssuer
 from worker.forking import Zygote
 from worker.metrics import WorkerMetrics
@@ -30,9 +33,17 @@ def main(settings: Settings | None = None) -> int:
     logs.setup(f"worker:{settings.worker_id[-4:]}", settings.log_level)
     tracing = telemetry.setup("worker", settings.otel_exporter)
     try:
+        settings.private_data_dir()  # functions (other uids) run on this host
+        code_root = prepare_root(settings.effective_code_cache_dir)
+        users = isolation.for_this_worker(
+            settings.instance_uid_base, sys.executable, [code_root, tempfile.gettempdir()]
+        )
         issuer = TokenIssuer(settings.token_secret(), settings.effective_gateway_url)
     except BadRequest as e:
         raise SystemExit(f"pyfc: {e.message}") from None
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"pyfc: {e}") from None
+    isolation.configure(users)  # the pool does not pass `users` to instances yet
 
     async def serve(stop: asyncio.Event) -> None:
         removed = await asyncio.to_thread(sweep_stale_workdirs)
@@ -44,7 +55,7 @@ def main(settings: Settings | None = None) -> int:
         )
         zygote = Zygote() if settings.worker_zygote else None
         pool = InstancePool(max_instances=settings.worker_slots, zygote=zygote, issuer=issuer)
-        code = CodeCache(blobs, settings.data_dir / "code")
+        code = CodeCache(blobs, code_root)
         metrics = WorkerMetrics(pool)
         metrics_runner = None
         if settings.worker_metrics_port:

@@ -20,12 +20,14 @@ import logging
 import os
 import secrets
 import shutil
+import stat
 import tempfile
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, Protocol, TypeVar
 
+from worker.isolation import InstanceUser
 from worker.limits import MemoryCgroup, detect_worker_group
 
 log = logging.getLogger(__name__)
@@ -45,10 +47,28 @@ WORKDIR_ROOT_PREFIX = "pyfc-w-"
 
 def workdir_root() -> Path:
     """This worker's directory of instance workdirs (`<tmp>/pyfc-w-<worker pid>`), so
-    what a SIGKILLed worker leaves behind is found and removed by the next one."""
+    what a SIGKILLed worker leaves behind is found and removed by the next one.
+
+    Mode 0711: instances (other uids) pass through to their own workdir but cannot list
+    the others'. One found there already must be ours: anyone may create names in <tmp>.
+    """
     root = Path(tempfile.gettempdir()) / f"{WORKDIR_ROOT_PREFIX}{os.getpid()}"
-    root.mkdir(mode=0o700, exist_ok=True)
+    try:
+        root.mkdir(mode=0o711)
+        root.chmod(0o711)  # whatever the umask
+    except FileExistsError:
+        check_private_root(root)
     return root
+
+
+def check_private_root(path: Path) -> None:
+    """OSError unless `path` is a real directory of ours that no one else may write to."""
+    st = path.lstat()
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        raise PermissionError(
+            f"{path} is not a directory of uid {os.geteuid()} closed to others' writes; "
+            "remove it or point elsewhere"
+        )
 
 
 def sweep_stale_workdirs(tmp: Path | None = None) -> int:
@@ -76,12 +96,22 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def make_workdir(instance_id: str) -> Path:
-    """A fresh private directory (mode 0700) holding the instance's `home/` and `tmp/`."""
+def make_workdir(instance_id: str, user: InstanceUser | None = None) -> Path:
+    """A fresh private directory (mode 0700) holding the instance's `home/` and `tmp/`
+    (0700 too), owned by `user` if given (`own_workdir`)."""
     workdir = Path(tempfile.mkdtemp(prefix=f"pyfc-{instance_id}-", dir=workdir_root()))
-    (workdir / "home").mkdir()
-    (workdir / "tmp").mkdir()
+    (workdir / "home").mkdir(mode=0o700)
+    (workdir / "tmp").mkdir(mode=0o700)
+    if user is not None:
+        own_workdir(workdir, user)
     return workdir
+
+
+def own_workdir(workdir: Path, user: InstanceUser) -> None:
+    """Give a workdir made by `make_workdir` to the instance's user (three chowns, ~10 us:
+    spares are made before their tenant is known, so this happens when one is taken)."""
+    for path in (workdir, workdir / "home", workdir / "tmp"):
+        os.chown(path, user.uid, user.gid)
 
 
 class SpareProcess(Protocol):

@@ -2,7 +2,8 @@
 
 The child gets nothing of the worker's environment but PATH (no broker or database URLs),
 a private HOME and TMPDIR per instance, its own process group, and one end of a
-socketpair for frames; its stdout/stderr go to a pipe the worker reads.
+socketpair for frames; its stdout/stderr go to a pipe the worker reads. Given a `user`
+(`worker.isolation`), the workdir is that user's and the child runs as it.
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ from typing import NamedTuple, Protocol
 
 import worker
 from shared.protocol import FunctionSpec
+from worker import isolation
 from worker.forking import SpareChild, Zygote, ZygoteUnavailable, interpreter_settings
-from worker.spares import Spare, make_workdir
+from worker.isolation import InstanceUser
+from worker.spares import Spare, make_workdir, own_workdir
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +44,18 @@ class ChildProcess(Protocol):
 
 
 def private_workdir(
-    spec: FunctionSpec, code_dir: Path, instance_id: str, workdir: Path | None = None
+    spec: FunctionSpec,
+    code_dir: Path,
+    instance_id: str,
+    workdir: Path | None = None,
+    user: InstanceUser | None = None,
 ) -> tuple[Path, dict[str, str]]:
     """A private HOME and TMPDIR for one instance (fresh unless `workdir`, one made ahead
-    by `make_workdir`, is given), and its clean environment."""
-    workdir = workdir or make_workdir(instance_id)
+    by `make_workdir`, is given), owned by `user` if given, and its clean environment."""
+    if workdir is None:
+        workdir = make_workdir(instance_id, user)
+    elif user is not None:
+        own_workdir(workdir, user)
     env = build_environment(
         spec,
         code_dir=code_dir,
@@ -127,16 +137,17 @@ async def _fork(
     out_write: int,
     instance_id: str,
     spare: SpareChild | None,
+    user: InstanceUser | None,
 ) -> ChildProcess | None:
     """The spare child made ahead if it is still there, else one forked now; None if the
     zygote cannot give one (the caller spawns then)."""
     if spare is not None:
         try:
-            return spare.hand_over(env, str(code_dir), child_sock.fileno(), out_write)
+            return spare.hand_over(env, str(code_dir), child_sock.fileno(), out_write, user)
         except OSError as e:
             log.info("instance %s: spare child gone (%s), forking one", instance_id, e)
     try:
-        return await zygote.fork(env, str(code_dir), child_sock.fileno(), out_write)
+        return await zygote.fork(env, str(code_dir), child_sock.fileno(), out_write, user)
     except ZygoteUnavailable as e:
         log.warning("instance %s: spawned, not forked (%s)", instance_id, e)
         return None
@@ -149,6 +160,7 @@ async def spawn(
     python: str,
     zygote: Zygote | None = None,
     spare: Spare[SpareChild] | None = None,
+    user: InstanceUser | None = None,
 ) -> Spawned:
     """Start `python -m worker.bootstrap` for `spec`; raises OSError if it cannot start.
 
@@ -156,17 +168,27 @@ async def spawn(
     it is spawned instead when the function sets interpreter variables (PYTHONHASHSEED...)
     or the zygote is unavailable. `spare`: the workdir and child made ahead
     (`worker.spares`); the child owns the workdir from here, as one made here, and the
-    spare's child is used or let go.
+    spare's child is used or let go. `user`: who the child runs as (`worker.isolation`;
+    None: the worker's uid).
     """
-    workdir, env = private_workdir(spec, code_dir, instance_id, spare.workdir if spare else None)
     spare_child = spare.child if spare is not None else None
+    try:
+        workdir, env = private_workdir(
+            spec, code_dir, instance_id, spare.workdir if spare else None, user
+        )
+    except BaseException:
+        if spare is not None:
+            if spare_child is not None:
+                spare_child.discard()
+            shutil.rmtree(spare.workdir, ignore_errors=True)
+        raise
     parent_sock, child_sock = socket.socketpair()
     out_read, out_write = os.pipe()
     try:
         proc = None
         if zygote is not None and forkable(spec, python, zygote):
             proc = await _fork(
-                zygote, env, code_dir, child_sock, out_write, instance_id, spare_child
+                zygote, env, code_dir, child_sock, out_write, instance_id, spare_child, user
             )
         proc = proc or await asyncio.create_subprocess_exec(
             python,
@@ -183,6 +205,8 @@ async def spawn(
             # Own process group: killing the instance takes what it spawned along, and
             # a Ctrl-C meant for the worker does not hit functions mid-request.
             start_new_session=True,
+            # Without a user, no preexec_fn: subprocess can use vfork then.
+            preexec_fn=isolation.preexec(user, os.getpid()) if user is not None else None,
         )
     except BaseException:
         parent_sock.close()

@@ -9,14 +9,17 @@ control socket (SOCK_SEQPACKET: one message per packet):
   that readies itself as an instance (`bootstrap.prepare`) and waits on that socket. The
   worker keeps the other end and later sends the spare its `Fork` itself, so a cold start
   does not pass through the zygote at all;
-- `Fork` carries the instance's environment and cwd, with its frame socket and output pipe
-  as SCM_RIGHTS fds: the zygote forks a child for it now (when no spare was ready);
+- `Fork` carries the instance's environment, cwd and user (`worker.isolation`), with its
+  frame socket and output pipe as SCM_RIGHTS fds: the zygote forks a child for it now
+  (when no spare was ready). The child drops to the user before it imports any user code;
 - it answers `Forked{pid}` for either, and `Exited{pid, returncode}` when it reaps a child,
   since the worker cannot wait for a grandchild.
 
 It dies with the worker (PR_SET_PDEATHSIG) and its children die with it, so the chain
-worker → zygote → instance leaves no orphans. Imported by the zygote only: stdlib, msgspec
-and what bootstrap imports; no asyncio.
+worker → zygote → instance leaves no orphans. Run by a non-root worker, it makes itself
+non-dumpable: its children keep its uid and must not read its memory or environment.
+Imported by the zygote only: stdlib, msgspec and what bootstrap and `worker.isolation`
+import; no asyncio.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from typing import NoReturn
 
 import msgspec
 
-from worker import bootstrap
+from worker import bootstrap, isolation
 
 MAX_PACKET = 256 * 1024  # far above FC's 4 KB of environment variables
 _CHILD_FAILED = 70  # EX_SOFTWARE: the child could not become an instance
@@ -40,11 +43,14 @@ _CHILD_FAILED = 70  # EX_SOFTWARE: the child could not become an instance
 
 class Fork(msgspec.Struct, tag=True, kw_only=True):
     """Worker → zygote, or → a spare child directly: become an instance with this
-    environment and cwd; fds (SCM_RIGHTS): frame socket, output pipe."""
+    environment and cwd, as `uid`/`gid` (-1: stay as the zygote); fds (SCM_RIGHTS):
+    frame socket, output pipe."""
 
     request_id: int
     env: dict[str, str]
     cwd: str
+    uid: int = -1
+    gid: int = -1
 
 
 class Prefork(msgspec.Struct, tag=True, kw_only=True):
@@ -103,22 +109,27 @@ def _prepare_child(control: socket.socket, wake: list[int], zygote_pid: int) -> 
     bootstrap._die_with_parent(zygote_pid)
 
 
-def _become_instance(request: Fork, sock_fd: int, out_fd: int) -> NoReturn:
+def _become_instance(request: Fork, sock_fd: int, out_fd: int, zygote_pid: int) -> NoReturn:
     """In the forked child: look exactly like a freshly spawned bootstrap, then run it."""
     os.dup2(out_fd, 1)
     os.dup2(out_fd, 2)
     os.close(out_fd)
     os.environ.clear()
     os.environ.update(request.env)
+    if request.uid >= 0:
+        isolation.become(isolation.InstanceUser(request.uid, request.gid))
+        # As an exec after a uid change would: its /proc entries belong to its own uid.
+        isolation.set_dumpable(True)
+        bootstrap._die_with_parent(zygote_pid)  # the uid change cleared it
     os.chdir(request.cwd)
     sys.path[:] = instance_path(request.cwd, request.env.get("PYTHONPATH", ""), sys.path[1:])
-    sys.argv[:] = [bootstrap.__file__, str(sock_fd), str(os.getppid())]
+    sys.argv[:] = [bootstrap.__file__, str(sock_fd), str(zygote_pid)]
     sock = socket.socket(fileno=sock_fd)
     sock.set_inheritable(False)  # processes the function spawns must not hold it open
     bootstrap.run(sock)
 
 
-def _wait_as_spare(sock: socket.socket) -> NoReturn:
+def _wait_as_spare(sock: socket.socket, zygote_pid: int) -> NoReturn:
     """In a spare child: get ready to be an instance, then wait for the worker's `Fork`."""
     bootstrap.prepare()
     try:
@@ -131,7 +142,7 @@ def _wait_as_spare(sock: socket.socket) -> NoReturn:
     sock.close()
     if len(fds) != 2:
         raise ValueError(f"a spare expects 2 fds with its Fork, got {len(fds)}")
-    _become_instance(decode_fork(data), fds[0], fds[1])
+    _become_instance(decode_fork(data), fds[0], fds[1], zygote_pid)
 
 
 def _fork() -> int:
@@ -156,9 +167,9 @@ class _Server:
         try:
             _prepare_child(self.control, self.wake, zygote_pid)
             if isinstance(request, Prefork):
-                _wait_as_spare(socket.socket(fileno=fds[0]))
+                _wait_as_spare(socket.socket(fileno=fds[0]), zygote_pid)
             bootstrap.prepare()
-            _become_instance(request, fds[0], fds[1])
+            _become_instance(request, fds[0], fds[1], zygote_pid)
         except BaseException:
             traceback.print_exc()
         os._exit(_CHILD_FAILED)
@@ -207,6 +218,9 @@ def main(argv: list[str]) -> NoReturn:
     """Zygote entry point; see the module docstring for the arguments."""
     control_fd, worker_pid = int(argv[1]), int(argv[2])
     bootstrap._die_with_parent(worker_pid)
+    if os.geteuid() != 0:  # our children keep our uid: they must not read us
+        isolation.set_dumpable(False)
+    isolation.prctl()  # looked up once here, not in every child
     control = socket.socket(fileno=control_fd)
     control.set_inheritable(False)
     wake_read, wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)

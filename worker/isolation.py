@@ -1,0 +1,248 @@
+"""Who a function instance runs as: a uid of its tenant's own when the worker is root.
+
+A root worker runs every instance of a tenant as uid = gid = `PYFC_INSTANCE_UID_BASE` +
+the tenant's number (`FunctionSpec.tenant_number`), with no supplementary groups and
+PR_SET_NO_NEW_PRIVS (no setuid binary gives root back). So a function cannot read the
+worker's `/proc/<pid>/environ` (broker and database URLs), the private data dir, or another
+tenant's workdir, nor signal another tenant's instances. The child drops to that user
+itself, after anything it does as root (joining its memory cgroup) and before any function
+code runs: the zygote's child (`worker.zygote`), the spawned bootstrap and the custom
+runtime (`preexec`). A non-root worker cannot change uids: its instances keep its uid, and
+it and its zygote make themselves non-dumpable, so those instances at least cannot read
+their `/proc/<pid>/environ` or memory.
+
+Imported by the zygote and run in forked children: stdlib only, nothing that allocates
+locks a fork could leave held (prctl is looked up before the fork).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import logging
+import os
+import signal
+import stat
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import NamedTuple
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+_PR_SET_DUMPABLE = 4
+_PR_SET_NO_NEW_PRIVS = 38
+MAX_ID = 2**32 - 2  # (uid_t)-1 means "unchanged" to the kernel
+# Checked at start: the namespace must hold at least this many instance uids.
+MAPPED_TENANTS = 10000
+
+Prctl = Callable[[int, int, int, int, int], int]
+
+
+class InstanceUser(NamedTuple):
+    """The uid and gid an instance runs as (no supplementary groups)."""
+
+    uid: int
+    gid: int
+
+
+class TenantUsers:
+    """Tenant number → the user its instances run as; None means the worker's own uid."""
+
+    def __init__(self, uid_base: int, *, privileged: bool) -> None:
+        if not 0 <= uid_base <= MAX_ID:
+            raise ValueError(f"PYFC_INSTANCE_UID_BASE must be in 0..{MAX_ID}, got {uid_base}")
+        self.uid_base = uid_base
+        # Only root can run a child as another uid; a base of 0 turns isolation off.
+        self.enabled = privileged and uid_base > 0
+
+    @classmethod
+    def for_worker(cls, uid_base: int) -> TenantUsers:
+        return cls(uid_base, privileged=os.geteuid() == 0)
+
+    def user(self, tenant_number: int) -> InstanceUser | None:
+        """Who `tenant_number`'s instances run as; ValueError past the uid range."""
+        if not self.enabled:
+            return None
+        uid = self.uid_base + tenant_number
+        if not 0 < uid <= MAX_ID or tenant_number < 0:
+            raise ValueError(f"tenant number {tenant_number} is outside the instance uid range")
+        return InstanceUser(uid, uid)
+
+    def __repr__(self) -> str:
+        return f"TenantUsers(uid_base={self.uid_base}, enabled={self.enabled})"
+
+
+@functools.cache
+def prctl() -> Prctl:
+    """libc's prctl; call once before forking, so the child does not dlopen."""
+    function: Prctl = ctypes.CDLL(None, use_errno=True).prctl
+    return function
+
+
+def _call(fn: Prctl, option: int, value: int) -> None:
+    if fn(option, value, 0, 0, 0) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"prctl({option}, {value}): {os.strerror(errno)}")
+
+
+def become(user: InstanceUser, fn: Prctl | None = None) -> None:
+    """Drop to `user` for good: no supplementary groups, gid, uid, then no_new_privs.
+
+    The kernel clears PR_SET_PDEATHSIG on a uid change: callers set it again after.
+    """
+    fn = fn or prctl()
+    os.setgroups([])
+    os.setresgid(user.gid, user.gid, user.gid)
+    os.setresuid(user.uid, user.uid, user.uid)
+    _call(fn, _PR_SET_NO_NEW_PRIVS, 1)
+
+
+def set_dumpable(dumpable: bool) -> None:
+    """Whether processes of our uid may read our /proc/<pid>/environ, mem, fds (ptrace)."""
+    _call(prctl(), _PR_SET_DUMPABLE, int(dumpable))
+
+
+def preexec(
+    user: InstanceUser | None, parent_pid: int, join: Callable[[], None] | None = None
+) -> Callable[[], None]:
+    """A subprocess preexec_fn: `join` (as root: the memory cgroup), become `user`, then
+    die with the worker (set after the drop, which clears it) and exit if it is gone."""
+    fn = prctl()
+
+    def setup() -> None:
+        if join is not None:
+            join()
+        if user is not None:
+            become(user, fn)
+        fn(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent_pid:  # the worker died before prctl: nobody signals us
+            os._exit(1)
+
+    return setup
+
+
+def mapped(id_map: str, first: int, count: int) -> bool:
+    """Whether ids `first`..`first + count - 1` all exist in this user namespace, from
+    `/proc/self/uid_map` (or gid_map) text: `inside outside count` per line."""
+    for line in id_map.splitlines():
+        fields = line.split()
+        if len(fields) == 3:
+            inside, length = int(fields[0]), int(fields[2])
+            if inside <= first and first + count <= inside + length:
+                return True
+    return False
+
+
+def may(st: os.stat_result, user: InstanceUser, want: int) -> bool:
+    """Whether `user` has the permission bits `want` (octal r=4, w=2, x=1) on an inode
+    with these stats; mode bits only (ACLs are not looked at)."""
+    if st.st_uid == user.uid:
+        bits = st.st_mode >> 6
+    elif st.st_gid == user.gid:
+        bits = st.st_mode >> 3
+    else:
+        bits = st.st_mode
+    return bits & want == want
+
+
+def first_unreachable(
+    path: str | Path,
+    user: InstanceUser,
+    read: bool = True,
+    stat_fn: Callable[[str], os.stat_result] = os.stat,
+) -> str | None:
+    """The first directory on the way to `path` (symlinks resolved) that `user` may not
+    pass, or `path` itself if it may not search it (a directory) or, with `read`, read it;
+    None when it can. A path the worker cannot stat raises OSError."""
+    target = Path(os.path.realpath(path))
+    for directory in reversed(target.parents):
+        if not may(stat_fn(str(directory)), user, 1):
+            return str(directory)
+    st = stat_fn(str(target))
+    want = (4 if read else 0) | (1 if stat.S_ISDIR(st.st_mode) else 0)
+    return None if may(st, user, want) else str(target)
+
+
+def unreachable(
+    paths: Iterable[str | Path], user: InstanceUser, read: bool = True
+) -> dict[str, str]:
+    """Of `paths` (those that exist), each one `user` cannot reach → where it is stopped."""
+    stopped = {}
+    for path in paths:
+        if not os.path.exists(path):
+            continue
+        blocker = first_unreachable(path, user, read)
+        if blocker is not None:
+            stopped[str(path)] = blocker
+    return stopped
+
+
+def runtime_paths(python: str) -> list[str]:
+    """What a Python instance reads after the drop: the interpreter, its standard library
+    and site-packages (a venv's too), and the directory holding the `worker` package."""
+    import sys
+    import sysconfig
+
+    import worker
+
+    names = ("stdlib", "platstdlib", "purelib", "platlib")
+    paths = [python, sys.prefix, *(sysconfig.get_paths()[name] for name in names)]
+    paths.append(str(Path(worker.__file__).resolve().parent.parent))
+    return list(dict.fromkeys(paths))
+
+
+def for_this_worker(uid_base: int, python: str, passed: Iterable[str | Path]) -> TenantUsers:
+    """The worker's users, checked once at start.
+
+    Root: every instance uid must read `python`'s installation and the `worker` package,
+    and pass through the directories `passed` (code cache, temp dir), else ValueError
+    saying what to open up: no instance would start. Not root (or a base of 0): one
+    warning, and this process (the worker) is made non-dumpable, as the zygote makes itself.
+    """
+    users = TenantUsers.for_worker(uid_base)
+    if not users.enabled:
+        euid = os.geteuid()
+        why = "PYFC_INSTANCE_UID_BASE is 0" if euid == 0 else f"the worker runs as uid {euid}"
+        log.warning(
+            "tenant isolation is off (%s): function instances run as the worker's uid and "
+            "reach what it can reach; a root worker runs each tenant's instances as a uid of "
+            "their own",
+            why,
+        )
+        if euid != 0:
+            set_dumpable(False)
+        return users
+    for kind in ("uid", "gid"):
+        with open(f"/proc/self/{kind}_map") as f:
+            if not mapped(f.read(), uid_base, MAPPED_TENANTS):
+                raise ValueError(
+                    f"{kind}s {uid_base}..{uid_base + MAPPED_TENANTS - 1} do not exist in this "
+                    "user namespace (a rootless container?): set PYFC_INSTANCE_UID_BASE to a "
+                    f"mapped range (see /proc/self/{kind}_map), or 0 (no tenant isolation)"
+                )
+    probe = InstanceUser(uid_base, uid_base)
+    stopped = unreachable(runtime_paths(python), probe) | unreachable(passed, probe, read=False)
+    if stopped:
+        path, blocker = next(iter(stopped.items()))
+        raise ValueError(
+            f"function instances run as uids from {uid_base} on but cannot reach {path}: "
+            f"{blocker} is closed to other users. Open it to them (chmod o+rx, o+x for a "
+            "directory on the way), or set PYFC_INSTANCE_UID_BASE=0 (no tenant isolation)"
+        )
+    return users
+
+
+# The worker's users, set once by `worker.main`. Instance.start and CustomInstance.start
+# take `users=`; the pool does not pass it yet, so they fall back to this (None: unit
+# tests and other embedders keep the caller's uid).
+_worker_users: TenantUsers | None = None
+
+
+def configure(users: TenantUsers | None) -> None:
+    global _worker_users
+    _worker_users = users
+
+
+def worker_users() -> TenantUsers | None:
+    return _worker_users
