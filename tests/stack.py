@@ -18,6 +18,7 @@ import time
 import urllib.request
 import uuid
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import aio_pika
@@ -206,7 +207,9 @@ class Stack:
             self.pg.close()
 
 
-async def _delete_namespace(namespace: str, worker_ids: list[str]) -> None:
+async def _delete_namespace(namespace: str, worker_ids: Sequence[str] = ()) -> None:
+    """Delete a namespace's queues and exchanges; affinity queues of workers not named
+    (`pyfc up` picks their ids) expire by themselves."""
     connection = await aio_pika.connect(AMQP_URL, timeout=10)
     async with connection:
         # The delay queues of the tests' short backoff and of the defaults (`pyfc up`).
