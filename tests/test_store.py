@@ -171,6 +171,58 @@ async def test_migration_numbers_existing_tenants_by_age(backend: str, tmp_path:
             await _drop_db(fresh_db)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_upgrade_from_the_first_schema_keeps_every_row(backend: str, tmp_path: Path) -> None:
+    """A database made by 0001 keeps its tenants, keys, services and functions through
+    every later migration (0002's SQLite table copy once cascaded them all away)."""
+    fresh_db = await _create_db() if backend == "postgres" else ""
+    if backend == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / 'first.db'}"
+    else:
+        url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{fresh_db}"
+    store = await Store.open(url)
+
+    def upgrade(conn: Connection, revision: str) -> None:
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS_DIR))
+        config.attributes["connection"] = conn
+        command.upgrade(config, revision)
+
+    try:
+        async with store._engine.begin() as conn:
+            await conn.run_sync(upgrade, "0001")
+            await conn.execute(
+                text("INSERT INTO tenants (name, concurrency, created_time) VALUES ('a', 5, 'c')")
+            )
+            await conn.execute(
+                text(
+                    "INSERT INTO services (tenant, service_name, service_id, description, role,"
+                    " log_config, environment_variables, created_time, last_modified_time)"
+                    " VALUES ('a', 'svc', 'id', '', '', '{}', '{}', 'c', 'm')"
+                )
+            )
+            columns = (await conn.execute(text("SELECT * FROM functions"))).keys()
+            key_columns = (await conn.execute(text("SELECT * FROM api_keys"))).keys()
+        counts_before = await _row_counts(store)
+        assert counts_before["services"] == 1 and "function_name" in columns and key_columns
+        await store.migrate()
+        assert await _row_counts(store) == counts_before
+        assert (await store.get_service("a", "svc")).service_id == "id"
+        assert (await store.get_tenant("a")).max_chain_depth == 16
+    finally:
+        await store.close()
+        if fresh_db:
+            await _drop_db(fresh_db)
+
+
+async def _row_counts(store: Store) -> dict[str, int]:
+    async with store._engine.connect() as conn:
+        return {
+            table: (await conn.execute(text(f"SELECT count(*) FROM {table}"))).scalar_one()
+            for table in ("tenants", "services", "functions", "api_keys")
+        }
+
+
 async def test_tenant_numbers_are_unique_and_survive_failed_creates(store: Store) -> None:
     names = [f"t-{uuid.uuid4().hex[:12]}" for _ in range(6)]
     made = await asyncio.gather(*(store.create_tenant(name, 1) for name in names))

@@ -40,13 +40,17 @@ def _function_config(name: str, *columns: sa.Column[Any]) -> None:
 
 
 def upgrade() -> None:
-    """Add the columns (batch mode: SQLite) and the three tables (spelled out: frozen)."""
-    with op.batch_alter_table("tenants") as batch:
-        batch.add_column(
-            sa.Column("max_chain_depth", sa.Integer, nullable=False, server_default=sa.text("16"))
-        )
-    with op.batch_alter_table("functions") as batch:
-        batch.add_column(sa.Column("reserved_concurrency", sa.Integer, nullable=True))
+    """Add the columns and the three tables (spelled out: frozen).
+
+    Plain ADD COLUMN, never batch mode: on SQLite a batch copies the table and drops the
+    old one, and with foreign keys on, dropping `tenants` cascades to every tenant's
+    services, functions and keys (a constant default and a nullable column need no copy).
+    """
+    op.add_column(
+        "tenants",
+        sa.Column("max_chain_depth", sa.Integer, nullable=False, server_default=sa.text("16")),
+    )
+    op.add_column("functions", sa.Column("reserved_concurrency", sa.Integer, nullable=True))
     _function_config(
         "async_configs",
         sa.Column("max_async_retry_attempts", sa.Integer, nullable=False),
