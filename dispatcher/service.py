@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import aio_pika
+import msgspec
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
 from aiormq.abc import DeliveredMessage
 from opentelemetry.trace import SpanKind
@@ -43,6 +44,7 @@ from dispatcher.verdict import (
 from shared import codec, control, telemetry
 from shared.batching import Batcher
 from shared.broker import (
+    Delivery,
     consume_fast,
     decode_delivery,
     invocation_headers,
@@ -54,10 +56,12 @@ from shared.catalog import FunctionCatalog, FunctionPolicy
 from shared.errors import FunctionNotFound, PyfcError, ServiceNotFound
 from shared.logs import request_id_var
 from shared.models import DeadLetter, InvocationStatus
+from shared.parts import split
 from shared.protocol import (
     Completion,
     CompletionBatch,
     Invocation,
+    InvocationBatch,
     Outcome,
     WorkBatch,
     WorkerBeat,
@@ -68,6 +72,7 @@ from shared.topology import (
     HDR_DELAY,
     MSG_DONE,
     MSG_DONE_BATCH,
+    MSG_INVOKE_BATCH,
     MSG_WORK_BATCH,
     Topology,
     declare_all,
@@ -103,7 +108,7 @@ class Decision:
 class Held:
     """Async work waiting for a slot: the unacked delivery and its decoded envelope."""
 
-    message: DeliveredMessage
+    message: Delivery
     inv: Invocation
     max_age: float
     since: float
@@ -175,7 +180,9 @@ class Dispatcher:
 
     async def _on_message(self, message: DeliveredMessage) -> None:
         kind = message.header.properties.message_type
-        if kind == MSG_DONE_BATCH:
+        if kind == MSG_INVOKE_BATCH:
+            await self._on_invoke_batch(message)
+        elif kind == MSG_DONE_BATCH:
             await self._on_done_batch(message)
         elif kind == MSG_DONE:
             await self._on_done(message)
@@ -226,8 +233,24 @@ class Dispatcher:
 
     async def _on_invoke(self, message: DeliveredMessage) -> None:
         inv = await decode_delivery(message, Invocation)
-        if inv is None:
+        if inv is not None:
+            await self._admit(message, inv)
+
+    async def _on_invoke_batch(self, message: DeliveredMessage) -> None:
+        """Several async invocations accepted together: each admitted on its own, the
+        delivery acked once every one is routed (or given up)."""
+        batch = await decode_delivery(message, InvocationBatch)
+        if batch is None:
             return
+        if not batch.invocations:
+            await settle(message)
+            return
+        parts = split(message, len(batch.invocations))
+        await asyncio.gather(
+            *(self._admit(part, inv) for part, inv in zip(parts, batch.invocations, strict=True))
+        )
+
+    async def _admit(self, message: Delivery, inv: Invocation) -> None:
         request_id_var.set(inv.id)
         with telemetry.span(
             "pyfc.dispatch",
@@ -259,7 +282,7 @@ class Dispatcher:
                 held = Held(message, inv, decision.policy.max_event_age, time.time())
                 await self._route_async(held)
 
-    async def _throttle(self, message: DeliveredMessage, inv: Invocation, pool: Pool[Held]) -> None:
+    async def _throttle(self, message: Delivery, inv: Invocation, pool: Pool[Held]) -> None:
         self._metrics.throttled.labels(inv.tenant).inc()
         scope = f"function {inv.function}" if len(pool.key) > 1 else f"tenant {inv.tenant}"
         text = f"concurrency limit reached: {pool.limit} in flight for {scope}"
@@ -311,7 +334,7 @@ class Dispatcher:
             self.admission.async_limit = limit
         self._drain()
 
-    async def _route(self, message: DeliveredMessage, inv: Invocation) -> None:
+    async def _route(self, message: Delivery, inv: Invocation) -> None:
         """Publish admitted work to the workers, then ack; on failure free the slot.
 
         Async work for one instance key goes out in batches of up to its
@@ -346,9 +369,7 @@ class Dispatcher:
             return
         await settle(message)
 
-    async def _publish_sync_work(
-        self, message: DeliveredMessage, inv: Invocation, queue: str
-    ) -> None:
+    async def _publish_sync_work(self, message: Delivery, inv: Invocation, queue: str) -> None:
         # Not persistent and not confirmed: its caller is waiting and would rather fail
         # fast than wait twice; a lost message times out the caller, never runs twice.
         assert self._fast is not None
@@ -380,7 +401,7 @@ class Dispatcher:
             timeout=PUBLISH_TIMEOUT,
         )
 
-    async def _reply(self, message: DeliveredMessage, outcome: Outcome) -> None:
+    async def _reply(self, message: Delivery, outcome: Outcome) -> None:
         """Answer a sync caller directly (nothing to run, or not admitted)."""
         props = message.header.properties
         if props.reply_to:
@@ -392,7 +413,7 @@ class Dispatcher:
                 mandatory=False,
             )
 
-    async def _reject(self, message: DeliveredMessage, inv: Invocation, err: PyfcError) -> None:
+    async def _reject(self, message: Delivery, inv: Invocation, err: PyfcError) -> None:
         """The invocation cannot be admitted (no such function, ...): tell or record it."""
         log.warning("invocation not admitted: %s: %s", err.code, err.message)
         outcome = system_outcome(inv, err.code, err.message, err.status)
@@ -402,7 +423,7 @@ class Dispatcher:
             await self._guard_store(self._give_up(inv, outcome, NOT_RETRYABLE, notify=False))
         await settle(message)
 
-    async def _loop_detected(self, message: DeliveredMessage, inv: Invocation, limit: int) -> None:
+    async def _loop_detected(self, message: Delivery, inv: Invocation, limit: int) -> None:
         """A chain deeper than the tenant's limit: not run; logged, counted, dead-lettered.
 
         Never sent to an onFailure destination: a function destination would be one hop
@@ -657,12 +678,7 @@ class Dispatcher:
         """Re-queue long-waiting work (confirmed) and ack the old delivery."""
         assert self._invoke is not None
         await self._invoke.publish(
-            aio_pika.Message(
-                held.message.body,
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                message_id=held.inv.id,
-                headers=dict(held.message.header.properties.headers or {}),
-            ),
+            persistent_invocation(msgspec.structs.replace(held.inv, spec=None)),
             routing_key=invoke_routing_key(held.inv.tenant),
             timeout=PUBLISH_TIMEOUT,
         )

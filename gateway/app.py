@@ -12,6 +12,7 @@ import msgspec
 from aio_pika.abc import AbstractChannel, AbstractExchange
 from aiohttp import web
 
+from gateway.accepted import AcceptedInvocations
 from gateway.metrics import GatewayMetrics
 from gateway.rpc import RpcClient
 from shared import control, tokens
@@ -53,6 +54,10 @@ class Gateway:
     # Verifies invoke tokens; empty = none accepted.
     token_secret: bytes = field(default=b"", repr=False)
     _auth_cache: dict[str, tuple[Tenant, float]] = field(default_factory=dict)
+    accepted: AcceptedInvocations = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.accepted = AcceptedInvocations(self.invoke_exchange)
 
     async def authenticate(self, header: str | None) -> tuple[Tenant, InvokeGrant | None]:
         """The caller's tenant, and its grant when the credential is an invoke token."""

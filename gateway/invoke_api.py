@@ -22,17 +22,14 @@ from gateway.app import (
 )
 from gateway.rpc import BROKER_ERRORS
 from shared import telemetry
-from shared.broker import persistent_invocation
 from shared.errors import BadRequest, InvocationNotFound, PayloadTooLarge, PyfcError, Unavailable
 from shared.logs import request_id_var
 from shared.models import InvocationRecord
 from shared.protocol import LATEST, Invocation, Lineage, Outcome
 from shared.tokens import InvokeGrant
-from shared.topology import invoke_routing_key
 
 log = logging.getLogger("pyfc.gateway")
 
-PUBLISH_TIMEOUT = 10.0
 # Cold start, initializer and queueing come on top of the function's own timeout.
 SYNC_SLACK_SECONDS = 10.0
 TRACEPARENT_RE = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
@@ -194,11 +191,7 @@ async def enqueue(gw: Gateway, inv: Invocation, refused: str) -> None:
     caller gets 503: nothing is accepted that is not persisted.
     """
     try:
-        await gw.invoke_exchange.publish(
-            persistent_invocation(inv),
-            routing_key=invoke_routing_key(inv.tenant),
-            timeout=PUBLISH_TIMEOUT,
-        )
+        await gw.accepted.publish(inv)
     except BROKER_ERRORS as e:
         await gw.store.record_outcome(
             inv.tenant,

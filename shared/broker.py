@@ -14,6 +14,7 @@ from aiormq.abc import DeliveredMessage
 
 from shared import codec
 from shared.errors import BadRequest, Unavailable
+from shared.parts import Part
 from shared.protocol import Invocation
 from shared.topology import HDR_HOPS, HDR_KIND, HDR_TENANT, HDR_TRACEPARENT
 
@@ -115,7 +116,11 @@ async def ready(channel: AbstractChannel, timeout: float = READY_TIMEOUT) -> Non
         await asyncio.wait_for(waiter(), timeout)
 
 
-async def settle(message: DeliveredMessage, *, ack: bool = True, requeue: bool = False) -> None:
+# A delivery, or one invocation of a batch delivery (acked when all its parts are).
+Delivery = DeliveredMessage | Part
+
+
+async def settle(message: Delivery, *, ack: bool = True, requeue: bool = False) -> None:
     """Ack (or reject) on the channel the message came from.
 
     If that channel is gone the broker already returned the message to its queue, so

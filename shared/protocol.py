@@ -130,6 +130,13 @@ class Completion(msgspec.Struct, kw_only=True):
     worker_id: str = ""
 
 
+class InvocationBatch(msgspec.Struct, kw_only=True):
+    """Async invocations of one tenant accepted together (several HTTP calls in flight at
+    once), in one persistent message to the tenant's dispatcher shard."""
+
+    invocations: list[Invocation]
+
+
 class WorkBatch(msgspec.Struct, kw_only=True):
     """Admitted async invocations of one function version, in one persistent message to
     the workers: at most its instanceConcurrency, so one instance can take them all."""

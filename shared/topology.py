@@ -33,6 +33,8 @@ HDR_DELAY = "pyfc-delay-ms"
 MSG_INVOKE = "invoke"
 MSG_DONE = "done"
 MSG_DONE_BATCH = "done-batch"
+# Several accepted async invocations of one tenant (an InvocationBatch).
+MSG_INVOKE_BATCH = "invoke-batch"
 # AMQP `type` of async work on the work queues (a WorkBatch); sync work is an Invocation.
 MSG_WORK_BATCH = "work-batch"
 

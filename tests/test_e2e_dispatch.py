@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import time
 import uuid
 from typing import Any
@@ -14,6 +15,9 @@ import aio_pika
 import aiohttp
 import pytest
 
+from shared import codec
+from shared.protocol import Invocation, InvocationBatch, Lineage
+from shared.topology import MSG_INVOKE_BATCH, Topology, invoke_routing_key
 from tests.conftest import Client, StartStack
 from tests.helpers import deploy, invoke, open_dir, unique, wait_result
 from tests.stack import AMQP_URL, Stack
@@ -425,3 +429,62 @@ async def test_an_async_flood_does_not_hold_up_another_tenants_async_work(
             "status"
         ] == "Succeeded"
     assert probe.state()["max"] == 3
+
+
+def unacked_on_shards(namespace: str) -> int:
+    out = subprocess.run(
+        ["rabbitmqctl", "-q", "list_queues", "name", "messages_unacknowledged"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    rows = (line.split() for line in out.splitlines())
+    return sum(int(n) for name, n in rows if name.startswith(f"{namespace}.dispatch."))
+
+
+async def test_an_invocation_batch_is_admitted_one_invocation_at_a_time(
+    client: Client, stack: Stack
+) -> None:
+    """A batch of accepted invocations (as the gateway sends several calls accepted at
+    once) mixing one that runs, one too deep and one for no such function: each gets its
+    own fate, and the delivery is acked once all are settled."""
+    probe = Probe()
+    service, function = await deploy(client, {"index.py": PROBE}, environmentVariables=probe.env())
+    await put_async_config(client, service, function, maxAsyncRetryAttempts=0)
+
+    def inv(fn: str, hops: int = 0) -> Invocation:
+        return Invocation(
+            id=str(uuid.uuid4()),
+            tenant=client.tenant,
+            service=service,
+            function=fn,
+            kind="async",
+            payload=b"batched",
+            created_at=time.time(),
+            lineage=Lineage(trace_id="batch-test", hops=hops),
+        )
+
+    runs, deep, missing = inv(function), inv(function, hops=16), inv("no_such_function")
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        exchange = await channel.get_exchange(Topology(stack.namespace).invoke_exchange)
+        await exchange.publish(
+            aio_pika.Message(
+                codec.encode(InvocationBatch(invocations=[runs, deep, missing])),
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                type=MSG_INVOKE_BATCH,
+            ),
+            routing_key=invoke_routing_key(client.tenant),
+        )
+    await probe.wait(lambda state: state["runs"] >= 1, what="the batched run")
+    letter = await wait_dead_letter(client, service, function)
+    assert letter["requestId"] == deep.id and letter["reason"] == "RecursiveLoopDetected"
+    gone = await wait_dead_letter(client, service, "no_such_function")
+    assert gone["requestId"] == missing.id and gone["reason"] == "NotRetryable"
+    assert probe.ids() == [runs.id]
+    deadline = time.monotonic() + 30
+    while unacked_on_shards(stack.namespace):
+        assert time.monotonic() < deadline, "the batch delivery was never acked"
+        await asyncio.sleep(0.2)
