@@ -27,6 +27,7 @@ import msgspec
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
 from aiormq.abc import DeliveredMessage
 from opentelemetry.trace import SpanKind
+from pamqp.commands import Basic
 
 from dispatcher.admission import Admission, FleetSlots, Pool, async_share
 from dispatcher.affinity import WarmFleet
@@ -49,6 +50,7 @@ from shared.broker import (
     decode_delivery,
     invocation_headers,
     persistent_invocation,
+    publish_transient,
     ready,
     settle,
 )
@@ -374,15 +376,18 @@ class Dispatcher:
         # fast than wait twice; a lost message times out the caller, never runs twice.
         assert self._fast is not None
         await ready(self._fast)
-        await self._fast.default_exchange.publish(
-            aio_pika.Message(
-                codec.encode(inv),
-                reply_to=message.header.properties.reply_to,
-                correlation_id=message.header.properties.correlation_id,
-                headers=invocation_headers(inv),
-            ),
+        props = message.header.properties
+        await publish_transient(
+            self._fast,
+            codec.encode(inv),
+            exchange="",
             routing_key=queue,
-            timeout=PUBLISH_TIMEOUT,
+            properties=Basic.Properties(
+                reply_to=props.reply_to,
+                correlation_id=props.correlation_id,
+                headers=invocation_headers(inv),
+                delivery_mode=1,
+            ),
         )
 
     async def _publish_work(self, key: tuple[str, str], batch: list[Invocation]) -> None:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange
 from aiormq.abc import DeliveredMessage
 from aiormq.exceptions import AMQPError, ChannelInvalidStateError
+from pamqp.commands import Basic
 
 from shared import codec
-from shared.broker import consume_fast, invocation_headers
+from shared.broker import consume_fast, invocation_headers, publish_transient
 from shared.errors import DeadlineExceeded, Unavailable
 from shared.protocol import Invocation, Outcome
 from shared.topology import (
@@ -62,16 +62,21 @@ class RpcClient:
         self._pending[correlation_id] = future
         # A timer handle instead of asyncio.wait_for: no extra task per call on the hot path.
         timer = loop.call_later(timeout, _expire, future)
-        message = aio_pika.Message(
-            codec.encode(inv),
+        properties = Basic.Properties(
             reply_to=DIRECT_REPLY_TO,
             correlation_id=correlation_id,
             headers=invocation_headers(inv),
-            delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,
+            delivery_mode=1,
         )
         try:
             try:
-                await self._exchange.publish(message, routing_key=invoke_routing_key(inv.tenant))
+                await publish_transient(
+                    self._channel,
+                    codec.encode(inv),
+                    exchange=self._exchange.name,
+                    routing_key=invoke_routing_key(inv.tenant),
+                    properties=properties,
+                )
             except BROKER_ERRORS as e:
                 raise Unavailable(f"cannot reach the broker: {type(e).__name__}: {e}") from e
             return await future

@@ -9,8 +9,10 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import aio_pika
+import aiormq
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection, FieldValue
 from aiormq.abc import DeliveredMessage
+from pamqp.commands import Basic
 
 from shared import codec
 from shared.errors import BadRequest, Unavailable
@@ -75,6 +77,29 @@ def persistent_invocation(inv: Invocation, **headers: FieldValue) -> aio_pika.Me
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         message_id=inv.id,
         headers={**invocation_headers(inv), **headers},
+    )
+
+
+async def publish_transient(
+    channel: AbstractChannel,
+    body: bytes,
+    *,
+    exchange: str,
+    routing_key: str,
+    properties: Basic.Properties,
+) -> None:
+    """Publish below aio-pika on the sync hot path (no confirm, not persistent).
+
+    aio-pika's `Message` costs ~17 us to build per publish, a tenth of a role's share of
+    a warm sync call; the pamqp properties it ends up as cost ~1 us. Fails at once on a
+    closed channel, as aio-pika's publish does (a robust channel's underlay would wait
+    for the reconnect instead).
+    """
+    if channel.is_closed:
+        raise aiormq.exceptions.ChannelInvalidStateError(f"{channel} is closed")
+    underlay = await channel.get_underlay_channel()
+    await underlay.basic_publish(
+        body, exchange=exchange, routing_key=routing_key, properties=properties
     )
 
 
