@@ -146,6 +146,8 @@ class Dispatcher:
         # Workers' warm room: calls go to a worker's own queue when it has some.
         self.warm = WarmFleet(topo.affinity_queue)
         self._routing: set[asyncio.Task[None]] = set()
+        # Invocation id -> redelivered copies of async work whose routing is in flight.
+        self._unconfirmed: dict[str, list[Delivery]] = {}
         self._work: Batcher[tuple[str, str], Invocation] = Batcher(
             self._publish_work, lambda inv: 256 + len(inv.payload)
         )
@@ -160,7 +162,9 @@ class Dispatcher:
         await self._consume.set_qos(prefetch_count=self._prefetch)
         # Async work is published with confirms; sync work goes on a confirm-less channel
         # because its caller is waiting and would rather fail fast than wait twice.
-        self._confirmed = await self._connection.channel(publisher_confirms=True)
+        self._confirmed = await self._connection.channel(
+            publisher_confirms=True, on_return_raises=True
+        )
         self._fast = await self._connection.channel(publisher_confirms=False)
         await declare_all(self._consume, self._topo)
         self._invoke = await declare_invoke(self._confirmed, self._topo)
@@ -270,7 +274,15 @@ class Dispatcher:
             if verdict == "loop":
                 await self._loop_detected(message, inv, decision.limit)
             elif verdict == "duplicate":
-                await settle(message)
+                # Redelivered after a connection blip, but routed by us already. If that
+                # routing is still unconfirmed, this copy is settled with it (acked if it
+                # lands, returned to the queue if it fails), so the invocation is never
+                # acked away before its work is safely out.
+                copies = self._unconfirmed.get(inv.id)
+                if copies is not None:
+                    copies.append(message)
+                else:
+                    await settle(message)
             elif verdict == "throttle":
                 await self._throttle(message, inv, pool)
             elif verdict == "wait":
@@ -350,6 +362,8 @@ class Dispatcher:
         affinity = self.warm.route(key, inv.id, weight)
         self._metrics.count_route(affinity is not None)
         queue = affinity or self._topo.work_queue
+        if inv.kind == "async":
+            self._unconfirmed.setdefault(inv.id, [])
         try:
             if inv.kind == "sync":
                 await self._publish_sync_work(message, inv, queue)
@@ -367,9 +381,11 @@ class Dispatcher:
                 await settle(message)
             else:  # back to the queue, after a pause so an outage is not a hot loop
                 await asyncio.sleep(RECORD_RETRY_SECONDS)
-                await settle(message, ack=False, requeue=True)
+                for delivery in [message, *self._unconfirmed.pop(inv.id, [])]:
+                    await settle(delivery, ack=False, requeue=True)
             return
-        await settle(message)
+        for delivery in [message, *self._unconfirmed.pop(inv.id, [])]:
+            await settle(delivery)
 
     async def _publish_sync_work(self, message: Delivery, inv: Invocation, queue: str) -> None:
         # Not persistent and not confirmed: its caller is waiting and would rather fail

@@ -42,7 +42,9 @@ def main(settings: Settings | None = None) -> int:
         await declare_all(rpc_channel, topo)
         rpc = RpcClient(rpc_channel, await declare_invoke(rpc_channel, topo))
         await rpc.start()
-        confirmed = await connection.channel(publisher_confirms=True)
+        # on_return_raises: an unroutable publish (right after a broker restart, say) is an
+        # error, not a silent success: nothing gets a 202 that no queue holds.
+        confirmed = await connection.channel(publisher_confirms=True, on_return_raises=True)
         control_channel = await connection.channel()
         catalog = FunctionCatalog(store)
         await control.subscribe(control_channel, topo, catalog.invalidate)

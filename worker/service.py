@@ -120,7 +120,9 @@ class Worker:
         # One unacked message per slot: a full worker takes nothing it cannot start. Global:
         # one limit for the shared queue and this worker's affinity queue together.
         await self._consume.set_qos(prefetch_count=self._slots, global_=True)
-        self._confirmed = await self._connection.channel(publisher_confirms=True)
+        self._confirmed = await self._connection.channel(
+            publisher_confirms=True, on_return_raises=True
+        )
         self._fast = await self._connection.channel(publisher_confirms=False)
         await declare_all(self._consume, self._topo)
         # Completions go back through the invoke exchange to the tenant's dispatcher shard.
