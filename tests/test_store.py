@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import socket
 import uuid
@@ -125,26 +126,37 @@ async def test_concurrent_migrate_from_many_engines(backend: str, tmp_path: Path
             await _drop_db(fresh_db)
 
 
+@contextlib.asynccontextmanager
+async def _scratch_store(backend: str, path: Path) -> AsyncIterator[Store]:
+    """A store on a database of its own (a file, or a fresh PostgreSQL database), unmigrated."""
+    fresh_db = await _create_db() if backend == "postgres" else ""
+    if backend == "sqlite":
+        url = f"sqlite+aiosqlite:///{path}"
+    else:
+        url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{fresh_db}"
+    store = await Store.open(url)
+    try:
+        yield store
+    finally:
+        await store.close()
+        if fresh_db:
+            await _drop_db(fresh_db)
+
+
+def _upgrade_to(conn: Connection, revision: str) -> None:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.attributes["connection"] = conn
+    command.upgrade(config, revision)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 async def test_migration_numbers_existing_tenants_by_age(backend: str, tmp_path: Path) -> None:
     """0003 numbers a database's tenants 1..n, oldest first, keeping their services; new
     tenants continue after them."""
-    fresh_db = await _create_db() if backend == "postgres" else ""
-    if backend == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path / 'old.db'}"
-    else:
-        url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{fresh_db}"
-    store = await Store.open(url)
-
-    def upgrade(conn: Connection, revision: str) -> None:
-        config = Config()
-        config.set_main_option("script_location", str(MIGRATIONS_DIR))
-        config.attributes["connection"] = conn
-        command.upgrade(config, revision)
-
-    try:
+    async with _scratch_store(backend, tmp_path / "old.db") as store:
         async with store._engine.begin() as conn:
-            await conn.run_sync(upgrade, "0002")
+            await conn.run_sync(_upgrade_to, "0002")
             for name, created in [("young", "2024-02-01T00:00:00Z"), ("old", "2024-01-01Z")]:
                 await conn.execute(
                     text(
@@ -165,32 +177,15 @@ async def test_migration_numbers_existing_tenants_by_age(backend: str, tmp_path:
         assert (await store.get_service("old", "svc")).service_id == "id"
         tenant, _ = await store.create_tenant("newcomer", 1)
         assert tenant.number == 3 and (await store.get_tenant("newcomer")) == tenant
-    finally:
-        await store.close()
-        if fresh_db:
-            await _drop_db(fresh_db)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 async def test_upgrade_from_the_first_schema_keeps_every_row(backend: str, tmp_path: Path) -> None:
     """A database made by 0001 keeps its tenants, keys, services and functions through
     every later migration (0002's SQLite table copy once cascaded them all away)."""
-    fresh_db = await _create_db() if backend == "postgres" else ""
-    if backend == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path / 'first.db'}"
-    else:
-        url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{fresh_db}"
-    store = await Store.open(url)
-
-    def upgrade(conn: Connection, revision: str) -> None:
-        config = Config()
-        config.set_main_option("script_location", str(MIGRATIONS_DIR))
-        config.attributes["connection"] = conn
-        command.upgrade(config, revision)
-
-    try:
+    async with _scratch_store(backend, tmp_path / "first.db") as store:
         async with store._engine.begin() as conn:
-            await conn.run_sync(upgrade, "0001")
+            await conn.run_sync(_upgrade_to, "0001")
             await conn.execute(
                 text("INSERT INTO tenants (name, concurrency, created_time) VALUES ('a', 5, 'c')")
             )
@@ -209,10 +204,6 @@ async def test_upgrade_from_the_first_schema_keeps_every_row(backend: str, tmp_p
         assert await _row_counts(store) == counts_before
         assert (await store.get_service("a", "svc")).service_id == "id"
         assert (await store.get_tenant("a")).max_chain_depth == 16
-    finally:
-        await store.close()
-        if fresh_db:
-            await _drop_db(fresh_db)
 
 
 async def _row_counts(store: Store) -> dict[str, int]:
