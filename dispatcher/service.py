@@ -67,6 +67,7 @@ from shared.protocol import (
     Outcome,
     WorkBatch,
     WorkerBeat,
+    invocation_bytes,
     system_outcome,
 )
 from shared.store import Store
@@ -149,7 +150,7 @@ class Dispatcher:
         # Invocation id -> redelivered copies of async work whose routing is in flight.
         self._unconfirmed: dict[str, list[Delivery]] = {}
         self._work: Batcher[tuple[str, str], Invocation] = Batcher(
-            self._publish_work, lambda inv: 256 + len(inv.payload)
+            self._publish_work, invocation_bytes
         )
 
     @property
@@ -476,40 +477,27 @@ class Dispatcher:
 
     async def _on_done(self, message: DeliveredMessage) -> None:
         done = await decode_delivery(message, Completion)
-        if done is None:
-            return
-        request_id_var.set(done.request_id)
-        self._completed(done)
-        if self.admission.release(done.request_id) is not None:
-            self._drain()
-        if done.outcome is None or done.invocation is None:
-            await settle(message)  # a sync release: the caller has its answer
-            return
-        try:
-            await self._conclude(done.invocation, done.outcome)
-        except Exception:
-            # The store or the broker is down: keep the completion on the queue and try
-            # again, after a pause so a long outage is not a hot requeue loop.
-            log.exception(
-                "cannot conclude %s yet; requeueing in %.0fs", done.request_id, RECORD_RETRY_SECONDS
-            )
-            await asyncio.sleep(RECORD_RETRY_SECONDS)
-            await settle(message, ack=False, requeue=True)
-            return
-        await settle(message)
+        if done is not None:
+            request_id_var.set(done.request_id)
+            await self._finish(message, [done])
 
     async def _on_done_batch(self, message: DeliveredMessage) -> None:
-        """Several async completions of one worker: concluded together, acked once.
-
-        Their outcomes share the store's group commit. If any cannot be concluded the
-        whole message goes back to the queue; concluding one twice records the same
-        outcome again (an upsert) and may schedule its retry twice (at least once).
-        """
         batch = await decode_delivery(message, CompletionBatch)
-        if batch is None:
-            return
+        if batch is not None:
+            await self._finish(message, batch.completions)
+
+    async def _finish(self, message: DeliveredMessage, completions: list[Completion]) -> None:
+        """Completions of one delivery: slots freed, async outcomes concluded together
+        (their rows share the store's group commit), then one ack.
+
+        A sync release has nothing to conclude: the caller has its answer. If any outcome
+        cannot be concluded (the store or the broker is down) the whole message goes back
+        to the queue after a pause, so a long outage is not a hot requeue loop;
+        concluding one twice records the same outcome again (an upsert) and may schedule
+        its retry twice (at least once).
+        """
         released = False
-        for done in batch.completions:
+        for done in completions:
             self._completed(done)
             released |= self.admission.release(done.request_id) is not None
         if released:
@@ -517,7 +505,7 @@ class Dispatcher:
         results = await asyncio.gather(
             *(
                 self._conclude(done.invocation, done.outcome)
-                for done in batch.completions
+                for done in completions
                 if done.outcome is not None and done.invocation is not None
             ),
             return_exceptions=True,
@@ -528,8 +516,9 @@ class Dispatcher:
                 "cannot conclude %d of %d completions yet (%s); requeueing in %.0fs",
                 len(failed),
                 len(results),
-                failed[0],
+                ", ".join(done.request_id for done in completions),
                 RECORD_RETRY_SECONDS,
+                exc_info=failed[0],
             )
             await asyncio.sleep(RECORD_RETRY_SECONDS)
             await settle(message, ack=False, requeue=True)

@@ -14,7 +14,7 @@ from aio_pika.abc import AbstractExchange
 from shared import codec
 from shared.batching import Batcher
 from shared.broker import invocation_headers, persistent_invocation
-from shared.protocol import Invocation, InvocationBatch
+from shared.protocol import Invocation, InvocationBatch, invocation_bytes
 from shared.topology import MSG_INVOKE_BATCH, invoke_routing_key
 
 PUBLISH_TIMEOUT = 10.0
@@ -23,9 +23,7 @@ PUBLISH_TIMEOUT = 10.0
 class AcceptedInvocations:
     def __init__(self, exchange: AbstractExchange) -> None:
         self._exchange = exchange
-        self._batches: Batcher[str, Invocation] = Batcher(
-            self._publish, lambda inv: 256 + len(inv.payload)
-        )
+        self._batches: Batcher[str, Invocation] = Batcher(self._publish, invocation_bytes)
 
     async def publish(self, inv: Invocation) -> None:
         """Return once `inv` is persisted by the broker; raise the publish's error."""

@@ -151,6 +151,21 @@ class CompletionBatch(msgspec.Struct, kw_only=True):
     completions: list[Completion]
 
 
+def invocation_bytes(inv: Invocation) -> int:
+    """Roughly what `inv` adds to a batch message (its payload dominates)."""
+    return 256 + len(inv.payload)
+
+
+def completion_bytes(done: Completion) -> int:
+    """Roughly what `done` adds to a batch message (its bodies dominate)."""
+    size = 256
+    if done.outcome is not None:
+        size += len(done.outcome.body) + len(done.outcome.log_tail)
+    if done.invocation is not None:
+        size += len(done.invocation.payload)
+    return size
+
+
 class ControlEvent(msgspec.Struct, kw_only=True):
     """Fanout notice that metadata changed; every process drops what it cached."""
 

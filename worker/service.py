@@ -31,6 +31,7 @@ from shared.protocol import (
     Invocation,
     Outcome,
     WorkBatch,
+    completion_bytes,
     system_outcome,
 )
 from shared.topology import (
@@ -70,16 +71,6 @@ def skip_reason(inv: Invocation, redelivered: bool, now: float) -> Outcome | Non
     return None
 
 
-def completion_size(done: Completion) -> int:
-    """Roughly the bytes `done` adds to a batch (its bodies dominate)."""
-    size = 256
-    if done.outcome is not None:
-        size += len(done.outcome.body) + len(done.outcome.log_tail)
-    if done.invocation is not None:
-        size += len(done.invocation.payload)
-    return size
-
-
 class Worker:
     def __init__(
         self,
@@ -112,7 +103,7 @@ class Worker:
         self._reaper: asyncio.Task[None] | None = None
         # Async completions to one dispatcher shard go several to a message.
         self._completions: Batcher[str, Completion] = Batcher(
-            self._publish_completions, completion_size
+            self._publish_completions, completion_bytes
         )
 
     async def start(self) -> None:
