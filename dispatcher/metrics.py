@@ -66,6 +66,11 @@ class DispatcherMetrics:
             "pyfc_dispatcher_dead_letters", "Invocations dead-lettered, by reason",
             ["tenant", "reason"], registry=self.registry,
         )  # fmt: skip
+        self.redelivered_concluded = Counter(
+            "pyfc_dispatcher_redelivered_concluded",
+            "Redelivered async invocations not run again: already Succeeded or Failed",
+            ["tenant"], registry=self.registry,
+        )  # fmt: skip
         self.loops = Counter(
             "pyfc_dispatcher_loops_detected", "Invocation chains stopped at the depth limit",
             ["tenant"], registry=self.registry,

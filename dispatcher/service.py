@@ -48,6 +48,7 @@ from shared.broker import (
     Delivery,
     consume_fast,
     decode_delivery,
+    detached,
     invocation_headers,
     persistent_invocation,
     publish_transient,
@@ -172,8 +173,12 @@ class Dispatcher:
         self._retry = await declare_retries(self._confirmed, self._topo, self._steps)
         self._destinations = Destinations(self._connection, self._invoke, self._store)
         await control.subscribe(self._consume, self._topo, self._catalog.invalidate)
+        # Our own tasks, not the channel's: a broker restart must not cancel an admission
+        # between taking a slot and routing the work (the slot would stay taken and every
+        # redelivered copy would wait on a routing that never ends).
+        handler = detached(self._on_message)
         for queue in self._topo.shard_queues:
-            await consume_fast(self._consume, queue, self._on_message)
+            await consume_fast(self._consume, queue, handler)
         self._sweeper = asyncio.create_task(self._sweep_forever())
 
     async def close(self) -> None:
@@ -240,8 +245,12 @@ class Dispatcher:
 
     async def _on_invoke(self, message: DeliveredMessage) -> None:
         inv = await decode_delivery(message, Invocation)
-        if inv is not None:
-            await self._admit(message, inv)
+        if inv is None:
+            return
+        if inv.id in await self._concluded(message, [inv]):
+            await settle(message)
+            return
+        await self._admit(message, inv)
 
     async def _on_invoke_batch(self, message: DeliveredMessage) -> None:
         """Several async invocations accepted together: each admitted on its own, the
@@ -252,10 +261,45 @@ class Dispatcher:
         if not batch.invocations:
             await settle(message)
             return
+        concluded = await self._concluded(message, batch.invocations)
         parts = split(message, len(batch.invocations))
         await asyncio.gather(
-            *(self._admit(part, inv) for part, inv in zip(parts, batch.invocations, strict=True))
+            *(
+                settle(part) if inv.id in concluded else self._admit(part, inv)
+                for part, inv in zip(parts, batch.invocations, strict=True)
+            )
         )
+
+    async def _concluded(self, message: DeliveredMessage, invs: list[Invocation]) -> set[str]:
+        """The async invocations among `invs` already concluded for good, if `message` is a
+        redelivery.
+
+        A broker restart or a replica's crash gives back whole batches, parts of which ran
+        and were recorded since: those are not run again. Only redeliveries pay for the
+        lookup (one query per tenant); if the store cannot answer, all run (at least once).
+        """
+        if not message.redelivered:
+            return set()
+        by_tenant: dict[str, list[str]] = {}
+        for inv in invs:
+            if inv.kind == "async":
+                by_tenant.setdefault(inv.tenant, []).append(inv.id)
+        concluded: set[str] = set()
+        for tenant, request_ids in by_tenant.items():
+            try:
+                found = await self._store.concluded(tenant, request_ids)
+            except PyfcError as e:
+                log.warning("cannot tell which redelivered invocations ran already: %s", e.message)
+                continue
+            if found:
+                self._metrics.redelivered_concluded.labels(tenant).inc(len(found))
+                log.info(
+                    "%d redelivered invocations already concluded, not run again: %s",
+                    len(found),
+                    ", ".join(sorted(found)),
+                )
+            concluded |= found
+        return concluded
 
     async def _admit(self, message: Delivery, inv: Invocation) -> None:
         request_id_var.set(inv.id)
@@ -370,6 +414,14 @@ class Dispatcher:
                 await self._publish_sync_work(message, inv, queue)
             else:
                 await self._work.send((queue, key), inv, limit=inv.spec.instance_concurrency)
+        except asyncio.CancelledError:
+            # Stopped mid-routing (shutting down): the work may or may not be out. Free
+            # the slot so a redelivered copy is admitted again (at least once), not taken
+            # for a duplicate of a routing that will never settle it.
+            self.admission.release(inv.id)
+            self.warm.completed(inv.id)
+            self._unconfirmed.pop(inv.id, None)
+            raise
         except Exception:
             log.exception("cannot route invocation %s", inv.id)
             self.admission.release(inv.id)

@@ -127,6 +127,32 @@ async def consume_fast(
         reopen.add(register)
 
 
+def detached(handler: RawHandler) -> RawHandler:
+    """`handler` run in a task of our own instead of the channel's.
+
+    aiormq runs each delivery's handler in a task that belongs to the channel, and cancels
+    it when the channel closes (a broker restart, a lost connection). A handler that keeps
+    state across awaits beyond its delivery (a concurrency slot taken, a routing in
+    flight that redelivered copies wait on) must not be cut off between two of them: it
+    runs to its end, and finds its delivery's channel closed when it settles (the broker
+    has given the message back: `settle` then does nothing). Tasks start in delivery
+    order, as the channel's own would.
+    """
+    running: set[asyncio.Task[None]] = set()
+
+    def finished(task: asyncio.Task[None]) -> None:
+        running.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            log.error("consumer callback failed", exc_info=error)
+
+    async def start(message: DeliveredMessage) -> None:
+        task = asyncio.create_task(handler(message))
+        running.add(task)
+        task.add_done_callback(finished)
+
+    return start
+
+
 async def ready(channel: AbstractChannel, timeout: float = READY_TIMEOUT) -> None:
     """Wait until a robust channel is usable again after a reconnect.
 

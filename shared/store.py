@@ -13,7 +13,7 @@ import contextlib
 import logging
 import secrets
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TypeVar
 
 import msgspec
@@ -418,6 +418,19 @@ class Store:
         if row is None:
             raise InvocationNotFound(f"invocation {request_id!r} not found")
         return InvocationRecord(**row)
+
+    async def concluded(self, tenant: str, request_ids: Sequence[str]) -> set[str]:
+        """Those of `request_ids` recorded Succeeded or Failed: a redelivered copy of one
+        has nothing left to run."""
+        if not request_ids:
+            return set()
+        query = select(invocations.c.request_id).where(
+            invocations.c.tenant == tenant,
+            invocations.c.request_id.in_(request_ids),
+            invocations.c.status.in_(rows.TERMINAL),
+        )
+        async with self._begin() as conn:
+            return set((await conn.execute(query)).scalars())
 
     async def reenqueue(
         self, tenant: str, request_id: str, service: str, qualifier: str, function: str

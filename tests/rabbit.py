@@ -62,6 +62,14 @@ class OwnRabbit:
         )
         wait_until(lambda: not _port_open(self.port), 30, f"{self.node} to stop", 0.1)
 
+    def queues(self) -> str:
+        """`name ready unacked` of every queue on the node, a line each."""
+        return subprocess.run(
+            ["rabbitmqctl", "-q", "-n", self.node, "list_queues", "name", "messages_ready",
+             "messages_unacknowledged"],
+            env=self.env, capture_output=True, text=True, timeout=60,
+        ).stdout  # fmt: skip
+
     def close(self) -> None:
         if _port_open(self.port):
             self.stop()

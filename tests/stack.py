@@ -202,12 +202,12 @@ class Stack:
                 proc.wait()
                 print(f"{name} needed SIGKILL to stop:\n{self.logs(name)}")
         if self.env["PYFC_AMQP_URL"] == AMQP_URL:  # a private broker goes away whole
-            asyncio.run(_delete_namespace(self.namespace, list(self.worker_ids.values())))
+            asyncio.run(delete_namespace(self.namespace, list(self.worker_ids.values())))
         if self.pg:
             self.pg.close()
 
 
-async def _delete_namespace(namespace: str, worker_ids: Sequence[str] = ()) -> None:
+async def delete_namespace(namespace: str, worker_ids: Sequence[str] = ()) -> None:
     """Delete a namespace's queues and exchanges; affinity queues of workers not named
     (`pyfc up` picks their ids) expire by themselves."""
     connection = await aio_pika.connect(AMQP_URL, timeout=10)

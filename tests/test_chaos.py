@@ -15,7 +15,7 @@ import aiohttp
 from tests.conftest import Client, StartStack
 from tests.helpers import deploy, invoke
 from tests.rabbit import OwnRabbit
-from tests.stack import Stack
+from tests.stack import Stack, wait_until
 from tests.test_e2e_dispatch import PROBE, Probe
 
 
@@ -125,20 +125,37 @@ async def test_broker_restart_loses_no_accepted_invocation(
         tenant, key = stack.create_tenant()
         client = Client(session, stack.url, key, tenant)
         probe = Probe()
+        # Slow enough that the burst is still running when the broker goes down (24 run
+        # at once: 6 slots of the fleet for async work, 4 calls each), so the restart cuts
+        # through routed, running and completing work, not an idle stack.
         service, function = await deploy(
-            client, {"index.py": PROBE}, environmentVariables=probe.env(), instanceConcurrency=4
+            client,
+            {"index.py": PROBE},
+            environmentVariables=probe.env(SLEEP="0.2"),
+            instanceConcurrency=4,
         )
+        ran_at_stop: list[int] = []
 
         def restart() -> None:
+            wait_until(lambda: len(probe.ids()) >= 30, 60, "30 runs to start", 0.02)
             rabbit.stop()
+            ran_at_stop.append(len(set(probe.ids())))
             rabbit.start()
 
         accepted = await burst(client, service, function, 400, 150, restart)
         assert len(accepted) >= 150
-        ran = await wait_all_ran(probe, accepted, timeout=120)
+        assert 30 <= ran_at_stop[0] < len(accepted), "the broker did not stop mid-burst"
+        try:
+            ran = await wait_all_ran(probe, accepted, timeout=120)
+        except AssertionError as e:  # where the rest are, before the node goes away
+            queues = await asyncio.to_thread(rabbit.queues)
+            raise AssertionError(f"{e}\nqueues (ready, unacked):\n{queues}") from None
         await wait_all_recorded(client, service, function, accepted, timeout=60)
         duplicates = len(ran) - len(set(ran))
-        print(f"broker restart: {len(accepted)} accepted, {len(ran)} runs, {duplicates} duplicates")
+        print(
+            f"broker restart: {len(accepted)} accepted, {ran_at_stop[0]} started before the"
+            f" stop, {len(ran)} runs, {duplicates} duplicates"
+        )
         # And the stack serves new work once its connections are back (503 until then).
         deadline = time.monotonic() + 30
         while True:

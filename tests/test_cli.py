@@ -84,9 +84,9 @@ def test_up_runs_all_roles_and_ctrl_c_leaves_no_orphans(tmp_path: Path) -> None:
             proc.kill()
         import asyncio
 
-        from tests.stack import _delete_namespace
+        from tests.stack import delete_namespace
 
-        asyncio.run(_delete_namespace(f"up{port}"))
+        asyncio.run(delete_namespace(f"up{port}"))
 
 
 def test_up_says_clearly_when_rabbitmq_is_unreachable(tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ from shared.models import (
     DestinationTarget,
     Function,
     InvocationRecord,
+    InvocationStatus,
     ProvisionConfig,
     Service,
 )
@@ -315,3 +316,28 @@ async def test_reenqueue_resets_or_creates_the_invocation(store: Store) -> None:
         await store.get_invocation(t, fresh)
     await store.reenqueue(t, fresh, "svc", "LATEST", "f")
     assert (await store.get_invocation(t, fresh)).function_name == "f"
+
+
+async def test_concluded_names_only_this_tenants_finished_invocations(store: Store) -> None:
+    t, other = await new_tenant(store), await new_tenant(store)
+    ids = {name: uuid.uuid4().hex for name in ("ok", "failed", "retrying", "queued")}
+    for rid in ids.values():
+        await store.record_accepted(
+            InvocationRecord(
+                request_id=rid, tenant=t, service_name="svc", qualifier="LATEST", function_name="f"
+            )
+        )
+    outcomes: list[tuple[str, InvocationStatus]] = [
+        ("ok", "Succeeded"), ("failed", "Failed"), ("retrying", "Enqueued")
+    ]  # fmt: skip
+    for name, status in outcomes:
+        await store.record_outcome(
+            t, ids[name], status=status, attempt=1, result=b"", error_type="", error_message=""
+        )
+    unknown = uuid.uuid4().hex
+    assert await store.concluded(t, [*ids.values(), unknown]) == {ids["ok"], ids["failed"]}
+    assert await store.concluded(other, list(ids.values())) == set()
+    assert await store.concluded(t, []) == set()
+    # A redriven invocation is running again: not concluded.
+    await store.reenqueue(t, ids["failed"], "svc", "LATEST", "f")
+    assert await store.concluded(t, [ids["failed"]]) == set()
