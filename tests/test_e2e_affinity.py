@@ -130,7 +130,9 @@ async def test_calls_go_to_the_worker_with_the_provisioned_instance(
             assert await starts(session, port, function, "cold") == 0
 
 
-async def test_a_busy_worker_does_not_hold_up_the_next_call(fresh_stack: StartStack) -> None:
+async def test_a_busy_worker_does_not_hold_up_the_next_call(
+    fresh_stack: StartStack, markers: Path
+) -> None:
     stack = fresh_stack(workers=0)
     busy, _ = start_worker(stack, slots=1)
     _, key = stack.create_tenant()
@@ -140,9 +142,10 @@ async def test_a_busy_worker_does_not_hold_up_the_next_call(fresh_stack: StartSt
         status, _, body = await invoke(client, service, function, b"0")
         assert ran_on(stack, body)[1] == busy  # warm there, and it has one slot only
         other, _ = start_worker(stack)
-        long_call = asyncio.create_task(invoke(client, service, function, b"3"))
+        long_call = asyncio.create_task(invoke(client, service, function, f"3 {markers}".encode()))
+        # Running on the busy worker (its marker written), so that worker is full.
         await asyncio.to_thread(
-            wait_until, lambda: "sync" in stack.logs(busy) or long_call.done(), 10, "long call"
+            wait_until, lambda: any(markers.iterdir()) or long_call.done(), 10, "long call"
         )
         started = time.monotonic()
         status, _, body = await invoke(client, service, function, b"0")
