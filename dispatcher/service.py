@@ -46,9 +46,9 @@ from shared import codec, control, telemetry
 from shared.batching import Batcher
 from shared.broker import (
     Delivery,
+    Detached,
     consume_fast,
     decode_delivery,
-    detached,
     invocation_headers,
     persistent_invocation,
     publish_transient,
@@ -176,7 +176,7 @@ class Dispatcher:
         # Our own tasks, not the channel's: a broker restart must not cancel an admission
         # between taking a slot and routing the work (the slot would stay taken and every
         # redelivered copy would wait on a routing that never ends).
-        handler = detached(self._on_message)
+        handler = Detached(self._on_message)
         for queue in self._topo.shard_queues:
             await consume_fast(self._consume, queue, handler)
         self._sweeper = asyncio.create_task(self._sweep_forever())

@@ -19,7 +19,8 @@ from shared.settings import Settings
 from shared.store import Store
 from shared.topology import Topology, declare_all
 
-STOP_GRACE_SECONDS = 10.0
+# Beyond the workers' own grace for running work (PYFC_WORKER_STOP_GRACE_SECONDS).
+STOP_GRACE_SECONDS = 5.0
 MAX_BACKOFF_SECONDS = 30.0
 CREDENTIALS_FILE = "credentials"
 
@@ -135,10 +136,11 @@ async def up(settings: Settings, workers: int) -> int:
     elif not stopping.is_set():
         say(f"gateway did not answer on {base}/healthz within 60s; see the logs above")
     await stopping.wait()
-    say("stopping...")
+    say(f"stopping (running functions get up to {settings.worker_stop_grace_seconds:g}s)...")
     for role in roles:
         role.signal(signal.SIGTERM)
-    _, pending = await asyncio.wait(tasks, timeout=STOP_GRACE_SECONDS)
+    grace = settings.worker_stop_grace_seconds + STOP_GRACE_SECONDS
+    _, pending = await asyncio.wait(tasks, timeout=grace)
     for role in roles:
         role.signal(signal.SIGKILL)
     if pending:

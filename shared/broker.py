@@ -106,9 +106,36 @@ async def publish_transient(
 RawHandler = Callable[[DeliveredMessage], Coroutine[Any, Any, None]]
 
 
+class Consumer:
+    """A `consume_fast` registration: re-made after every reconnect until cancelled."""
+
+    def __init__(self, channel: AbstractChannel, queue: str, handler: RawHandler, no_ack: bool):
+        self._channel = channel
+        self._queue = queue
+        self._handler = handler
+        self._no_ack = no_ack
+        self._tag: str | None = None
+        self._cancelled = False
+
+    async def register(self, *_: object) -> None:
+        if self._cancelled:
+            return
+        underlay = await self._channel.get_underlay_channel()
+        ok = await underlay.basic_consume(self._queue, self._handler, no_ack=self._no_ack)
+        self._tag = ok.consumer_tag
+
+    async def cancel(self) -> None:
+        """Take no more deliveries (those already taken stay ours to settle)."""
+        self._cancelled = True
+        if self._tag is None or self._channel.is_closed:
+            return
+        underlay = await self._channel.get_underlay_channel()
+        await underlay.basic_cancel(self._tag)
+
+
 async def consume_fast(
     channel: AbstractChannel, queue: str, handler: RawHandler, *, no_ack: bool = False
-) -> None:
+) -> Consumer:
     """Consume `queue` below aio-pika's per-message wrapper on the hot paths.
 
     aio-pika wraps every delivery in an IncomingMessage and a second task (aiormq already
@@ -116,41 +143,45 @@ async def consume_fast(
     restores only consumers aio-pika registered itself, so this one is re-registered from
     the channel's reopen callback after a reconnect.
     """
-
-    async def register(*_: object) -> None:
-        underlay = await channel.get_underlay_channel()
-        await underlay.basic_consume(queue, handler, no_ack=no_ack)
-
-    await register()
+    consumer = Consumer(channel, queue, handler, no_ack)
+    await consumer.register()
     reopen = getattr(channel, "reopen_callbacks", None)
     if reopen is not None:
-        reopen.add(register)
+        reopen.add(consumer.register)
+    return consumer
 
 
-def detached(handler: RawHandler) -> RawHandler:
-    """`handler` run in a task of our own instead of the channel's.
+class Detached:
+    """A delivery handler run in tasks of our own instead of the channel's.
 
     aiormq runs each delivery's handler in a task that belongs to the channel, and cancels
     it when the channel closes (a broker restart, a lost connection). A handler that keeps
-    state across awaits beyond its delivery (a concurrency slot taken, a routing in
-    flight that redelivered copies wait on) must not be cut off between two of them: it
-    runs to its end, and finds its delivery's channel closed when it settles (the broker
-    has given the message back: `settle` then does nothing). Tasks start in delivery
-    order, as the channel's own would.
+    state across awaits beyond its delivery (a concurrency slot taken, a routing in flight
+    that redelivered copies wait on, a function running on an instance) must not be cut
+    off between two of them: it runs to its end, and finds its delivery's channel closed
+    when it settles (the broker has given the message back: `settle` then does nothing).
+    Tasks start in delivery order, as the channel's own would.
     """
-    running: set[asyncio.Task[None]] = set()
 
-    def finished(task: asyncio.Task[None]) -> None:
-        running.discard(task)
+    def __init__(self, handler: RawHandler) -> None:
+        self._handler = handler
+        self.running: set[asyncio.Task[None]] = set()
+
+    async def __call__(self, message: DeliveredMessage) -> None:
+        task = asyncio.create_task(self._handler(message))
+        self.running.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self.running.discard(task)
         if not task.cancelled() and (error := task.exception()) is not None:
             log.error("consumer callback failed", exc_info=error)
 
-    async def start(message: DeliveredMessage) -> None:
-        task = asyncio.create_task(handler(message))
-        running.add(task)
-        task.add_done_callback(finished)
-
-    return start
+    async def finish(self, timeout: float) -> int:
+        """Wait up to `timeout` seconds for the running handlers; how many are left."""
+        if self.running and timeout > 0:
+            await asyncio.wait(set(self.running), timeout=timeout)
+        return len(self.running)
 
 
 async def ready(channel: AbstractChannel, timeout: float = READY_TIMEOUT) -> None:

@@ -96,6 +96,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     # (ms) before it falls back to the shared work queue (the worker is busy or dead);
     # 0 = no affinity queue (the worker takes shared work only and advertises no warm room).
     worker_affinity_ttl_ms: int = 500
+    # Worker: on a clean stop (SIGTERM), how long running work may take to finish before
+    # the worker disconnects and the rest goes back to the queue (keep it under the
+    # orchestrator's kill timeout: Kubernetes' terminationGracePeriodSeconds is 30).
+    worker_stop_grace_seconds: float = 25.0
     # Worker Prometheus endpoint (per-function instance metrics); 0 = off.
     worker_metrics_port: int = 0
     # Worker: a root worker runs each tenant's instances as uid and gid this + the tenant's

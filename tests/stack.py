@@ -97,6 +97,8 @@ class Stack:
             # Short async retry backoff so retry tests take seconds, not minutes.
             "PYFC_RETRY_BASE_SECONDS": str(RETRY_BASE),
             "PYFC_RETRY_MAX_SECONDS": str(RETRY_MAX),
+            # Below stop()'s 15 s before SIGKILL.
+            "PYFC_WORKER_STOP_GRACE_SECONDS": "10",
         }
         if self.pg:
             self.env["PYFC_DATABASE_URL"] = self.pg.url

@@ -92,3 +92,17 @@ def test_k8s_roles_settings_probes_and_worker_scaling() -> None:
     assert scaled["spec"]["scaleTargetRef"]["name"] == "worker"
     (trigger,) = scaled["spec"]["triggers"]
     assert trigger["metadata"]["queueName"] == Topology(config["PYFC_NAMESPACE"]).work_queue
+
+
+def test_workers_may_finish_running_work_before_the_orchestrator_kills_them() -> None:
+    """A SIGTERMed worker lets running work finish for PYFC_WORKER_STOP_GRACE_SECONDS; the
+    orchestrator must wait longer than that before it SIGKILLs."""
+    service = compose()["services"]["worker"]
+    grace = float(service["environment"]["PYFC_WORKER_STOP_GRACE_SECONDS"])
+    assert grace < float(service["stop_grace_period"].removesuffix("s"))
+    (worker,) = [
+        d for d in k8s() if d["kind"] == "Deployment" and d["metadata"]["name"] == "worker"
+    ]
+    pod = worker["spec"]["template"]["spec"]
+    env = {e["name"]: e["value"] for e in pod["containers"][0]["env"]}
+    assert float(env["PYFC_WORKER_STOP_GRACE_SECONDS"]) < pod["terminationGracePeriodSeconds"]

@@ -30,7 +30,7 @@ from prometheus_client import generate_latest
 from dispatcher.service import Dispatcher
 from shared import codec
 from shared.batching import Batcher
-from shared.broker import RawHandler, connect, consume_fast, detached
+from shared.broker import Detached, RawHandler, connect, consume_fast
 from shared.models import Function, InvocationRecord, Service
 from shared.protocol import Invocation, InvocationBatch, Lineage, WorkBatch, invocation_bytes
 from shared.store import Store
@@ -71,7 +71,7 @@ async def until(predicate: Callable[[], bool], what: str, timeout: float = 30) -
         await asyncio.sleep(0.05)
 
 
-@pytest.mark.parametrize("wrap, survives", [(detached, True), (lambda h: h, False)])
+@pytest.mark.parametrize("wrap, survives", [(Detached, True), (lambda h: h, False)])
 async def test_a_detached_handler_outlives_its_channel(
     wrap: Callable[[RawHandler], RawHandler], survives: bool
 ) -> None:

@@ -34,7 +34,7 @@ from typing import Protocol
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from aiormq.abc import DeliveredMessage
 
-from shared.broker import RawHandler, consume_fast, settle
+from shared.broker import Consumer, RawHandler, consume_fast, settle
 from shared.protocol import FunctionSpec, Invocation, Outcome, system_outcome
 from shared.topology import Topology, declare_affinity
 
@@ -120,7 +120,7 @@ class AffinityQueue:
 
         return counted
 
-    async def start(self, channel: AbstractChannel, handler: RawHandler) -> None:
+    async def start(self, channel: AbstractChannel, handler: RawHandler) -> Consumer:
         """Declare this worker's queue and consume it on `channel` with `handler`."""
         await declare_affinity(channel, self._topo, self._worker_id, self._ttl_ms)
 
@@ -130,7 +130,7 @@ class AffinityQueue:
                 return
             await handler(message)
 
-        await consume_fast(channel, self.name, deliver)
+        return await consume_fast(channel, self.name, deliver)
 
     def room(self) -> tuple[dict[str, int], dict[str, int], int]:
         """(warm, busy, held) for this worker's heartbeat."""

@@ -78,6 +78,7 @@ def main(settings: Settings | None = None) -> int:
             metrics=metrics,
             worker_id=settings.worker_id,
             affinity=affinity,
+            stop_grace=settings.worker_stop_grace_seconds,
         )
         provisioner = Provisioner(
             connection,

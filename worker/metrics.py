@@ -81,6 +81,11 @@ class WorkerMetrics:
             [*FUNCTION_LABELS, "outcome"],
             registry=self.registry,
         )
+        self.copies_not_run = Counter(
+            "pyfc_worker_copies_not_run",
+            "Redelivered async work not run again: running or answered here already",
+            registry=self.registry,
+        )
         self.init_seconds = Histogram(
             "pyfc_worker_instance_init_seconds",
             "Cold start to ready (process start, import, initializer)",

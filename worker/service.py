@@ -3,6 +3,13 @@
 Ack discipline (at-least-once for async): the work message is acked only after the
 outcome is published to `done` and confirmed by the broker; a worker that dies before
 that returns the message to the queue and another worker runs it again.
+
+A lost connection (a broker restart) does not stop what runs: the handlers run in tasks of
+the worker's own (`shared.broker.Detached`), so a function keeps its instance, its timeout
+and its memory limit, and its outcome is published once the connection is back. The
+broker gives the unacked work back meanwhile; a copy that comes back to this worker waits
+for the run in progress (or finds it answered) instead of running it twice. A clean stop
+takes no new work and lets what runs finish, for up to `stop_grace` seconds.
 """
 
 from __future__ import annotations
@@ -11,6 +18,8 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from typing import cast
 
 import aio_pika
@@ -22,8 +31,8 @@ from pamqp.commands import Basic
 
 from shared import codec, telemetry
 from shared.batching import Batcher
-from shared.broker import consume_fast, decode_delivery, ready, settle
-from shared.errors import PyfcError
+from shared.broker import Consumer, Detached, consume_fast, decode_delivery, ready, settle
+from shared.errors import PyfcError, Unavailable
 from shared.logs import request_id_var
 from shared.protocol import (
     Completion,
@@ -52,6 +61,17 @@ log = logging.getLogger("pyfc.worker")
 
 ANSWER_RETRY_SECONDS = 1.0
 PUBLISH_TIMEOUT = 10.0
+# Async work answered here, remembered so a redelivered copy of it is not run again: by
+# request id, attempt and accept time (a redriven dead letter runs attempt 1 again).
+ANSWERED_MEMORY = 10_000
+
+
+@dataclass(slots=True)
+class _Run:
+    """Async work running here: a copy of it redelivered meanwhile waits for this run."""
+
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    answered: bool = False
 
 
 def skip_reason(inv: Invocation, redelivered: bool, now: float) -> Outcome | None:
@@ -84,6 +104,7 @@ class Worker:
         metrics: WorkerMetrics | None = None,
         worker_id: str = "",
         affinity: AffinityQueue | None = None,
+        stop_grace: float = 25.0,
     ) -> None:
         self._connection = connection
         self._topo = topo
@@ -105,6 +126,12 @@ class Worker:
         self._completions: Batcher[str, Completion] = Batcher(
             self._publish_completions, completion_bytes
         )
+        self._stop_grace = stop_grace
+        # Deliveries run in tasks of our own: a closed channel does not cut a run short.
+        self._handlers: list[Detached] = []
+        self._consumers: list[Consumer] = []
+        self._runs: dict[tuple[str, int, float], _Run] = {}
+        self._answered: OrderedDict[tuple[str, int, float], None] = OrderedDict()
 
     async def start(self) -> None:
         self._consume = await self._connection.channel()
@@ -119,18 +146,39 @@ class Worker:
         # Completions go back through the invoke exchange to the tenant's dispatcher shard.
         self._done_confirmed = await declare_invoke(self._confirmed, self._topo)
         self._done_fast = await declare_invoke(self._fast, self._topo)
-        if self._affinity is None:
-            await consume_fast(self._consume, self._topo.work_queue, self._on_work)
-        else:
-            await consume_fast(
-                self._consume, self._topo.work_queue, self._affinity.hold(self._on_work)
-            )
-            await self._affinity.start(self._consume, self._on_work)
+        shared = Detached(
+            self._on_work if self._affinity is None else self._affinity.hold(self._on_work)
+        )
+        self._handlers.append(shared)
+        self._consumers.append(await consume_fast(self._consume, self._topo.work_queue, shared))
+        if self._affinity is not None:
+            own = Detached(self._on_work)
+            self._handlers.append(own)
+            self._consumers.append(await self._affinity.start(self._consume, own))
         self._reaper = asyncio.create_task(self._reap_forever())
 
     async def close(self) -> None:
+        """Take no new work, let what runs finish (up to `stop_grace`), then disconnect:
+        what is still running then goes back to the queue and runs again elsewhere."""
+        if self._consumers:
+            with contextlib.suppress(Exception):
+                await self._consumers[0].cancel()  # the shared queue: nothing new from it
         if self._affinity is not None and self._consume is not None:
             await self._affinity.drain()
+        for consumer in self._consumers:
+            with contextlib.suppress(Exception):
+                await consumer.cancel()
+        deadline = time.monotonic() + self._stop_grace
+        left = 0
+        for handler in self._handlers:
+            left += await handler.finish(deadline - time.monotonic())
+        if left:
+            log.warning(
+                "stopping with %d deliveries still running after %.0fs: they go back to the "
+                "queue (async work runs again elsewhere)",
+                left,
+                self._stop_grace,
+            )
         if self._reaper is not None:
             self._reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -179,12 +227,41 @@ class Worker:
 
     async def _run_and_answer(self, message: DeliveredMessage, inv: Invocation) -> None:
         request_id_var.set(inv.id)
+        if inv.kind == "async":
+            await self._run_async(message, inv)
+            return
         outcome = skip_reason(inv, bool(message.redelivered), time.time())
         if outcome is None and self._affinity is not None and inv.kind == "sync":
             outcome = await self._affinity.lost(message, inv)
         if outcome is None:
             outcome = await self._run(inv)
         await self._answer(message, inv, outcome)
+
+    async def _run_async(self, message: DeliveredMessage, inv: Invocation) -> None:
+        """Run async work and answer it, unless this worker runs or answered it already
+        (a copy the broker gave back after a lost connection, or routed twice)."""
+        key = (inv.id, inv.attempt, inv.created_at)
+        first = self._runs.get(key)
+        if first is not None:
+            await first.done.wait()
+            if not first.answered:
+                raise Unavailable(f"the run of {inv.id} in progress here was not answered")
+        if first is not None or key in self._answered:
+            log.info("async %s attempt %d ran here already; this copy is not run", *key[:2])
+            if self._metrics is not None:
+                self._metrics.copies_not_run.inc()
+            return
+        run = self._runs[key] = _Run()
+        try:
+            outcome = await self._run(inv)
+            await self._answer(message, inv, outcome)
+            run.answered = True
+            self._answered[key] = None
+            if len(self._answered) > ANSWERED_MEMORY:
+                self._answered.popitem(last=False)
+        finally:
+            del self._runs[key]
+            run.done.set()
 
     async def _give_back(
         self, message: DeliveredMessage, request_ids: list[str], error: BaseException

@@ -1,0 +1,74 @@
+"""A worker keeps running work through a lost broker connection and through a clean stop.
+
+A broker restart used to cancel the worker's delivery handlers with their channel: the
+function went on inside its instance, which the pool counted free again, and the copy the
+broker gave back ran a second time. A SIGTERM cut running work short the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+
+import aiohttp
+
+from tests.conftest import Client, StartStack
+from tests.helpers import deploy, invoke, open_dir, wait_result
+from tests.stack import Stack, wait_until
+from tests.test_e2e_crash import SLOW
+from tests.test_e2e_reconnect import close_connections, stack_connections
+
+
+async def start_slow_async(stack: Stack, client: Client, marker_dir: str) -> tuple[str, ...]:
+    """Deploy SLOW (2 s), invoke it async and return once it runs: (service, function,
+    request id, marker path)."""
+    marker = open_dir(marker_dir) / "runs.txt"
+    service, function = await deploy(client, {"index.py": SLOW}, timeout=30)
+    status, headers, _ = await invoke(
+        client, service, function, str(marker).encode(), X_Fc_Invocation_Type="Async"
+    )
+    assert status == 202
+    await asyncio.to_thread(
+        wait_until, lambda: marker.exists() and marker.read_text().strip(), 30, "the run"
+    )
+    return service, function, headers["X-Fc-Request-Id"], str(marker)
+
+
+async def test_a_lost_connection_neither_stops_nor_repeats_running_work(
+    fresh_stack: StartStack,
+) -> None:
+    stack = fresh_stack(workers=1)
+    _, key = stack.create_tenant()
+    async with aiohttp.ClientSession() as session:
+        client = Client(session, stack.url, key)
+        service, function, request_id, marker = await start_slow_async(stack, client, "blip")
+        pids = await asyncio.to_thread(
+            stack_connections, stack.namespace, stack.worker_ids["worker-1"]
+        )
+        assert len(pids) == 1, pids
+        await asyncio.to_thread(close_connections, pids)
+        rec = await wait_result(client, service, function, request_id, timeout=60)
+        assert rec["status"] == "Succeeded" and rec["result"] == "survived", rec
+        # The broker gave the work back when the connection closed; the copy came back to
+        # this worker, which did not run it again.
+        await asyncio.to_thread(
+            stack.wait_log, "worker-1", "ran here already; this copy is not run"
+        )
+        runs = Path(marker).read_text().split()
+        assert len(runs) == 1, runs
+
+
+async def test_a_clean_stop_lets_running_work_finish(fresh_stack: StartStack) -> None:
+    stack = fresh_stack(workers=1)
+    _, key = stack.create_tenant()
+    async with aiohttp.ClientSession() as session:
+        client = Client(session, stack.url, key)
+        service, function, request_id, marker = await start_slow_async(stack, client, "stop")
+        await asyncio.to_thread(stack.kill, "worker-1", signal.SIGTERM)
+        assert stack.procs["worker-1"].returncode == 0, stack.logs("worker-1")
+        # Finished and answered before the worker went: no worker is left to run it again.
+        rec = await wait_result(client, service, function, request_id, timeout=30)
+        assert rec["status"] == "Succeeded" and rec["result"] == "survived", rec
+        runs = Path(marker).read_text().split()
+        assert len(runs) == 1, runs
