@@ -3,20 +3,32 @@
 A broker restart used to cancel the worker's delivery handlers with their channel: the
 function went on inside its instance, which the pool counted free again, and the copy the
 broker gave back ran a second time. A SIGTERM cut running work short the same way.
+
+A copy the worker does not run again still frees the concurrency slot the dispatcher may
+have taken for it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import signal
+import time
+import uuid
 from pathlib import Path
 
+import aio_pika
 import aiohttp
 
+from shared import codec
+from shared.models import InvocationRecord
+from shared.protocol import Invocation, Lineage
+from shared.store import Store
+from shared.topology import HDR_KIND, HDR_TENANT, Topology, invoke_routing_key
 from tests.conftest import Client, StartStack
 from tests.helpers import deploy, invoke, open_dir, wait_result
 from tests.stack import Stack, wait_until
 from tests.test_e2e_crash import SLOW
+from tests.test_e2e_dispatch import PROBE, Probe, fire_async, tenant_client
 from tests.test_e2e_reconnect import close_connections, stack_connections
 
 
@@ -72,3 +84,62 @@ async def test_a_clean_stop_lets_running_work_finish(fresh_stack: StartStack) ->
         assert rec["status"] == "Succeeded" and rec["result"] == "survived", rec
         runs = Path(marker).read_text().split()
         assert len(runs) == 1, runs
+
+
+async def test_a_copy_not_run_again_frees_its_concurrency_slot(fresh_stack: StartStack) -> None:
+    stack = fresh_stack(workers=1)
+    async with aiohttp.ClientSession() as session:
+        client = tenant_client(stack, session, concurrency=1)
+        probe = Probe()
+        service, function = await deploy(
+            client, {"index.py": PROBE}, environmentVariables=probe.env()
+        )
+        inv = Invocation(
+            id=str(uuid.uuid4()),
+            tenant=client.tenant,
+            service=service,
+            function=function,
+            kind="async",
+            created_at=time.time(),
+            lineage=Lineage(trace_id="copy"),
+        )
+
+        async def publish() -> None:  # as a trigger adapter does
+            connection = await aio_pika.connect(stack.env["PYFC_AMQP_URL"])
+            async with connection:
+                channel = await connection.channel(publisher_confirms=True)
+                exchange = await channel.get_exchange(Topology(stack.namespace).invoke_exchange)
+                await exchange.publish(
+                    aio_pika.Message(
+                        codec.encode(inv),
+                        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                        headers={HDR_TENANT: inv.tenant, HDR_KIND: "async"},
+                    ),
+                    routing_key=invoke_routing_key(inv.tenant),
+                )
+
+        # Recorded as accepted, as the gateway or a trigger adapter records it.
+        store = await Store.open(f"sqlite+aiosqlite:///{stack.root / 'data' / 'pyfc.db'}")
+        try:
+            await store.record_accepted(
+                InvocationRecord(
+                    request_id=inv.id, tenant=inv.tenant, service_name=service,
+                    qualifier="LATEST", function_name=function,
+                )
+            )  # fmt: skip
+        finally:
+            await store.close()
+        await publish()
+        rec = await wait_result(client, service, function, inv.id)
+        assert rec["status"] == "Succeeded", rec
+        # The same invocation again, after its run was concluded: the dispatcher admits it
+        # (taking the tenant's only slot) and the worker, which answered it, does not run it.
+        await publish()
+        await asyncio.to_thread(
+            stack.wait_log, "worker-1", "ran here already; this copy is not run"
+        )
+        # The slot is free again: the tenant's next invocation runs.
+        (request_id,) = await fire_async(client, service, function, 1)
+        rec = await wait_result(client, service, function, request_id, timeout=30)
+        assert rec["status"] == "Succeeded", rec
+        assert probe.ids() == [inv.id, request_id]

@@ -250,6 +250,12 @@ class Worker:
             log.info("async %s attempt %d ran here already; this copy is not run", *key[:2])
             if self._metrics is not None:
                 self._metrics.copies_not_run.inc()
+            # The dispatcher may have routed this copy anew, holding a concurrency slot
+            # for it: an outcome-less completion frees it (and nothing else) once more.
+            release = Completion(
+                request_id=inv.id, tenant=inv.tenant, kind="async", worker_id=self._worker_id
+            )
+            await self._completions.send(invoke_routing_key(inv.tenant), release)
             return
         run = self._runs[key] = _Run()
         try:
