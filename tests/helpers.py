@@ -10,6 +10,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import aio_pika
+
+from shared.broker import persistent_invocation
+from shared.protocol import Invocation, Lineage
+from shared.topology import Topology, declare_invoke, invoke_routing_key
 from tests.conftest import Client
 from tests.stack import code_body
 
@@ -82,3 +87,28 @@ async def wait_result(
         if time.monotonic() > deadline:
             raise TimeoutError(f"invocation {request_id} still {rec['status']}")
         await asyncio.sleep(0.05)
+
+
+def async_invocation(tenant: str, service: str, function: str) -> Invocation:
+    """A new async invocation envelope, as a trigger adapter makes one."""
+    return Invocation(
+        id=str(uuid.uuid4()),
+        tenant=tenant,
+        service=service,
+        function=function,
+        kind="async",
+        created_at=time.time(),
+        lineage=Lineage(trace_id=uuid.uuid4().hex),
+    )
+
+
+async def enqueue(amqp_url: str, namespace: str, inv: Invocation) -> None:
+    """Publish `inv` to the invoke exchange (persistent, confirmed), as a trigger adapter
+    does: no gateway, no accepted record."""
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        exchange = await declare_invoke(channel, Topology(namespace))
+        await exchange.publish(
+            persistent_invocation(inv), routing_key=invoke_routing_key(inv.tenant)
+        )

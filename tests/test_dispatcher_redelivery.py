@@ -19,7 +19,6 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import aio_pika
 import pytest
@@ -32,16 +31,15 @@ from shared import codec
 from shared.batching import Batcher
 from shared.broker import Detached, RawHandler, connect, consume_fast
 from shared.models import Function, InvocationRecord, Service
-from shared.protocol import Invocation, InvocationBatch, Lineage, WorkBatch, invocation_bytes
+from shared.protocol import Invocation, InvocationBatch, WorkBatch, invocation_bytes
 from shared.store import Store
 from shared.topology import (
-    HDR_KIND,
-    HDR_TENANT,
     MSG_INVOKE_BATCH,
     Topology,
     declare_invoke,
     invoke_routing_key,
 )
+from tests.helpers import async_invocation, enqueue
 from tests.stack import AMQP_URL, delete_namespace
 from tests.test_e2e_reconnect import close_connections, stack_connections
 
@@ -111,17 +109,17 @@ class Scratch:
     connection: AbstractRobustConnection
     dispatcher: Dispatcher
 
-    async def publish(self, body: Invocation | InvocationBatch, **props: Any) -> None:
+    async def publish_batch(self, batch: InvocationBatch) -> None:
+        """Several invocations in one message, as the gateway accepts them."""
         connection = await aio_pika.connect(AMQP_URL)
         async with connection:
             channel = await connection.channel(publisher_confirms=True)
             exchange = await declare_invoke(channel, self.topo)
             await exchange.publish(
                 aio_pika.Message(
-                    codec.encode(body),
+                    codec.encode(batch),
                     delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                    headers={HDR_TENANT: "acme", HDR_KIND: "async"},
-                    **props,
+                    type=MSG_INVOKE_BATCH,
                 ),
                 routing_key=invoke_routing_key("acme"),
             )
@@ -148,18 +146,6 @@ async def scratch(tmp_path: Path) -> AsyncIterator[Scratch]:
         await delete_namespace(topo.namespace)
 
 
-def invocation() -> Invocation:
-    return Invocation(
-        id=str(uuid.uuid4()),
-        tenant="acme",
-        service="s",
-        function="f",
-        kind="async",
-        created_at=time.time(),
-        lineage=Lineage(trace_id="t"),
-    )
-
-
 async def test_a_routing_cut_by_a_lost_connection_is_neither_lost_nor_stranded(
     scratch: Scratch,
 ) -> None:
@@ -175,7 +161,7 @@ async def test_a_routing_cut_by_a_lost_connection_is_neither_lost_nor_stranded(
 
     dispatcher._work = Batcher(held_publish, invocation_bytes)
     await dispatcher.start()
-    await scratch.publish(invocation())
+    await enqueue(AMQP_URL, topo.namespace, async_invocation("acme", "s", "f"))
     await asyncio.wait_for(reached.wait(), 10)
     pids = await asyncio.to_thread(stack_connections, topo.namespace, "dispatcher")
     assert len(pids) == 1, pids
@@ -202,7 +188,7 @@ async def test_a_routing_cut_by_a_lost_connection_is_neither_lost_nor_stranded(
 
 async def test_a_redelivered_batch_runs_only_what_was_not_concluded(scratch: Scratch) -> None:
     topo, store = scratch.topo, scratch.store
-    ran, fresh = invocation(), invocation()
+    ran, fresh = (async_invocation("acme", "s", "f") for _ in range(2))
     for inv in (ran, fresh):
         await store.record_accepted(
             InvocationRecord(
@@ -214,7 +200,7 @@ async def test_a_redelivered_batch_runs_only_what_was_not_concluded(scratch: Scr
         "acme", ran.id, status="Succeeded", attempt=1, result=b"", error_type="", error_message=""
     )
     # The batch as a broker gives it back after a restart: marked redelivered.
-    await scratch.publish(InvocationBatch(invocations=[ran, fresh]), type=MSG_INVOKE_BATCH)
+    await scratch.publish_batch(InvocationBatch(invocations=[ran, fresh]))
     connection = await aio_pika.connect(AMQP_URL)
     async with connection:
         channel = await connection.channel()

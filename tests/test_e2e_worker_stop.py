@@ -12,20 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
-import uuid
 from pathlib import Path
 
-import aio_pika
 import aiohttp
 
-from shared import codec
 from shared.models import InvocationRecord
-from shared.protocol import Invocation, Lineage
 from shared.store import Store
-from shared.topology import HDR_KIND, HDR_TENANT, Topology, invoke_routing_key
 from tests.conftest import Client, StartStack
-from tests.helpers import deploy, invoke, open_dir, wait_result
+from tests.helpers import async_invocation, deploy, enqueue, invoke, open_dir, wait_result
 from tests.stack import Stack, wait_until
 from tests.test_e2e_crash import SLOW
 from tests.test_e2e_dispatch import PROBE, Probe, fire_async, tenant_client
@@ -94,30 +88,7 @@ async def test_a_copy_not_run_again_frees_its_concurrency_slot(fresh_stack: Star
         service, function = await deploy(
             client, {"index.py": PROBE}, environmentVariables=probe.env()
         )
-        inv = Invocation(
-            id=str(uuid.uuid4()),
-            tenant=client.tenant,
-            service=service,
-            function=function,
-            kind="async",
-            created_at=time.time(),
-            lineage=Lineage(trace_id="copy"),
-        )
-
-        async def publish() -> None:  # as a trigger adapter does
-            connection = await aio_pika.connect(stack.env["PYFC_AMQP_URL"])
-            async with connection:
-                channel = await connection.channel(publisher_confirms=True)
-                exchange = await channel.get_exchange(Topology(stack.namespace).invoke_exchange)
-                await exchange.publish(
-                    aio_pika.Message(
-                        codec.encode(inv),
-                        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                        headers={HDR_TENANT: inv.tenant, HDR_KIND: "async"},
-                    ),
-                    routing_key=invoke_routing_key(inv.tenant),
-                )
-
+        inv = async_invocation(client.tenant, service, function)
         # Recorded as accepted, as the gateway or a trigger adapter records it.
         store = await Store.open(f"sqlite+aiosqlite:///{stack.root / 'data' / 'pyfc.db'}")
         try:
@@ -129,12 +100,12 @@ async def test_a_copy_not_run_again_frees_its_concurrency_slot(fresh_stack: Star
             )  # fmt: skip
         finally:
             await store.close()
-        await publish()
+        await enqueue(stack.env["PYFC_AMQP_URL"], stack.namespace, inv)
         rec = await wait_result(client, service, function, inv.id)
         assert rec["status"] == "Succeeded", rec
         # The same invocation again, after its run was concluded: the dispatcher admits it
         # (taking the tenant's only slot) and the worker, which answered it, does not run it.
-        await publish()
+        await enqueue(stack.env["PYFC_AMQP_URL"], stack.namespace, inv)
         await asyncio.to_thread(
             stack.wait_log, "worker-1", "ran here already; this copy is not run"
         )
