@@ -127,10 +127,11 @@ class Consumer:
     async def cancel(self) -> None:
         """Take no more deliveries (those already taken stay ours to settle)."""
         self._cancelled = True
-        if self._tag is None or self._channel.is_closed:
+        tag, self._tag = self._tag, None
+        if tag is None or self._channel.is_closed:
             return
         underlay = await self._channel.get_underlay_channel()
-        await underlay.basic_cancel(self._tag)
+        await underlay.basic_cancel(tag)
 
 
 async def consume_fast(

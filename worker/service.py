@@ -231,7 +231,7 @@ class Worker:
             await self._run_async(message, inv)
             return
         outcome = skip_reason(inv, bool(message.redelivered), time.time())
-        if outcome is None and self._affinity is not None and inv.kind == "sync":
+        if outcome is None and self._affinity is not None:
             outcome = await self._affinity.lost(message, inv)
         if outcome is None:
             outcome = await self._run(inv)
