@@ -105,6 +105,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     # Worker: a root worker runs each tenant's instances as uid and gid this + the tenant's
     # number, without supplementary groups; 0 = as the worker's own uid (no isolation).
     instance_uid_base: int = 100000
+    # Worker: under isolation, the most processes and threads one tenant's instances may
+    # have on this host together (RLIMIT_NPROC of its uid); 0 = no limit.
+    instance_max_procs: int = 2048
     # Worker: where code packages are unpacked, shared by the host's workers. Instance uids
     # read it, so it is not in the (private) data dir; default `<tmp>/pyfc-code-<euid>`.
     code_cache_dir: str = ""

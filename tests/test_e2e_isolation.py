@@ -26,6 +26,7 @@ UID_BASE = 100000
 PROBE = r"""
 import json
 import os
+import resource
 import signal
 
 
@@ -62,6 +63,7 @@ def handler(event, context):
         "gid": os.getgid(),
         "euid": os.geteuid(),
         "groups": os.getgroups(),
+        "nproc": list(resource.getrlimit(resource.RLIMIT_NPROC)),
         "pid": os.getpid(),
         "home": home,
         "parent_environ": _try(lambda: _read(f"/proc/{parent}/environ")),
@@ -181,6 +183,8 @@ async def test_a_function_sees_nothing_of_the_worker_or_the_data_dir(
     assert_sealed(seen, isolated_stack)
     assert seen["uid"] == seen["euid"] == seen["gid"] >= UID_BASE
     assert seen["groups"] in ([], [seen["gid"]])
+    # The tenant's processes and threads on the host are capped (PYFC_INSTANCE_MAX_PROCS).
+    assert seen["nproc"] == [2048, 2048]
 
 
 async def test_tenants_get_uids_of_their_own_and_cannot_reach_each_other(

@@ -260,6 +260,66 @@ async def test_memory_size_still_holds_after_the_drop(
     assert json.loads(outcome.body)["errorType"] == "OutOfMemory", outcome.body
 
 
+THREADS = """
+import json, resource, threading
+
+
+def handler(event, context):
+    stop, threads, error = threading.Event(), [], ""
+    try:
+        for _ in range(int(event)):
+            thread = threading.Thread(target=stop.wait)
+            thread.start()
+            threads.append(thread)
+    except RuntimeError as e:  # "can't start new thread": the kernel said EAGAIN
+        error = str(e)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    limit = list(resource.getrlimit(resource.RLIMIT_NPROC))
+    return json.dumps({"limit": limit, "started": len(threads), "error": error})
+"""
+
+
+@root_only
+@pytest.mark.parametrize("how", ["zygote-fork", "spare", "spawn"])
+async def test_a_tenant_cannot_take_the_hosts_pids(
+    open_dir: Path, zygote: Zygote, started: list[Instance | CustomInstance], how: str
+) -> None:
+    """RLIMIT_NPROC counts a uid's processes and threads host-wide: a tenant past its
+    limit cannot start more, and nothing else suffers (another tenant, its own instance)."""
+    env = {"PYTHONHASHSEED": "1"} if how == "spawn" else {}
+    code = write_code(open_dir, THREADS)
+    spare = await spare_ready(zygote) if how == "spare" else None
+    capped = await Instance.start(
+        make_spec(tenant_number=44, environment=env),
+        code,
+        zygote=zygote,
+        users=TenantUsers(BASE, privileged=True, max_procs=40),
+    )
+    started.append(capped)
+    assert spare is None or capped.pid == spare
+    seen = json.loads((await capped.invoke(make_inv(b"200"))).body)
+    assert seen["limit"] == [40, 40]
+    assert seen["started"] < 40 and "thread" in seen["error"], seen
+    # The instance itself goes on, and a tenant without the cap is not held to it.
+    assert json.loads((await capped.invoke(make_inv(b"5"))).body)["started"] == 5
+    free = await Instance.start(
+        make_spec(tenant_number=45, environment=env),
+        code,
+        zygote=zygote,
+        users=TenantUsers(BASE, privileged=True),
+    )
+    started.append(free)
+    seen = json.loads((await free.invoke(make_inv(b"200"))).body)
+    assert seen["started"] == 200 and not seen["error"], seen
+
+
+def test_a_negative_process_limit_is_refused() -> None:
+    with pytest.raises(ValueError, match="PYFC_INSTANCE_MAX_PROCS"):
+        TenantUsers(BASE, privileged=True, max_procs=-1)
+
+
 NODE_WHOAMI = rb"""
 const fs = require('fs');
 const http = require('http');

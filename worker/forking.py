@@ -75,7 +75,14 @@ def _gone(pid: int) -> bool:
 def _fork_request(env: Mapping[str, str], cwd: str, user: InstanceUser | None) -> Fork:
     if user is None:
         return Fork(request_id=0, env=dict(env), cwd=cwd)
-    return Fork(request_id=0, env=dict(env), cwd=cwd, uid=user.uid, gid=user.gid)
+    return Fork(
+        request_id=0,
+        env=dict(env),
+        cwd=cwd,
+        uid=user.uid,
+        gid=user.gid,
+        max_procs=user.max_procs,
+    )
 
 
 class ForkedProcess:

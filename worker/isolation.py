@@ -2,7 +2,10 @@
 
 A root worker runs every instance of a tenant as uid = gid = `PYFC_INSTANCE_UID_BASE` +
 the tenant's number (`FunctionSpec.tenant_number`), with no supplementary groups and
-PR_SET_NO_NEW_PRIVS (no setuid binary gives root back). So a function cannot read the
+PR_SET_NO_NEW_PRIVS (no setuid binary gives root back), and RLIMIT_NPROC: a tenant's
+processes and threads on this host together stay under `PYFC_INSTANCE_MAX_PROCS` (the
+kernel counts them per real uid), so a fork bomb cannot take the host's pids from the
+other tenants and the worker (pid_max is 32768 on many hosts). So a function cannot read the
 worker's `/proc/<pid>/environ` (broker and database URLs), the private data dir, or another
 tenant's workdir, nor signal another tenant's instances. The child drops to that user
 itself, after anything it does as root (joining its memory cgroup) and before any function
@@ -21,6 +24,7 @@ import ctypes
 import functools
 import logging
 import os
+import resource
 import signal
 import stat
 from collections.abc import Callable, Iterable
@@ -40,25 +44,32 @@ Prctl = Callable[[int, int, int, int, int], int]
 
 
 class InstanceUser(NamedTuple):
-    """The uid and gid an instance runs as (no supplementary groups)."""
+    """The uid and gid an instance runs as (no supplementary groups), and the most
+    processes and threads that uid may have on the host (0: no limit)."""
 
     uid: int
     gid: int
+    max_procs: int = 0
 
 
 class TenantUsers:
     """Tenant number → the user its instances run as; None means the worker's own uid."""
 
-    def __init__(self, uid_base: int, *, privileged: bool) -> None:
+    def __init__(self, uid_base: int, *, privileged: bool, max_procs: int = 0) -> None:
         if not 0 <= uid_base <= MAX_ID:
             raise ValueError(f"PYFC_INSTANCE_UID_BASE must be in 0..{MAX_ID}, got {uid_base}")
+        if max_procs < 0:
+            raise ValueError(
+                f"PYFC_INSTANCE_MAX_PROCS must be 0 (no limit) or more, got {max_procs}"
+            )
         self.uid_base = uid_base
+        self.max_procs = max_procs
         # Only root can run a child as another uid; a base of 0 turns isolation off.
         self.enabled = privileged and uid_base > 0
 
     @classmethod
-    def for_worker(cls, uid_base: int) -> TenantUsers:
-        return cls(uid_base, privileged=os.geteuid() == 0)
+    def for_worker(cls, uid_base: int, max_procs: int = 0) -> TenantUsers:
+        return cls(uid_base, privileged=os.geteuid() == 0, max_procs=max_procs)
 
     def user(self, tenant_number: int) -> InstanceUser | None:
         """Who `tenant_number`'s instances run as; ValueError past the uid range."""
@@ -67,10 +78,13 @@ class TenantUsers:
         uid = self.uid_base + tenant_number
         if not 0 < uid <= MAX_ID or tenant_number < 0:
             raise ValueError(f"tenant number {tenant_number} is outside the instance uid range")
-        return InstanceUser(uid, uid)
+        return InstanceUser(uid, uid, self.max_procs)
 
     def __repr__(self) -> str:
-        return f"TenantUsers(uid_base={self.uid_base}, enabled={self.enabled})"
+        return (
+            f"TenantUsers(uid_base={self.uid_base}, enabled={self.enabled}, "
+            f"max_procs={self.max_procs})"
+        )
 
 
 @functools.cache
@@ -87,11 +101,14 @@ def _call(fn: Prctl, option: int, value: int) -> None:
 
 
 def become(user: InstanceUser, fn: Prctl | None = None) -> None:
-    """Drop to `user` for good: no supplementary groups, gid, uid, then no_new_privs.
+    """Drop to `user` for good: its process limit (soft and hard, so it cannot be raised
+    back), no supplementary groups, gid, uid, then no_new_privs.
 
     The kernel clears PR_SET_PDEATHSIG on a uid change: callers set it again after.
     """
     fn = fn or prctl()
+    if user.max_procs:
+        resource.setrlimit(resource.RLIMIT_NPROC, (user.max_procs, user.max_procs))
     os.setgroups([])
     os.setresgid(user.gid, user.gid, user.gid)
     os.setresuid(user.uid, user.uid, user.uid)
@@ -192,7 +209,9 @@ def runtime_paths(python: str) -> list[str]:
     return list(dict.fromkeys(paths))
 
 
-def for_this_worker(uid_base: int, python: str, passed: Iterable[str | Path]) -> TenantUsers:
+def for_this_worker(
+    uid_base: int, python: str, passed: Iterable[str | Path], max_procs: int = 0
+) -> TenantUsers:
     """The worker's users, checked once at start.
 
     Root: every instance uid must read `python`'s installation and the `worker` package,
@@ -200,7 +219,7 @@ def for_this_worker(uid_base: int, python: str, passed: Iterable[str | Path]) ->
     saying what to open up: no instance would start. Not root (or a base of 0): one
     warning, and this process (the worker) is made non-dumpable, as the zygote makes itself.
     """
-    users = TenantUsers.for_worker(uid_base)
+    users = TenantUsers.for_worker(uid_base, max_procs)
     if not users.enabled:
         euid = os.geteuid()
         why = "PYFC_INSTANCE_UID_BASE is 0" if euid == 0 else f"the worker runs as uid {euid}"

@@ -36,7 +36,10 @@ def main(settings: Settings | None = None) -> int:
         settings.private_data_dir()  # functions (other uids) run on this host
         code_root = prepare_root(settings.effective_code_cache_dir)
         users = isolation.for_this_worker(
-            settings.instance_uid_base, sys.executable, [code_root, tempfile.gettempdir()]
+            settings.instance_uid_base,
+            sys.executable,
+            [code_root, tempfile.gettempdir()],
+            settings.instance_max_procs,
         )
         issuer = TokenIssuer(settings.token_secret(), settings.effective_gateway_url)
     except BadRequest as e:

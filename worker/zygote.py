@@ -51,6 +51,7 @@ class Fork(msgspec.Struct, tag=True, kw_only=True):
     cwd: str
     uid: int = -1
     gid: int = -1
+    max_procs: int = 0
 
 
 class Prefork(msgspec.Struct, tag=True, kw_only=True):
@@ -117,7 +118,7 @@ def _become_instance(request: Fork, sock_fd: int, out_fd: int, zygote_pid: int) 
     os.environ.clear()
     os.environ.update(request.env)
     if request.uid >= 0:
-        isolation.become(isolation.InstanceUser(request.uid, request.gid))
+        isolation.become(isolation.InstanceUser(request.uid, request.gid, request.max_procs))
         # As an exec after a uid change would: its /proc entries belong to its own uid.
         isolation.set_dumpable(True)
         bootstrap._die_with_parent(zygote_pid)  # the uid change cleared it
