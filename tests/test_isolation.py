@@ -172,7 +172,13 @@ def handler(event, context):
             block[i] = 1
     with open(os.path.join(home, "from-init")) as f:
         from_init = f.read()
+    shared = f"/tmp/pyfc-umask-{os.getpid()}"  # /tmp is the host's, other tenants' too
+    with open(shared, "w") as f:
+        f.write("mine")
+    shared_mode = os.stat(shared).st_mode & 0o777
+    os.unlink(shared)
     return {
+        "shared_tmp_mode": shared_mode,
         "ids": [os.getuid(), os.geteuid(), os.getgid(), os.getegid()],
         "groups": os.getgroups(),
         "no_new_privs": status("NoNewPrivs"),
@@ -213,6 +219,8 @@ async def started() -> AsyncIterator[list[Instance | CustomInstance]]:
 def check_dropped(seen: dict[str, Any], uid: int) -> None:
     assert seen["ids"] == [uid] * 4
     assert seen["groups"] in ([], [uid])
+    # umask 077: what it leaves in the host's /tmp or /dev/shm no other tenant reads.
+    assert seen["shared_tmp_mode"] == 0o600
     assert seen["no_new_privs"] == "1"
     assert seen["from_init"] == "init ran"
     assert not seen["workdir_root_listed"]

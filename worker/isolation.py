@@ -102,13 +102,15 @@ def _call(fn: Prctl, option: int, value: int) -> None:
 
 def become(user: InstanceUser, fn: Prctl | None = None) -> None:
     """Drop to `user` for good: its process limit (soft and hard, so it cannot be raised
-    back), no supplementary groups, gid, uid, then no_new_privs.
+    back), umask 077, no supplementary groups, gid, uid, then no_new_privs.
 
     The kernel clears PR_SET_PDEATHSIG on a uid change: callers set it again after.
     """
     fn = fn or prctl()
     if user.max_procs:
         resource.setrlimit(resource.RLIMIT_NPROC, (user.max_procs, user.max_procs))
+    # Files it makes in the host's shared /tmp or /dev/shm are its tenant's alone.
+    os.umask(0o077)
     os.setgroups([])
     os.setresgid(user.gid, user.gid, user.gid)
     os.setresuid(user.uid, user.uid, user.uid)
