@@ -275,19 +275,20 @@ class Dispatcher:
         redelivery.
 
         A broker restart or a replica's crash gives back whole batches, parts of which ran
-        and were recorded since: those are not run again. Only redeliveries pay for the
+        and were concluded since (Succeeded, Failed, or retried: a later attempt is under
+        way): those are not run again. Only redeliveries pay for the
         lookup (one query per tenant); if the store cannot answer, all run (at least once).
         """
         if not message.redelivered:
             return set()
-        by_tenant: dict[str, list[str]] = {}
+        by_tenant: dict[str, dict[str, int]] = {}
         for inv in invs:
             if inv.kind == "async":
-                by_tenant.setdefault(inv.tenant, []).append(inv.id)
+                by_tenant.setdefault(inv.tenant, {})[inv.id] = inv.attempt
         concluded: set[str] = set()
-        for tenant, request_ids in by_tenant.items():
+        for tenant, attempts in by_tenant.items():
             try:
-                found = await self._store.concluded(tenant, request_ids)
+                found = await self._store.concluded(tenant, attempts)
             except PyfcError as e:
                 log.warning("cannot tell which redelivered invocations ran already: %s", e.message)
                 continue

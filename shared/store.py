@@ -13,7 +13,7 @@ import contextlib
 import logging
 import secrets
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping
 from typing import TypeVar
 
 import msgspec
@@ -419,18 +419,22 @@ class Store:
             raise InvocationNotFound(f"invocation {request_id!r} not found")
         return InvocationRecord(**row)
 
-    async def concluded(self, tenant: str, request_ids: Sequence[str]) -> set[str]:
-        """Those of `request_ids` recorded Succeeded or Failed: a redelivered copy of one
-        has nothing left to run."""
-        if not request_ids:
+    async def concluded(self, tenant: str, attempts: Mapping[str, int]) -> set[str]:
+        """Those of the invocations (request id -> attempt) whose attempt was concluded: the
+        invocation is Succeeded or Failed, or a later attempt is under way (a retry was
+        scheduled). A redelivered copy of one has nothing left to run."""
+        if not attempts:
             return set()
-        query = select(invocations.c.request_id).where(
-            invocations.c.tenant == tenant,
-            invocations.c.request_id.in_(request_ids),
-            invocations.c.status.in_(rows.TERMINAL),
+        query = select(invocations.c.request_id, invocations.c.status, invocations.c.attempt).where(
+            invocations.c.tenant == tenant, invocations.c.request_id.in_(list(attempts))
         )
         async with self._begin() as conn:
-            return set((await conn.execute(query)).scalars())
+            found = (await conn.execute(query)).all()
+        return {
+            request_id
+            for request_id, status, attempt in found
+            if status in rows.TERMINAL or attempt >= attempts[request_id]
+        }
 
     async def reenqueue(
         self, tenant: str, request_id: str, service: str, qualifier: str, function: str

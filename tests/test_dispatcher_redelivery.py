@@ -188,8 +188,8 @@ async def test_a_routing_cut_by_a_lost_connection_is_neither_lost_nor_stranded(
 
 async def test_a_redelivered_batch_runs_only_what_was_not_concluded(scratch: Scratch) -> None:
     topo, store = scratch.topo, scratch.store
-    ran, fresh = (async_invocation("acme", "s", "f") for _ in range(2))
-    for inv in (ran, fresh):
+    ran, retried, fresh = (async_invocation("acme", "s", "f") for _ in range(3))
+    for inv in (ran, retried, fresh):
         await store.record_accepted(
             InvocationRecord(
                 request_id=inv.id, tenant="acme", service_name="s", qualifier="LATEST",
@@ -199,8 +199,13 @@ async def test_a_redelivered_batch_runs_only_what_was_not_concluded(scratch: Scr
     await store.record_outcome(
         "acme", ran.id, status="Succeeded", attempt=1, result=b"", error_type="", error_message=""
     )
+    # Attempt 1 failed and attempt 2 is scheduled: this copy of attempt 1 is done with.
+    await store.record_outcome(
+        "acme", retried.id, status="Enqueued", attempt=1, result=b"", error_type="E",
+        error_message="",
+    )  # fmt: skip
     # The batch as a broker gives it back after a restart: marked redelivered.
-    await scratch.publish_batch(InvocationBatch(invocations=[ran, fresh]))
+    await scratch.publish_batch(InvocationBatch(invocations=[ran, retried, fresh]))
     connection = await aio_pika.connect(AMQP_URL)
     async with connection:
         channel = await connection.channel()
@@ -217,7 +222,7 @@ async def test_a_redelivered_batch_runs_only_what_was_not_concluded(scratch: Scr
         await message.ack()
     assert [inv.id for inv in codec.decode(message.body, WorkBatch).invocations] == [fresh.id]
     metrics = generate_latest(scratch.dispatcher.metrics.registry).decode()
-    assert 'pyfc_dispatcher_redelivered_concluded_total{tenant="acme"} 1.0' in metrics
+    assert 'pyfc_dispatcher_redelivered_concluded_total{tenant="acme"} 2.0' in metrics
     # The whole batch is acked: nothing left on the shards.
     counts = queue_counts(f"{topo.namespace}.")
     assert all(counts.get(q, (0, 0)) == (0, 0) for q in topo.shard_queues), counts

@@ -318,7 +318,7 @@ async def test_reenqueue_resets_or_creates_the_invocation(store: Store) -> None:
     assert (await store.get_invocation(t, fresh)).function_name == "f"
 
 
-async def test_concluded_names_only_this_tenants_finished_invocations(store: Store) -> None:
+async def test_concluded_names_the_attempts_already_concluded(store: Store) -> None:
     t, other = await new_tenant(store), await new_tenant(store)
     ids = {name: uuid.uuid4().hex for name in ("ok", "failed", "retrying", "queued")}
     for rid in ids.values():
@@ -335,9 +335,14 @@ async def test_concluded_names_only_this_tenants_finished_invocations(store: Sto
             t, ids[name], status=status, attempt=1, result=b"", error_type="", error_message=""
         )
     unknown = uuid.uuid4().hex
-    assert await store.concluded(t, [*ids.values(), unknown]) == {ids["ok"], ids["failed"]}
-    assert await store.concluded(other, list(ids.values())) == set()
-    assert await store.concluded(t, []) == set()
-    # A redriven invocation is running again: not concluded.
+    first = {**{rid: 1 for rid in ids.values()}, unknown: 1}
+    # Attempt 1 of "retrying" was concluded (attempt 2 is scheduled); "queued" never ran.
+    assert await store.concluded(t, first) == {ids["ok"], ids["failed"], ids["retrying"]}
+    # Its attempt 2 is still to run; the finished ones stay finished at any attempt.
+    second = {rid: 2 for rid in ids.values()}
+    assert await store.concluded(t, second) == {ids["ok"], ids["failed"]}
+    assert await store.concluded(other, first) == set()
+    assert await store.concluded(t, {}) == set()
+    # A redriven invocation is running again from attempt 1: not concluded.
     await store.reenqueue(t, ids["failed"], "svc", "LATEST", "f")
-    assert await store.concluded(t, [ids["failed"]]) == set()
+    assert await store.concluded(t, {ids["failed"]: 1}) == set()
