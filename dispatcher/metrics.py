@@ -68,7 +68,7 @@ class DispatcherMetrics:
         )  # fmt: skip
         self.redelivered_concluded = Counter(
             "pyfc_dispatcher_redelivered_concluded",
-            "Redelivered async invocations not run again: already Succeeded or Failed",
+            "Redelivered async invocations not run again: attempt already concluded",
             ["tenant"], registry=self.registry,
         )  # fmt: skip
         self.loops = Counter(

@@ -276,8 +276,8 @@ class Dispatcher:
 
         A broker restart or a replica's crash gives back whole batches, parts of which ran
         and were concluded since (Succeeded, Failed, or retried: a later attempt is under
-        way): those are not run again. Only redeliveries pay for the
-        lookup (one query per tenant); if the store cannot answer, all run (at least once).
+        way): those are not run again. Only redeliveries pay for the lookup (one query per
+        tenant); if the store cannot answer, all run (at least once).
         """
         if not message.redelivered:
             return set()

@@ -40,6 +40,7 @@ from shared.topology import (
     invoke_routing_key,
 )
 from tests.helpers import async_invocation, enqueue
+from tests.instances import eventually
 from tests.stack import AMQP_URL, delete_namespace
 from tests.test_e2e_reconnect import close_connections, stack_connections
 
@@ -59,14 +60,6 @@ def queue_counts(prefix: str) -> dict[str, tuple[int, int]]:
         if name.startswith(prefix):
             counts[name] = (int(ready), int(unacked))
     return counts
-
-
-async def until(predicate: Callable[[], bool], what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 @pytest.mark.parametrize("wrap, survives", [(Detached, True), (lambda h: h, False)])
@@ -96,7 +89,7 @@ async def test_a_detached_handler_outlives_its_channel(
         await asyncio.wait_for(started.wait(), 10)
         await channel.close()  # as a broker restart closes it: its tasks are cancelled
         release.set()
-        await until(lambda: bool(finished or cancelled), "the handler to end")
+        await eventually(lambda: bool(finished or cancelled))
         assert (finished, cancelled) == (([b"m"], []) if survives else ([], [b"m"]))
 
 
@@ -174,7 +167,7 @@ async def test_a_routing_cut_by_a_lost_connection_is_neither_lost_nor_stranded(
 
     # Reconnected: the invocation is back, held by the dispatcher as a copy of the
     # routing still in flight.
-    await until(redelivered, "the invocation to be redelivered")
+    await eventually(redelivered, within=30)
     gate.set()
 
     def settled() -> bool:
@@ -183,7 +176,7 @@ async def test_a_routing_cut_by_a_lost_connection_is_neither_lost_nor_stranded(
         return counts.get(topo.work_queue) == (1, 0) and all(c == (0, 0) for c in shards)
 
     # The work went out once and the invocation (both deliveries of it) is settled.
-    await until(settled, "the work routed and the invocation acked")
+    await eventually(settled, within=30)
 
 
 async def test_a_redelivered_batch_runs_only_what_was_not_concluded(scratch: Scratch) -> None:
