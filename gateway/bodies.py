@@ -1,4 +1,5 @@
-"""Request bodies of the HTTP API (**contract**), validated once where the bytes enter."""
+"""Request and response bodies of the HTTP API (**contract**); requests are validated once
+where the bytes enter."""
 
 from __future__ import annotations
 
@@ -113,6 +114,61 @@ class ProvisionConfigUpdate(
     msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fields=True
 ):
     target: ProvisionTarget
+
+
+# --- response bodies ---------------------------------------------------------------------
+
+
+class TenantView(msgspec.Struct, kw_only=True, rename="camel"):
+    """GET /v1/tenant: the caller's own tenant and its caps."""
+
+    name: str
+    concurrency: int
+    max_chain_depth: int
+    reserved_concurrency: int  # sum over the tenant's functions
+    created_time: str
+
+
+class DeadLetterSummary(msgspec.Struct, kw_only=True, rename="camel"):
+    """A dead letter in a list: no payload, response or envelope."""
+
+    request_id: str
+    service_name: str
+    qualifier: str
+    function_name: str
+    reason: str  # one of shared.models.DEAD_LETTER_REASONS
+    error_type: str
+    error_message: str
+    attempts: int
+    hops: int
+    trace_id: str
+    created_time: str
+
+
+class DeadLetterPage(msgspec.Struct, kw_only=True, rename="camel", omit_defaults=True):
+    dead_letters: list[DeadLetterSummary]
+    next_token: str | None = None
+
+
+class DeadLetterDetail(DeadLetterSummary, kw_only=True, rename="camel", omit_defaults=True):
+    """One dead letter: payload and response as base64, and as text when they are UTF-8."""
+
+    payload: str
+    response: str
+    payload_text: str | None = None
+    response_text: str | None = None
+
+
+class RedriveFailure(msgspec.Struct, kw_only=True, rename="camel"):
+    request_id: str
+    error_code: str
+    error_message: str
+
+
+class RedriveResult(msgspec.Struct, kw_only=True, rename="camel", omit_defaults=True):
+    redriven: list[str]
+    failed: list[RedriveFailure] = []
+    next_token: str | None = None
 
 
 def parse(body: bytes, kind: type[T]) -> T:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.app import gateway_of, json_response, tenant_of
 from gateway.bodies import (
     FunctionCreate,
     FunctionUpdate,
@@ -13,34 +12,11 @@ from gateway.bodies import (
     changes,
     parse,
 )
+from gateway.http import gateway_of, json_response, list_params, page, tenant_of
 from shared.codepkg import inspect_package, validate_runtime
 from shared.errors import BadRequest, PayloadTooLarge
 from shared.models import Function, Service
 from shared.protocol import ControlEvent
-
-MAX_LIST = 100
-
-
-def list_params(request: web.Request) -> tuple[str, int, str]:
-    """prefix, limit, startKey of a list call (FC's names)."""
-    try:
-        limit = int(request.query.get("limit", str(MAX_LIST)))
-    except ValueError as e:
-        raise BadRequest("limit must be an integer") from e
-    if not 1 <= limit <= MAX_LIST:
-        raise BadRequest(f"limit must be between 1 and {MAX_LIST}")
-    return request.query.get("prefix", ""), limit, request.query.get("startKey", "")
-
-
-def page(items: list[object], limit: int, key_of: str) -> dict[str, object]:
-    """FC-style page: `nextToken` is the first key of the next page (we fetch limit+1)."""
-    out: dict[str, object] = {}
-    if len(items) > limit:
-        out["nextToken"] = getattr(items[limit], key_of)
-        items = items[:limit]
-    out["items"] = items
-    return out
-
 
 # --- services -----------------------------------------------------------------------------
 

@@ -14,9 +14,14 @@ import time
 import msgspec
 from aiohttp import web
 
-from gateway.app import gateway_of, json_response, tenant_of
-from gateway.control_api import list_params
-from gateway.invoke_api import enqueue
+from gateway.bodies import (
+    DeadLetterDetail,
+    DeadLetterPage,
+    DeadLetterSummary,
+    RedriveFailure,
+    RedriveResult,
+)
+from gateway.http import gateway_of, json_response, list_params, tenant_of
 from shared import codec
 from shared.errors import Conflict, DeadLetterNotFound, PyfcError, Unavailable
 from shared.models import DeadLetter
@@ -24,48 +29,6 @@ from shared.protocol import Invocation
 
 # One POST /v1/dlq/redrive handles at most this many; `nextToken` continues.
 REDRIVE_BATCH = 100
-
-
-class DeadLetterSummary(msgspec.Struct, kw_only=True, rename="camel"):
-    """A dead letter in a list: no payload, response or envelope."""
-
-    request_id: str
-    service_name: str
-    qualifier: str
-    function_name: str
-    reason: str  # one of shared.models.DEAD_LETTER_REASONS
-    error_type: str
-    error_message: str
-    attempts: int
-    hops: int
-    trace_id: str
-    created_time: str
-
-
-class DeadLetterPage(msgspec.Struct, kw_only=True, rename="camel", omit_defaults=True):
-    dead_letters: list[DeadLetterSummary]
-    next_token: str | None = None
-
-
-class DeadLetterDetail(DeadLetterSummary, kw_only=True, rename="camel", omit_defaults=True):
-    """One dead letter: payload and response as base64, and as text when they are UTF-8."""
-
-    payload: str
-    response: str
-    payload_text: str | None = None
-    response_text: str | None = None
-
-
-class RedriveFailure(msgspec.Struct, kw_only=True, rename="camel"):
-    request_id: str
-    error_code: str
-    error_message: str
-
-
-class RedriveResult(msgspec.Struct, kw_only=True, rename="camel", omit_defaults=True):
-    redriven: list[str]
-    failed: list[RedriveFailure] = []
-    next_token: str | None = None
 
 
 def summary(dl: DeadLetter) -> DeadLetterSummary:
@@ -141,7 +104,7 @@ async def _redrive(request: web.Request, dl: DeadLetter) -> None:
     spec = await gw.catalog.spec(tenant, inv.service, inv.qualifier, inv.function)
     inv.min_revision = max(inv.min_revision, spec.revision)
     await gw.store.reenqueue(tenant, inv.id, inv.service, inv.qualifier, inv.function)
-    await enqueue(gw, inv, "redrive not accepted: broker unavailable; the dead letter is kept")
+    await gw.enqueue(inv, "redrive not accepted: broker unavailable; the dead letter is kept")
     try:
         await gw.store.delete_dead_letter(tenant, dl.request_id)
     except DeadLetterNotFound:

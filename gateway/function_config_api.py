@@ -12,9 +12,8 @@ import re
 import msgspec
 from aiohttp import web
 
-from gateway.app import gateway_of, json_response, tenant_of
-from gateway.bodies import AsyncConfigUpdate, ProvisionConfigUpdate, parse
-from gateway.invoke_api import split_qualifier
+from gateway.bodies import AsyncConfigUpdate, ProvisionConfigUpdate, TenantView, parse
+from gateway.http import gateway_of, json_response, split_qualifier, tenant_of
 from shared.errors import AsyncConfigNotFound, BadRequest, FunctionNotFound
 from shared.models import AsyncConfig, DestinationConfig, DestinationTarget, ProvisionConfig
 from shared.protocol import LATEST, ControlEvent
@@ -163,16 +162,6 @@ async def delete_provision_config(request: web.Request) -> web.Response:
 
 
 # --- the caller's tenant ------------------------------------------------------------------
-
-
-class TenantView(msgspec.Struct, kw_only=True, rename="camel"):
-    """GET /v1/tenant: the caller's own tenant and its caps."""
-
-    name: str
-    concurrency: int
-    max_chain_depth: int
-    reserved_concurrency: int  # sum over the tenant's functions
-    created_time: str
 
 
 async def get_tenant(request: web.Request) -> web.Response:

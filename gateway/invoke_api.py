@@ -11,21 +11,20 @@ import uuid
 from aiohttp import web
 from opentelemetry.trace import SpanKind, StatusCode
 
-from gateway.app import (
+from gateway.http import (
     GET_INVOCATION_ROUTE,
     INVOKE_ROUTE,
-    Gateway,
     gateway_of,
     grant_of,
     json_response,
+    split_qualifier,
     tenant_of,
 )
-from gateway.rpc import BROKER_ERRORS
 from shared import telemetry
-from shared.errors import BadRequest, InvocationNotFound, PayloadTooLarge, PyfcError, Unavailable
+from shared.errors import BadRequest, InvocationNotFound, PayloadTooLarge, PyfcError
 from shared.logs import request_id_var
 from shared.models import InvocationRecord
-from shared.protocol import LATEST, Invocation, Lineage, Outcome
+from shared.protocol import Invocation, Lineage, Outcome
 from shared.tokens import InvokeGrant
 
 log = logging.getLogger("pyfc.gateway")
@@ -36,14 +35,6 @@ TRACEPARENT_RE = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}
 LINEAGE_RE = re.compile(
     r"^(?P<trace>[A-Za-z0-9-]{1,64})/(?P<hops>\d{1,4})(?:/(?P<origin>[\w.:/-]{0,200}))?$"
 )
-
-
-def split_qualifier(segment: str) -> tuple[str, str]:
-    """`svc` or `svc.qualifier` (FC's URL form) -> (service, qualifier)."""
-    service, _, qualifier = segment.partition(".")
-    if not service or (_ and not qualifier):
-        raise BadRequest(f"bad service segment {segment!r}: expected service[.qualifier]")
-    return service, qualifier or LATEST
 
 
 def parse_lineage(header: str | None, request_id: str) -> Lineage:
@@ -180,29 +171,8 @@ async def _accept_async(request: web.Request, inv: Invocation) -> web.Response:
             function_name=inv.function,
         )
     )
-    await enqueue(gw, inv, "not accepted: broker unavailable")
+    await gw.enqueue(inv, "not accepted: broker unavailable")
     return web.Response(status=202, headers={"X-Fc-Request-Id": inv.id})
-
-
-async def enqueue(gw: Gateway, inv: Invocation, refused: str) -> None:
-    """Publish async work persistently and wait for the broker's confirm.
-
-    If the broker cannot take it, the invocation's record says so (`refused`) and the
-    caller gets 503: nothing is accepted that is not persisted.
-    """
-    try:
-        await gw.accepted.publish(inv)
-    except BROKER_ERRORS as e:
-        await gw.store.record_outcome(
-            inv.tenant,
-            inv.id,
-            status="Failed",
-            attempt=0,
-            result=b"",
-            error_type="ServiceUnavailable",
-            error_message=refused,
-        )
-        raise Unavailable(f"cannot enqueue the invocation: {type(e).__name__}: {e}") from e
 
 
 def _result_fields(result: bytes) -> dict[str, str]:

@@ -7,7 +7,8 @@ import logging
 
 from aiohttp import web
 
-from gateway.app import Gateway, build_app
+from gateway.app import build_app
+from gateway.http import Gateway
 from gateway.rpc import RpcClient
 from shared import control, logs, telemetry
 from shared.blobs import open_blob_store

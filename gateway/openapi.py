@@ -8,17 +8,19 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from gateway.app import json_response
 from gateway.bodies import (
     AsyncConfigUpdate,
+    DeadLetterDetail,
+    DeadLetterPage,
     FunctionCreate,
     FunctionUpdate,
     ProvisionConfigUpdate,
+    RedriveResult,
     ServiceCreate,
     ServiceUpdate,
+    TenantView,
 )
-from gateway.dlq_api import DeadLetterDetail, DeadLetterPage, RedriveResult
-from gateway.function_config_api import TenantView
+from gateway.http import json_response
 from shared.models import AsyncConfig, Function, ProvisionConfig, Service
 
 REF = "#/components/schemas/{name}"

@@ -1,0 +1,192 @@
+"""What every API module shares: the `Gateway` state and the request/response helpers.
+
+A low module: it imports no API module and not `gateway.app` (which assembles them), only
+the gateway's own clients below it (`rpc`, `accepted`, `metrics`); the API modules import
+it and never each other. An import-linter contract (pyproject.toml) keeps it so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+from aio_pika.abc import AbstractChannel, AbstractExchange
+from aiohttp import web
+
+from gateway.accepted import AcceptedInvocations
+from gateway.metrics import GatewayMetrics
+from gateway.rpc import BROKER_ERRORS, RpcClient
+from shared import control, tokens
+from shared.blobs import BlobStore
+from shared.catalog import FunctionCatalog
+from shared.errors import BadRequest, NotFound, PyfcError, Unauthorized, Unavailable
+from shared.models import Tenant
+from shared.protocol import LATEST, ControlEvent, Invocation
+from shared.settings import Settings
+from shared.store import Store
+from shared.tokens import InvokeGrant
+from shared.topology import Topology
+
+AUTH_CACHE_SECONDS = 10.0
+# Routes an invoke token (a running function's credential, shared/tokens.py) may use:
+# invoking, and reading the invocations it made. Everything else answers 403 to one.
+INVOKE_ROUTE = "invoke"
+GET_INVOCATION_ROUTE = "get-invocation"
+INVOKE_TOKEN_ROUTES = frozenset({INVOKE_ROUTE, GET_INVOCATION_ROUTE})
+MAX_LIST = 100
+
+
+@dataclass
+class Gateway:
+    """Everything a request handler needs; built once in `main`."""
+
+    settings: Settings
+    store: Store
+    blobs: BlobStore
+    topo: Topology
+    rpc: RpcClient
+    invoke_exchange: AbstractExchange  # on a confirming channel: async accept = persisted
+    control_channel: AbstractChannel
+    catalog: FunctionCatalog
+    metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
+    # Verifies invoke tokens; empty = none accepted.
+    token_secret: bytes = field(default=b"", repr=False)
+    _auth_cache: dict[str, tuple[Tenant, float]] = field(default_factory=dict)
+    accepted: AcceptedInvocations = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.accepted = AcceptedInvocations(self.invoke_exchange)
+
+    async def authenticate(self, header: str | None) -> tuple[Tenant, InvokeGrant | None]:
+        """The caller's tenant, and its grant when the credential is an invoke token."""
+        if not header or not header.startswith("Bearer "):
+            raise Unauthorized("missing `Authorization: Bearer <api key>` header")
+        key = header[len("Bearer ") :].strip()
+        if tokens.looks_like_token(key):
+            if not self.token_secret:
+                raise Unauthorized("this gateway accepts no invoke tokens")
+            grant = tokens.verify(self.token_secret, key, time.time())
+            return await self._tenant_named(grant.tenant), grant
+        return await self._tenant_by_key(key), None
+
+    async def _tenant_by_key(self, key: str) -> Tenant:
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        hit = self._auth_cache.get(digest)
+        now = time.monotonic()
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        tenant = await self.store.tenant_by_api_key(key)
+        if tenant is None:
+            raise Unauthorized("invalid API key")
+        self._auth_cache[digest] = (tenant, now + AUTH_CACHE_SECONDS)
+        return tenant
+
+    async def _tenant_named(self, name: str) -> Tenant:
+        """The tenant a valid token names (it may have been deleted since it was minted)."""
+        cache_key = "tenant:" + name  # never a sha256 hex digest
+        hit = self._auth_cache.get(cache_key)
+        now = time.monotonic()
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        try:
+            tenant = await self.store.get_tenant(name)
+        except NotFound:
+            raise Unauthorized(f"the tenant of this invoke token ({name}) does not exist") from None
+        self._auth_cache[cache_key] = (tenant, now + AUTH_CACHE_SECONDS)
+        return tenant
+
+    async def changed(self, event: ControlEvent) -> None:
+        """Tell every process (this one included) that metadata changed."""
+        self.catalog.invalidate(event)
+        await control.publish(self.control_channel, self.topo, event)
+
+    async def enqueue(self, inv: Invocation, refused: str) -> None:
+        """Publish async work persistently and wait for the broker's confirm.
+
+        If the broker cannot take it, the invocation's record says so (`refused`) and the
+        caller gets 503: nothing is accepted that is not persisted.
+        """
+        try:
+            await self.accepted.publish(inv)
+        except BROKER_ERRORS as e:
+            await self.store.record_outcome(
+                inv.tenant,
+                inv.id,
+                status="Failed",
+                attempt=0,
+                result=b"",
+                error_type="ServiceUnavailable",
+                error_message=refused,
+            )
+            raise Unavailable(f"cannot enqueue the invocation: {type(e).__name__}: {e}") from e
+
+
+GATEWAY_KEY = web.AppKey("gateway", Gateway)
+
+
+# --- the request -------------------------------------------------------------------------
+
+
+def gateway_of(request: web.Request) -> Gateway:
+    return request.app[GATEWAY_KEY]
+
+
+def tenant_of(request: web.Request) -> Tenant:
+    tenant: Tenant = request["tenant"]
+    return tenant
+
+
+def grant_of(request: web.Request) -> InvokeGrant | None:
+    """The invoke token's grant when a running function made this request, else None."""
+    grant: InvokeGrant | None = request.get("grant")
+    return grant
+
+
+def split_qualifier(segment: str) -> tuple[str, str]:
+    """`svc` or `svc.qualifier` (FC's URL form) -> (service, qualifier)."""
+    service, _, qualifier = segment.partition(".")
+    if not service or (_ and not qualifier):
+        raise BadRequest(f"bad service segment {segment!r}: expected service[.qualifier]")
+    return service, qualifier or LATEST
+
+
+def list_params(request: web.Request) -> tuple[str, int, str]:
+    """prefix, limit, startKey of a list call (FC's names)."""
+    try:
+        limit = int(request.query.get("limit", str(MAX_LIST)))
+    except ValueError as e:
+        raise BadRequest("limit must be an integer") from e
+    if not 1 <= limit <= MAX_LIST:
+        raise BadRequest(f"limit must be between 1 and {MAX_LIST}")
+    return request.query.get("prefix", ""), limit, request.query.get("startKey", "")
+
+
+# --- the response ------------------------------------------------------------------------
+
+
+def json_response(
+    body: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        body=msgspec.json.encode(body),
+        status=status,
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+def error_response(err: PyfcError, headers: dict[str, str] | None = None) -> web.Response:
+    return json_response({"errorCode": err.code, "errorMessage": err.message}, err.status, headers)
+
+
+def page(items: list[object], limit: int, key_of: str) -> dict[str, object]:
+    """FC-style page: `nextToken` is the first key of the next page (we fetch limit+1)."""
+    out: dict[str, object] = {}
+    if len(items) > limit:
+        out["nextToken"] = getattr(items[limit], key_of)
+        items = items[:limit]
+    out["items"] = items
+    return out
