@@ -30,9 +30,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from shared.protocol import FunctionSpec, Invocation, Lineage
+from worker.child.isolation import TenantUsers
 from worker.forking import Zygote
 from worker.instance import Instance
-from worker.isolation import TenantUsers
 
 ENTRY = "import time\ndef handler(event, context):\n    return repr(time.time())\n"
 BASELINE = "import time, asyncio, uvloop, msgspec; print(repr(time.time()), flush=True)"

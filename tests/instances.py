@@ -58,7 +58,7 @@ def process_gone(pid: int) -> bool:
 
 
 def bootstrap_children() -> list[int]:
-    """Live `worker.bootstrap` processes whose parent is this test process."""
+    """Live `worker.child.bootstrap` processes whose parent is this test process."""
     me, found = os.getpid(), []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -70,7 +70,11 @@ def bootstrap_children() -> list[int]:
                 cmdline = f.read()
         except OSError:
             continue
-        if int(fields[1]) == me and fields[0] not in ("Z", "X") and b"worker.bootstrap" in cmdline:
+        if (
+            int(fields[1]) == me
+            and fields[0] not in ("Z", "X")
+            and b"worker.child.bootstrap" in cmdline
+        ):
             found.append(int(entry))
     return found
 

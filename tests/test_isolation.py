@@ -1,4 +1,4 @@
-"""Per-tenant instance uids (worker/isolation.py): the mapping and path checks (tables),
+"""Per-tenant instance uids (worker/child/isolation.py): the mapping and path checks (tables),
 and real instances dropping to their user on every path (spare child, zygote fork,
 spawn, custom runtime) with their memory limits still enforced."""
 
@@ -22,11 +22,11 @@ from shared.settings import private_dir
 from tests.instances import make_inv, make_spec, process_gone, write_code
 from tests.test_custom_runtime import node_code
 from tests.test_zygote import spare_ready
-from worker import isolation
+from worker.child import isolation
+from worker.child.isolation import InstanceUser, TenantUsers, first_unreachable, may
 from worker.custom import CustomInstance
 from worker.forking import Zygote
 from worker.instance import Instance
-from worker.isolation import InstanceUser, TenantUsers, first_unreachable, may
 from worker.limits import detect_worker_group
 from worker.spares import WORKDIR_ROOT_PREFIX, make_workdir, sweep_stale_workdirs
 
@@ -125,7 +125,7 @@ def test_a_worker_that_is_not_root_warns_once_and_is_not_dumpable(
     dumpable: list[bool] = []
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     monkeypatch.setattr(isolation, "set_dumpable", dumpable.append)
-    with caplog.at_level(logging.WARNING, logger="worker.isolation"):
+    with caplog.at_level(logging.WARNING, logger="worker.child.isolation"):
         users = isolation.for_this_worker(100000, sys.executable, [])
     assert not users.enabled and users.user(3) is None
     assert dumpable == [False]
@@ -423,7 +423,7 @@ NON_ROOT_WORKER = """
 import asyncio, json, os, sys
 sys.path.insert(0, sys.argv[1])
 from tests.instances import make_inv, make_spec
-from worker import isolation
+from worker.child import isolation
 from worker.forking import Zygote
 from worker.instance import Instance
 

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from tests.instances import eventually, make_inv, make_spec, process_gone, write_code
+from worker.child.zygote import instance_path
 from worker.forking import Zygote, interpreter_settings, zygote_environment
 from worker.instance import Instance
 from worker.limits import detect_worker_group
-from worker.zygote import instance_path
 
 Start = Callable[..., Awaitable[Instance]]
 ROOT = Path(__file__).resolve().parent.parent
@@ -205,12 +205,13 @@ async def test_killed_zygote_is_replaced(tmp_path: Path, start: Start, zygote: Z
 async def test_broken_zygote_falls_back_to_spawn(
     tmp_path: Path, start: Start, zygote: Zygote
 ) -> None:
-    # A zygote that dies at once: `-m worker.zygote` finds this one first.
-    shadow = tmp_path / "shadow" / "worker"
+    # A zygote that dies at once: `-m worker.child.zygote` finds this one first.
+    shadow = tmp_path / "shadow" / "worker" / "child"
     shadow.mkdir(parents=True)
+    (shadow.parent / "__init__.py").write_text("")
     (shadow / "__init__.py").write_text("")
     (shadow / "zygote.py").write_text("raise SystemExit(1)\n")
-    zygote._environment["PYTHONPATH"] = str(shadow.parent)
+    zygote._environment["PYTHONPATH"] = str(shadow.parent.parent)
     instance = await start(make_spec(), write_code(tmp_path, ECHO))
     assert parent_of(instance.pid) == os.getpid()
     assert (await instance.invoke(make_inv(b"x"))).body == b"x"

@@ -28,7 +28,9 @@ import aiohttp
 
 from shared.codepkg import BOOTSTRAP
 from shared.protocol import FunctionSpec, Invocation, Outcome
-from worker import isolation
+from worker.child import isolation
+from worker.child.frames import Result
+from worker.child.isolation import InstanceUser, TenantUsers
 from worker.credentials import TokenIssuer
 from worker.custom_protocol import (
     HOST,
@@ -39,10 +41,8 @@ from worker.custom_protocol import (
     read_capped,
     request_headers,
 )
-from worker.frames import Result
 from worker.instance import InstanceStartError, invocation_budget, tenant_user
 from worker.instance_base import InstanceBase, describe_exit
-from worker.isolation import InstanceUser, TenantUsers
 from worker.limits import MemoryCgroup, detect_worker_group
 from worker.outcomes import crashed, error_body, from_result, late, out_of_memory, timed_out
 from worker.output import ProcessOutput
@@ -114,7 +114,7 @@ class CustomInstance(InstanceBase):
 
         With an `issuer`, `FC_GATEWAY_URL` is in its environment and each `/invoke` carries
         an invoke token and the lineage (`credential_headers`). `users` (default: the
-        worker's, `worker.isolation`) says which uid it runs as.
+        worker's, `worker.child.isolation`) says which uid it runs as.
 
         Raises `InstanceStartError` (InstanceStartFailed, InstanceCrashed,
         InitializationTimeout, or the initializer's own errorType).
@@ -137,7 +137,7 @@ class CustomInstance(InstanceBase):
             if group is not None:
                 await asyncio.to_thread(group.remove)
             raise InstanceStartError("InstanceStartFailed", f"no workdir: {e}") from e
-        # Those two serve worker.bootstrap; a custom runtime gets only the function's own.
+        # Those two serve worker.child.bootstrap; a custom runtime gets only the function's own.
         for name in ("PYTHONPATH", "PYTHONDONTWRITEBYTECODE"):
             env.pop(name, None)
             if name in spec.environment:

@@ -10,8 +10,8 @@ import socket
 import aiohttp
 
 from shared.protocol import FunctionSpec, Lineage
+from worker.child.frames import MAX_FRAME_BYTES
 from worker.credentials import caller_origin
-from worker.frames import MAX_FRAME_BYTES
 from worker.output import LOG_TAIL_BYTES
 
 HOST = "127.0.0.1"

@@ -1,4 +1,4 @@
-"""The worker's side of the zygote (`worker.zygote`): fork instances instead of spawning them.
+"""The worker's side of the zygote (`worker.child.zygote`): fork instances instead of spawning them.
 
 `Zygote.prefork` has the zygote fork a spare child ahead of demand and returns it as a
 `SpareChild`; `SpareChild.hand_over` then sends it the instance's environment, cwd and fds
@@ -26,9 +26,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import worker
-from worker.isolation import InstanceUser
+from worker.child.isolation import InstanceUser
+from worker.child.zygote import Exited, Fork, Forked, Prefork, Ready, decode_reply, encode
 from worker.spares import Spares
-from worker.zygote import Exited, Fork, Forked, Prefork, Ready, decode_reply, encode
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +191,7 @@ class Zygote:
         try:
             self._proc = await asyncio.create_subprocess_exec(
                 self.python,
-                *("-u", "-X", "faulthandler", "-m", "worker.zygote"),
+                *("-u", "-X", "faulthandler", "-m", "worker.child.zygote"),
                 *(str(theirs.fileno()), str(os.getpid())),
                 pass_fds=(theirs.fileno(),),
                 env=self._environment,

@@ -1,6 +1,6 @@
-"""One warm function instance, seen from the worker: a `worker.bootstrap` child process.
+"""One warm function instance, seen from the worker: a `worker.child.bootstrap` child process.
 
-The parent talks to the child over a socketpair with `worker.frames`; a reader task routes
+The parent talks to the child over a socketpair with `worker.child.frames`; a reader task routes
 each `Result` to the waiting `invoke` by request id, and an exit watcher turns the child's
 death into `InstanceCrashed` for whatever was in flight. Timeouts are enforced here, by
 SIGKILL of the child's whole process group: the child cannot be trusted to stop itself.
@@ -20,9 +20,7 @@ from pathlib import Path
 
 from shared.errors import PyfcError
 from shared.protocol import FunctionSpec, Invocation, Outcome
-from worker.credentials import TokenIssuer
-from worker.forking import SpareChild, Zygote
-from worker.frames import (
+from worker.child.frames import (
     FrameError,
     Init,
     InitDone,
@@ -32,8 +30,10 @@ from worker.frames import (
     read_frame,
     write_frame,
 )
+from worker.child.isolation import InstanceUser, TenantUsers, worker_users
+from worker.credentials import TokenIssuer
+from worker.forking import SpareChild, Zygote
 from worker.instance_base import InstanceBase, describe_exit
-from worker.isolation import InstanceUser, TenantUsers, worker_users
 from worker.limits import MemoryCgroup, address_space_bytes, detect_worker_group
 from worker.outcomes import crashed, from_result, late, out_of_memory, timed_out
 from worker.spares import Spares, new_instance_id
@@ -132,7 +132,7 @@ class Instance(InstanceBase):
         the child's own error such as FunctionNotFound / the initializer's exception type).
         With a `zygote` the child is forked from it when it can be (see `spawn`). With an
         `issuer` each invocation hands the function an invoke token (`worker.credentials`).
-        `users` (default: the worker's, `worker.isolation`) says which uid it runs as.
+        `users` (default: the worker's, `worker.child.isolation`) says which uid it runs as.
         """
         try:
             user = tenant_user(spec, users)

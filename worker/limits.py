@@ -6,7 +6,7 @@ With a writable cgroup v1 memory controller the worker creates
 and moves the child in before it imports user code. The kernel then SIGKILLs an instance
 that exceeds its memorySize, and `memory.oom_control` tells us that is why it died.
 
-Without one, the child sets RLIMIT_AS on itself (`worker.bootstrap`) before importing user
+Without one, the child sets RLIMIT_AS on itself (`worker.child.bootstrap`) before importing user
 code. RLIMIT_AS counts virtual address space, not resident memory: the interpreter, shared
 libraries and thread stacks map far more than they touch, so the limit is memorySize plus
 `ADDRESS_SPACE_ALLOWANCE_MB`. Going over raises `MemoryError` inside the function.

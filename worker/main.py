@@ -14,8 +14,8 @@ from shared.errors import BadRequest
 from shared.process import run_role
 from shared.settings import Settings, load_or_exit
 from shared.topology import Topology
-from worker import isolation
 from worker.affinity import AffinityQueue
+from worker.child import isolation
 from worker.codecache import CodeCache, prepare_root
 from worker.credentials import TokenIssuer
 from worker.forking import Zygote

@@ -10,7 +10,7 @@ from __future__ import annotations
 import msgspec
 
 from shared.protocol import Invocation, Outcome, system_outcome
-from worker.frames import Result
+from worker.child.frames import Result
 
 UNHANDLED = "UnhandledInvocationError"
 

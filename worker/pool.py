@@ -41,7 +41,7 @@ from worker.pool_decisions import choose, expired, provision_slot
 
 log = logging.getLogger(__name__)
 
-# A Python instance (worker.bootstrap child) or a runtime-custom `bootstrap` process.
+# A Python instance (worker.child.bootstrap child) or a runtime-custom `bootstrap` process.
 AnyInstance = Instance | CustomInstance
 
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, Protocol, TypeVar
 
-from worker.isolation import InstanceUser
+from worker.child.isolation import InstanceUser
 from worker.limits import MemoryCgroup, detect_worker_group
 
 log = logging.getLogger(__name__)

@@ -3,7 +3,7 @@
 The child gets nothing of the worker's environment but PATH (no broker or database URLs),
 a private HOME and TMPDIR per instance, its own process group, and one end of a
 socketpair for frames; its stdout/stderr go to a pipe the worker reads. Given a `user`
-(`worker.isolation`), the workdir is that user's and the child runs as it.
+(`worker.child.isolation`), the workdir is that user's and the child runs as it.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from typing import NamedTuple, Protocol
 
 import worker
 from shared.protocol import FunctionSpec
-from worker import isolation
+from worker.child import isolation
+from worker.child.isolation import InstanceUser
 from worker.forking import SpareChild, Zygote, ZygoteUnavailable, interpreter_settings
-from worker.isolation import InstanceUser
 from worker.spares import Spare, make_workdir, own_workdir
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ class Spawned(NamedTuple):
 
 @functools.cache
 def package_root() -> str:
-    """The directory holding the `worker` package, so `-m worker.bootstrap` resolves."""
+    """The directory holding the `worker` package, so `-m worker.child.bootstrap` resolves."""
     return str(Path(worker.__file__).resolve().parent.parent)
 
 
@@ -107,7 +107,7 @@ def build_environment(
         "PYTHONDONTWRITEBYTECODE": "1",
     }
     env.update(spec.environment)
-    # Ours first: a PYTHONPATH of the function's must not hide worker.bootstrap.
+    # Ours first: a PYTHONPATH of the function's must not hide worker.child.bootstrap.
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in (package_root(), spec.environment.get("PYTHONPATH", "")) if p
     )
@@ -162,13 +162,13 @@ async def spawn(
     spare: Spare[SpareChild] | None = None,
     user: InstanceUser | None = None,
 ) -> Spawned:
-    """Start `python -m worker.bootstrap` for `spec`; raises OSError if it cannot start.
+    """Start `python -m worker.child.bootstrap` for `spec`; raises OSError if it cannot start.
 
     With a `zygote` (of the same `python`) the child is forked from it, already imported;
     it is spawned instead when the function sets interpreter variables (PYTHONHASHSEED...)
     or the zygote is unavailable. `spare`: the workdir and child made ahead
     (`worker.spares`); the child owns the workdir from here, as one made here, and the
-    spare's child is used or let go. `user`: who the child runs as (`worker.isolation`;
+    spare's child is used or let go. `user`: who the child runs as (`worker.child.isolation`;
     None: the worker's uid).
     """
     spare_child = spare.child if spare is not None else None
@@ -192,7 +192,7 @@ async def spawn(
             )
         proc = proc or await asyncio.create_subprocess_exec(
             python,
-            *("-u", "-X", "faulthandler", "-m", "worker.bootstrap"),
+            *("-u", "-X", "faulthandler", "-m", "worker.child.bootstrap"),
             *(str(child_sock.fileno()), str(os.getpid())),
             pass_fds=(child_sock.fileno(),),
             env=env,

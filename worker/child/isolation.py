@@ -9,7 +9,7 @@ other tenants and the worker (pid_max is 32768 on many hosts). So a function can
 worker's `/proc/<pid>/environ` (broker and database URLs), the private data dir, or another
 tenant's workdir, nor signal another tenant's instances. The child drops to that user
 itself, after anything it does as root (joining its memory cgroup) and before any function
-code runs: the zygote's child (`worker.zygote`), the spawned bootstrap and the custom
+code runs: the zygote's child (`worker.child.zygote`), the spawned bootstrap and the custom
 runtime (`preexec`). A non-root worker cannot change uids: its instances keep its uid, and
 it and its zygote make themselves non-dumpable, so those instances at least cannot read
 their `/proc/<pid>/environ` or memory.

@@ -1,7 +1,7 @@
 """The zygote: a pre-imported process that forks function instances on the worker's request.
 
-`python -m worker.zygote <control fd> <worker pid>`, started once per worker by
-`worker.forking.Zygote`. It imports everything `worker.bootstrap` needs, freezes the heap
+`python -m worker.child.zygote <control fd> <worker pid>`, started once per worker by
+`worker.forking.Zygote`. It imports everything `worker.child.bootstrap` needs, freezes the heap
 (`gc.freeze`, so children do not dirty shared pages by collecting them), then loops on the
 control socket (SOCK_SEQPACKET: one message per packet):
 
@@ -9,7 +9,7 @@ control socket (SOCK_SEQPACKET: one message per packet):
   that readies itself as an instance (`bootstrap.prepare`) and waits on that socket. The
   worker keeps the other end and later sends the spare its `Fork` itself, so a cold start
   does not pass through the zygote at all;
-- `Fork` carries the instance's environment, cwd and user (`worker.isolation`), with its
+- `Fork` carries the instance's environment, cwd and user (`worker.child.isolation`), with its
   frame socket and output pipe as SCM_RIGHTS fds: the zygote forks a child for it now
   (when no spare was ready). The child drops to the user before it imports any user code;
 - it answers `Forked{pid}` for either, and `Exited{pid, returncode}` when it reaps a child,
@@ -18,7 +18,7 @@ control socket (SOCK_SEQPACKET: one message per packet):
 It dies with the worker (PR_SET_PDEATHSIG) and its children die with it, so the chain
 worker → zygote → instance leaves no orphans. Run by a non-root worker, it makes itself
 non-dumpable: its children keep its uid and must not read its memory or environment.
-Imported by the zygote only: stdlib, msgspec and what bootstrap and `worker.isolation`
+Imported by the zygote only: stdlib, msgspec and what bootstrap and `worker.child.isolation`
 import; no asyncio.
 """
 
@@ -35,7 +35,7 @@ from typing import NoReturn
 
 import msgspec
 
-from worker import bootstrap, isolation
+from worker.child import bootstrap, isolation
 
 MAX_PACKET = 256 * 1024  # far above FC's 4 KB of environment variables
 _CHILD_FAILED = 70  # EX_SOFTWARE: the child could not become an instance
@@ -89,7 +89,7 @@ decode_reply = msgspec.msgpack.Decoder(Reply).decode
 
 
 def instance_path(cwd: str, pythonpath: str, base: list[str]) -> list[str]:
-    """`sys.path` of `python -m worker.bootstrap` run in `cwd` with `pythonpath`.
+    """`sys.path` of `python -m worker.child.bootstrap` run in `cwd` with `pythonpath`.
 
     `-m` puts the cwd first, then PYTHONPATH, then the interpreter's own entries (`base`).
     """

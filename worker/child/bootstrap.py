@@ -1,8 +1,8 @@
-"""Entry of a function instance child process: `python -m worker.bootstrap <fd> <parent-pid>`.
+"""Entry of a function instance child process: `python -m worker.child.bootstrap <fd> <parent-pid>`.
 
 Imports the user's handler once, runs the initializer once, then serves `Invoke` frames
 from the parent over the socket `<fd>` until `Shutdown` or EOF. Only stdlib, msgspec and
-`worker.frames` / `worker.context` are imported here: every millisecond counts in a cold
+`worker.child.frames` / `worker.child.context` are imported here: every millisecond counts in a cold
 start, and user code must not find broker or database clients loaded in its process.
 """
 
@@ -21,8 +21,8 @@ from typing import Any, NoReturn
 
 import msgspec
 
-from worker.capture import capturing, install, setup_logging
-from worker.context import (
+from worker.child.capture import capturing, install, setup_logging
+from worker.child.context import (
     Credentials,
     FCContext,
     FunctionMeta,
@@ -30,7 +30,7 @@ from worker.context import (
     ServiceMeta,
     Tracing,
 )
-from worker.frames import FrameSocket, Init, InitDone, Invoke, Result, Shutdown
+from worker.child.frames import FrameSocket, Init, InitDone, Invoke, Result, Shutdown
 
 _PR_SET_PDEATHSIG = 1
 _SIGKILL = 9

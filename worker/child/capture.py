@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextvars import ContextVar
 from typing import Any, TextIO
 
-from worker.frames import LOG_TAIL_BYTES
+from worker.child.frames import LOG_TAIL_BYTES
 
 
 class LogCapture:

@@ -1,7 +1,7 @@
 """Frames between the worker and one function instance (**contract** inside the worker).
 
 Each frame is a 4-byte big-endian length followed by a msgpack-encoded tagged Struct, sent
-over a `socket.socketpair()`. The child (`worker.bootstrap`) uses the blocking helpers; the
+over a `socket.socketpair()`. The child (`worker.child.bootstrap`) uses the blocking helpers; the
 parent (`worker.instance`) uses the asyncio ones. Requests carry `request_id` so several
 invocations can later share one instance (instanceConcurrency > 1).
 

@@ -1,0 +1,1 @@
+"""Files for `worker.child.bootstrap.warm_up`; see `pyfc_warm_up_handler`."""
