@@ -37,7 +37,7 @@ from shared.models import Function, InvocationRecord, Service
 from shared.protocol import Invocation, Lineage
 from shared.store import Store
 from shared.topology import HDR_KIND, HDR_TENANT, Topology, invoke_routing_key
-from tests.stack import AMQP_URL, Stack, code_body
+from tests.stack import AMQP_URL, Stack, code_body, delete_namespace
 
 
 def percentile(samples: list[float], q: float) -> float:
@@ -58,7 +58,8 @@ async def admission_us(n: int) -> list[float]:
                 tenant, "s", Function(function_name="f", service_name="s", code_checksum="0" * 64)
             )
         connection = await aio_pika.connect_robust(AMQP_URL)
-        dispatcher = Dispatcher(connection, store, Topology("bench"), retry_steps_ms=[1000])
+        topo = Topology(f"bench{uuid.uuid4().hex[:8]}")
+        dispatcher = await Dispatcher.open(connection, store, topo, retry_steps_ms=[1000])
         invs = [
             Invocation(
                 id=str(uuid.uuid4()),
@@ -80,8 +81,10 @@ async def admission_us(n: int) -> list[float]:
             dispatcher.admission.release(inv.id)
             if i >= 1000:  # the first calls fill the caches
                 samples.append(elapsed / 1000)
+        await dispatcher.close()
         await connection.close()
         await store.close()
+        await delete_namespace(topo.namespace)
         return samples
 
 

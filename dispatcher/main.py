@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from dispatcher.provision import ProvisionPublisher
@@ -24,40 +25,43 @@ def main(settings: Settings | None = None) -> int:
     tracing = telemetry.setup("dispatcher", settings.otel_exporter)
 
     async def serve(stop: asyncio.Event) -> None:
-        store = await Store.open(settings.effective_database_url)
-        await store.migrate()
-        connection = await connect(settings.amqp_url, f"pyfc-dispatcher@{settings.namespace}")
-        topo = Topology(settings.namespace)
-        dispatcher = Dispatcher(
-            connection,
-            store,
-            topo,
-            retry_steps_ms=backoff_steps(settings.retry_base_seconds, settings.retry_max_seconds),
-            prefetch=settings.dispatch_prefetch,
-        )
-        provision = ProvisionPublisher(connection, store, topo)
-        provision.on_beat = dispatcher.heard
-        metrics_runner = None
         try:
-            await dispatcher.start()
-            await provision.start()
-            if settings.dispatcher_metrics_port:
-                metrics_runner = await serve_metrics(
-                    dispatcher.metrics.registry,
-                    "dispatcher",
-                    settings.http_host,
-                    settings.dispatcher_metrics_port,
-                    settings.metrics_token,
+            async with contextlib.AsyncExitStack() as stack:
+                store = await Store.open(settings.effective_database_url)
+                stack.push_async_callback(store.close)
+                await store.migrate()
+                connection = await connect(
+                    settings.amqp_url, f"pyfc-dispatcher@{settings.namespace}"
                 )
-            log.info("dispatcher ready (namespace %s)", settings.namespace)
-            await stop.wait()
+                stack.push_async_callback(connection.close)
+                topo = Topology(settings.namespace)
+                dispatcher = await Dispatcher.open(
+                    connection,
+                    store,
+                    topo,
+                    retry_steps_ms=backoff_steps(
+                        settings.retry_base_seconds, settings.retry_max_seconds
+                    ),
+                    prefetch=settings.dispatch_prefetch,
+                )
+                stack.push_async_callback(dispatcher.close)
+                await dispatcher.consume()
+                provision = await ProvisionPublisher.open(
+                    connection, store, topo, on_beat=dispatcher.heard
+                )
+                stack.push_async_callback(provision.close)
+                if settings.dispatcher_metrics_port:
+                    metrics_runner = await serve_metrics(
+                        dispatcher.metrics.registry,
+                        "dispatcher",
+                        settings.http_host,
+                        settings.dispatcher_metrics_port,
+                        settings.metrics_token,
+                    )
+                    stack.push_async_callback(metrics_runner.cleanup)
+                log.info("dispatcher ready (namespace %s)", settings.namespace)
+                await stop.wait()
         finally:
-            if metrics_runner is not None:
-                await metrics_runner.cleanup()
-            await provision.close()
-            await dispatcher.close()
-            await connection.close()
-            await store.close()
             if tracing is not None:
                 tracing.shutdown()
             log.info("dispatcher stopped")

@@ -42,45 +42,60 @@ PUBLISH_TIMEOUT = 10.0
 
 
 class ProvisionPublisher:
+    """Built and started by `open`; `close` stops it."""
+
     def __init__(
         self,
-        connection: AbstractRobustConnection,
+        channel: AbstractChannel,
+        exchange: AbstractExchange,
         store: Store,
         topo: Topology,
         *,
-        interval: float = PUBLISH_SECONDS,
+        interval: float,
+        on_beat: Callable[[WorkerBeat], None] | None,
     ) -> None:
-        self._connection = connection
+        self._channel = channel
+        self._exchange = exchange  # the provision fanout
         self._store = store
         self._topo = topo
         self._interval = interval
         self._catalog = FunctionCatalog(store)
         self._wake = asyncio.Event()
-        self._channel: AbstractChannel | None = None
-        self._exchange: AbstractExchange | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self.published = 0
         # Also told of every heartbeat (the dispatcher sizes async work to the fleet).
-        self.on_beat: Callable[[WorkerBeat], None] | None = None
+        self._on_beat_heard = on_beat
 
-    async def start(self) -> None:
-        self._channel = channel = await self._connection.channel()
-        self._exchange = await declare_fanout(channel, self._topo.provision_exchange)
-        fleet = await declare_fanout(channel, self._topo.fleet_exchange)
+    @classmethod
+    async def open(
+        cls,
+        connection: AbstractRobustConnection,
+        store: Store,
+        topo: Topology,
+        *,
+        interval: float = PUBLISH_SECONDS,
+        on_beat: Callable[[WorkerBeat], None] | None = None,
+    ) -> ProvisionPublisher:
+        """Listen to the fleet and to control notices, and publish snapshots from now on."""
+        channel = await connection.channel()
+        exchange = await declare_fanout(channel, topo.provision_exchange)
+        publisher = cls(channel, exchange, store, topo, interval=interval, on_beat=on_beat)
+        fleet = await declare_fanout(channel, topo.fleet_exchange)
         queue = await channel.declare_queue(
             f"{fleet.name}.dispatcher-{uuid.uuid4().hex[:8]}", exclusive=True, auto_delete=True
         )
         await queue.bind(fleet)
-        await queue.consume(self._on_beat, no_ack=True)
-        await control.subscribe(channel, self._topo, self._on_control)
-        self._task = asyncio.create_task(self._publish_forever())
+        await queue.consume(publisher._on_beat, no_ack=True)
+        await control.subscribe(channel, topo, publisher._on_control)
+        publisher._tasks.append(asyncio.create_task(publisher._publish_forever()))
+        return publisher
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._channel is not None and not self._channel.is_closed:
+                await task
+        if not self._channel.is_closed:
             await self._channel.close()
 
     def _on_control(self, event: ControlEvent) -> None:
@@ -93,8 +108,8 @@ class ProvisionPublisher:
         except PyfcError as e:
             log.warning("ignoring malformed heartbeat: %s", e.message)
             return
-        if self.on_beat is not None:
-            self.on_beat(beat)
+        if self._on_beat_heard is not None:
+            self._on_beat_heard(beat)
         if beat.seq == 0 and not beat.leaving:
             self._wake.set()
 
@@ -120,7 +135,6 @@ class ProvisionPublisher:
         return ProvisionSnapshot(targets=targets, published_at=time.time())
 
     async def publish(self) -> None:
-        assert self._exchange is not None
         snapshot = await self.snapshot()
         await self._exchange.publish(
             aio_pika.Message(codec.encode(snapshot)), routing_key="", timeout=PUBLISH_TIMEOUT

@@ -41,8 +41,7 @@ def main(settings: Settings | None = None) -> int:
         topo = Topology(settings.namespace)
         rpc_channel = await connection.channel(publisher_confirms=False)
         await declare_all(rpc_channel, topo)
-        rpc = RpcClient(rpc_channel, await declare_invoke(rpc_channel, topo))
-        await rpc.start()
+        rpc = await RpcClient.open(rpc_channel, await declare_invoke(rpc_channel, topo))
         # on_return_raises: an unroutable publish (right after a broker restart, say) is an
         # error, not a silent success: nothing gets a 202 that no queue holds.
         confirmed = await connection.channel(publisher_confirms=True, on_return_raises=True)

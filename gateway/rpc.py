@@ -24,7 +24,7 @@ BROKER_ERRORS = (AMQPError, ChannelInvalidStateError, ConnectionError, RuntimeEr
 
 
 class RpcClient:
-    """Publishes sync invocations and matches replies by correlation id."""
+    """Publishes sync invocations and matches replies by correlation id; built by `open`."""
 
     def __init__(self, channel: AbstractChannel, exchange: AbstractExchange) -> None:
         # Direct reply-to requires publishing on the channel that consumes the pseudo-queue.
@@ -32,11 +32,15 @@ class RpcClient:
         self._exchange = exchange
         self._pending: dict[str, asyncio.Future[Outcome]] = {}
 
-    async def start(self) -> None:
-        await consume_fast(self._channel, DIRECT_REPLY_TO, self._on_reply, no_ack=True)
+    @classmethod
+    async def open(cls, channel: AbstractChannel, exchange: AbstractExchange) -> RpcClient:
+        """A client taking replies on `channel` (direct reply-to) from now on."""
+        client = cls(channel, exchange)
+        await consume_fast(channel, DIRECT_REPLY_TO, client._on_reply, no_ack=True)
         # Direct reply-to is bound to this channel: when it closes, replies to calls sent
         # on it can never arrive. Tell those callers now, not at their deadline.
-        self._channel.close_callbacks.add(self._on_channel_closed)
+        channel.close_callbacks.add(client._on_channel_closed)
+        return client
 
     def _on_channel_closed(self, *_: object) -> None:
         pending, self._pending = self._pending, {}

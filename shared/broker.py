@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import aio_pika
@@ -25,6 +26,8 @@ log = logging.getLogger(__name__)
 CONNECT_TIMEOUT = 10.0
 RECONNECT_INTERVAL = 1.0
 READY_TIMEOUT = 30.0
+# A confirmed publish waits at most this long for the broker's confirm.
+PUBLISH_TIMEOUT = 10.0
 
 T = TypeVar("T")
 
@@ -203,30 +206,68 @@ async def ready(channel: AbstractChannel, timeout: float = READY_TIMEOUT) -> Non
 Delivery = DeliveredMessage | Part
 
 
-async def settle(message: Delivery, *, ack: bool = True, requeue: bool = False) -> None:
-    """Ack (or reject) on the channel the message came from.
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """What becomes of a delivery once its handler is done.
+
+    Handlers decide and return one; each consumer has one settle step that does it
+    (dramatiq's `post_process_message`), so the places that ack or give a message back
+    are one per role, not one per outcome:
+
+    - ack: done with (ran, answered, recorded, or refused for good);
+    - requeue: given back to its queue, after `pause` seconds so an outage is not a
+      hot loop (a redelivery runs it again: at least once);
+    - reject: not requeued (dead-lettered where its queue has a dead-letter exchange,
+      else dropped): bytes that cannot decode, or work a leaving worker turns away;
+    - hold: left unacked; whoever took it over settles it later (the dispatcher's work
+      waiting for a slot, a batch delivery settled by its parts);
+    - attach: the dispatcher's redelivered copy of an invocation whose routing is in
+      flight (`request_id`): settled with that routing.
+
+    `request_id` on an ack or requeue: the redelivered copies attached to that routing are
+    settled the same way.
+    """
+
+    action: Literal["ack", "requeue", "reject", "hold", "attach"]
+    pause: float = 0.0
+    request_id: str = ""
+
+
+ACK = Settlement("ack")
+REJECT = Settlement("reject")
+HOLD = Settlement("hold")
+
+
+def requeue_after(pause: float, request_id: str = "") -> Settlement:
+    return Settlement("requeue", pause, request_id)
+
+
+async def settle(message: Delivery, how: Settlement = ACK) -> None:
+    """Ack, requeue or reject `message` on the channel it came from (no pause: the
+    caller's settle step waits first).
 
     If that channel is gone the broker already returned the message to its queue, so
     there is nothing left to settle (and its delivery tag means nothing on a new channel).
     """
+    if how.action not in ("ack", "requeue", "reject"):
+        raise ValueError(f"a delivery to {how.action} is not settled now")
     tag = message.delivery_tag
     if tag is None or message.channel.is_closed:
         log.warning("channel closed before settling delivery %s", tag)
         return
-    if ack:
+    if how.action == "ack":
         await message.channel.basic_ack(tag)
     else:
-        await message.channel.basic_reject(tag, requeue=requeue)
+        await message.channel.basic_reject(tag, requeue=how.action == "requeue")
 
 
-async def decode_delivery(message: DeliveredMessage, kind: type[T]) -> T | None:
-    """Decode a delivery as `kind`; an undecodable one is logged and dropped (never requeued:
-    bytes that cannot decode would loop forever)."""
+def decode_body(message: DeliveredMessage, kind: type[T]) -> T | None:
+    """Decode a delivery as `kind`; an undecodable one is logged and None (its handler
+    rejects it, never requeues it: bytes that cannot decode would loop forever)."""
     try:
         return codec.decode(message.body, kind)
     except BadRequest as e:
         log.error(
             "dropping undecodable %s message (%d bytes): %s", kind.__name__, len(message.body), e
         )
-        await settle(message, ack=False)
         return None

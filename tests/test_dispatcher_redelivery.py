@@ -129,7 +129,7 @@ async def scratch(tmp_path: Path) -> AsyncIterator[Scratch]:
         "acme", "s", Function(function_name="f", service_name="s", code_checksum="0" * 64)
     )
     connection = await connect(AMQP_URL, f"dispatcher@{topo.namespace}")
-    dispatcher = Dispatcher(connection, store, topo, retry_steps_ms=[1000])
+    dispatcher = await Dispatcher.open(connection, store, topo, retry_steps_ms=[1000])
     try:
         yield Scratch(topo, store, connection, dispatcher)
     finally:
@@ -145,15 +145,16 @@ async def test_a_routing_cut_by_a_lost_connection_is_neither_lost_nor_stranded(
     topo, dispatcher = scratch.topo, scratch.dispatcher
     # The work's publish is held until the connection it started on is gone.
     reached, gate = asyncio.Event(), asyncio.Event()
-    publish = dispatcher._publish_work
+    router = dispatcher._router
+    publish = router._publish_work
 
     async def held_publish(key: tuple[str, str], batch: list[Invocation]) -> None:
         reached.set()
         await gate.wait()
         await publish(key, batch)
 
-    dispatcher._work = Batcher(held_publish, invocation_bytes)
-    await dispatcher.start()
+    router._work = Batcher(held_publish, invocation_bytes)
+    await dispatcher.consume()
     await enqueue(AMQP_URL, topo.namespace, async_invocation("acme", "s", "f"))
     await asyncio.wait_for(reached.wait(), 10)
     pids = await asyncio.to_thread(stack_connections, topo.namespace, "dispatcher")
@@ -206,7 +207,7 @@ async def test_a_redelivered_batch_runs_only_what_was_not_concluded(scratch: Scr
             queue = await channel.get_queue(name)
             if (message := await queue.get(fail=False)) is not None:
                 await message.reject(requeue=True)
-        await scratch.dispatcher.start()
+        await scratch.dispatcher.consume()
         work = await channel.get_queue(topo.work_queue)
         deadline = time.monotonic() + 10
         while (message := await work.get(fail=False)) is None:

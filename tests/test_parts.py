@@ -11,7 +11,7 @@ import aiormq
 import pytest
 from aiormq.abc import DeliveredMessage
 
-from shared.broker import settle
+from shared.broker import requeue_after, settle
 from shared.parts import split
 from tests.stack import AMQP_URL
 
@@ -73,7 +73,7 @@ async def test_a_part_asking_for_requeue_returns_the_whole_delivery(
     connection, queue = broker
     channel = await connection.channel()
     first, second = split(await deliver(channel, queue), 2)
-    await settle(first, ack=False, requeue=True)
+    await settle(first, requeue_after(0))
     await settle(second)
     again = await deliver(channel, queue)
     assert again.body == b"batch" and again.redelivered

@@ -74,8 +74,7 @@ async def test_target_kept_and_dropped(
     spec = make_spec(initializer="index.init", environment={"ATTEMPTS": str(attempts)})
     pool = InstancePool(max_instances=4, stop_grace=1.0)
     code = FixedCode(write_code(tmp_path, ATTEMPTS))
-    provisioner = Provisioner(connection, topo, pool, code, worker_id="w-1", slots=4)  # type: ignore[arg-type]
-    await provisioner.start()
+    provisioner = await Provisioner.open(connection, topo, pool, code, worker_id="w-1", slots=4)  # type: ignore[arg-type]
     try:
         await publish(connection, topo, (spec, 2))
         await eventually(lambda: len(pool.provisioned()) == 2)
@@ -100,8 +99,7 @@ async def test_failing_starts_back_off(
     spec = make_spec(initializer="index.init", environment=env)
     pool = InstancePool(max_instances=4, stop_grace=1.0)
     code = FixedCode(write_code(tmp_path, ATTEMPTS))
-    provisioner = Provisioner(connection, topo, pool, code, worker_id="w-1", slots=4)  # type: ignore[arg-type]
-    await provisioner.start()
+    provisioner = await Provisioner.open(connection, topo, pool, code, worker_id="w-1", slots=4)  # type: ignore[arg-type]
     try:
         await publish(connection, topo, (spec, 2))
         await eventually(lambda: attempts.exists())

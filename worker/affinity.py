@@ -34,7 +34,7 @@ from typing import Protocol
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from aiormq.abc import DeliveredMessage
 
-from shared.broker import Consumer, RawHandler, consume_fast, settle
+from shared.broker import Consumer, RawHandler, consume_fast
 from shared.protocol import FunctionSpec, Invocation, Outcome, system_outcome
 from shared.topology import Topology, declare_affinity
 
@@ -120,17 +120,15 @@ class AffinityQueue:
 
         return counted
 
-    async def start(self, channel: AbstractChannel, handler: RawHandler) -> Consumer:
+    async def consume(self, channel: AbstractChannel, handler: RawHandler) -> Consumer:
         """Declare this worker's queue and consume it on `channel` with `handler`."""
         await declare_affinity(channel, self._topo, self._worker_id, self._ttl_ms)
+        return await consume_fast(channel, self.name, handler)
 
-        async def deliver(message: DeliveredMessage) -> None:
-            if self._leaving:  # falls back at once, marked rejected: never ran here
-                await settle(message, ack=False)
-                return
-            await handler(message)
-
-        return await consume_fast(channel, self.name, deliver)
+    @property
+    def leaving(self) -> bool:
+        """A clean stop began: what still arrives here is turned away (`drain`)."""
+        return self._leaving
 
     def room(self) -> tuple[dict[str, int], dict[str, int], int]:
         """(warm, busy, held) for this worker's heartbeat."""

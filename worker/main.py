@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
 import tempfile
@@ -52,68 +53,73 @@ def main(settings: Settings | None = None) -> int:
         removed = await asyncio.to_thread(sweep_stale_workdirs)
         if removed:
             log.info("removed the instance workdirs of %d worker(s) no longer running", removed)
-        blobs = open_blob_store(settings.effective_blob_url)
-        connection = await connect(
-            settings.amqp_url, f"pyfc-worker-{settings.worker_id}@{settings.namespace}"
-        )
-        zygote = Zygote() if settings.worker_zygote else None
-        pool = InstancePool(max_instances=settings.worker_slots, zygote=zygote, issuer=issuer)
-        code = CodeCache(blobs, code_root)
-        metrics = WorkerMetrics(pool)
-        metrics_runner = None
-        if settings.worker_metrics_port:
-            metrics_runner = await metrics.serve(
-                settings.http_host, settings.worker_metrics_port, settings.metrics_token
-            )
-        topo = Topology(settings.namespace)
-        affinity = None
-        if settings.worker_affinity_ttl_ms > 0:
-            affinity = AffinityQueue(
-                connection, topo, settings.worker_id, settings.worker_affinity_ttl_ms, pool.snapshot
-            )
-        worker = Worker(
-            connection,
-            topo,
-            pool,
-            code,
-            slots=settings.worker_slots,
-            idle_seconds=settings.instance_idle_seconds,
-            metrics=metrics,
-            worker_id=settings.worker_id,
-            affinity=affinity,
-            stop_grace=settings.worker_stop_grace_seconds,
-        )
-        provisioner = Provisioner(
-            connection,
-            topo,
-            pool,
-            code,
-            worker_id=settings.worker_id,
-            slots=settings.worker_slots,
-            affinity=affinity,
-        )
-        if affinity is not None:
-            affinity.announce = provisioner.beat_now
         try:
-            await worker.start()
-            await provisioner.start()
-            log.info(
-                "worker %s ready: %d slots (namespace %s)",
-                settings.worker_id,
-                settings.worker_slots,
-                settings.namespace,
-            )
-            await stop.wait()
+            async with contextlib.AsyncExitStack() as stack:
+                blobs = open_blob_store(settings.effective_blob_url)
+                stack.push_async_callback(blobs.close)
+                connection = await connect(
+                    settings.amqp_url, f"pyfc-worker-{settings.worker_id}@{settings.namespace}"
+                )
+                stack.push_async_callback(connection.close)
+                zygote = Zygote() if settings.worker_zygote else None
+                if zygote is not None:
+                    stack.push_async_callback(zygote.close)
+                pool = InstancePool(
+                    max_instances=settings.worker_slots, zygote=zygote, issuer=issuer
+                )
+                stack.push_async_callback(pool.close)
+                code = CodeCache(blobs, code_root)
+                metrics = WorkerMetrics(pool)
+                if settings.worker_metrics_port:
+                    metrics_runner = await metrics.serve(
+                        settings.http_host, settings.worker_metrics_port, settings.metrics_token
+                    )
+                    stack.push_async_callback(metrics_runner.cleanup)
+                topo = Topology(settings.namespace)
+                affinity = None
+                if settings.worker_affinity_ttl_ms > 0:
+                    affinity = AffinityQueue(
+                        connection,
+                        topo,
+                        settings.worker_id,
+                        settings.worker_affinity_ttl_ms,
+                        pool.snapshot,
+                    )
+                worker = await Worker.open(
+                    connection,
+                    topo,
+                    pool,
+                    code,
+                    slots=settings.worker_slots,
+                    idle_seconds=settings.instance_idle_seconds,
+                    metrics=metrics,
+                    worker_id=settings.worker_id,
+                    affinity=affinity,
+                    stop_grace=settings.worker_stop_grace_seconds,
+                )
+                stack.push_async_callback(worker.close)
+                await worker.consume()
+                provisioner = await Provisioner.open(
+                    connection,
+                    topo,
+                    pool,
+                    code,
+                    worker_id=settings.worker_id,
+                    slots=settings.worker_slots,
+                    affinity=affinity,
+                )
+                # First on the way out: nothing new starts while the pool closes.
+                stack.push_async_callback(provisioner.close)
+                if affinity is not None:
+                    affinity.announce = provisioner.beat_now
+                log.info(
+                    "worker %s ready: %d slots (namespace %s)",
+                    settings.worker_id,
+                    settings.worker_slots,
+                    settings.namespace,
+                )
+                await stop.wait()
         finally:
-            await provisioner.close()  # first: nothing new starts while the pool closes
-            await worker.close()
-            if metrics_runner is not None:
-                await metrics_runner.cleanup()
-            await pool.close()
-            if zygote is not None:
-                await zygote.close()
-            await connection.close()
-            await blobs.close()
             if tracing is not None:
                 tracing.shutdown()
             log.info("worker stopped")

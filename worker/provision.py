@@ -47,19 +47,23 @@ PUBLISH_TIMEOUT = 5.0
 
 
 class Provisioner:
+    """Built and started by `open` (its first beat is out then); `close` stops it."""
+
     def __init__(
         self,
-        connection: AbstractRobustConnection,
+        channel: AbstractChannel,
+        fleet_exchange: AbstractExchange,
         topo: Topology,
         pool: InstancePool,
         code: CodeCache,
         *,
         worker_id: str,
         slots: int,
-        beat_seconds: float = BEAT_SECONDS,
-        affinity: AffinityQueue | None = None,
+        beat_seconds: float,
+        affinity: AffinityQueue | None,
     ) -> None:
-        self._connection = connection
+        self._channel = channel
+        self._fleet_exchange = fleet_exchange
         self._topo = topo
         self._pool = pool
         self._code = code
@@ -82,33 +86,56 @@ class Provisioner:
         self._wake = asyncio.Event()
         self._seq = 0
         self._heard_self = time.monotonic()  # when this worker's own beat last came back
-        self._channel: AbstractChannel | None = None
-        self._fleet_exchange: AbstractExchange | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._starts: set[asyncio.Task[None]] = set()
         self._watchers: set[asyncio.Task[None]] = set()
 
-    async def start(self) -> None:
-        self._channel = channel = await self._connection.channel()
-        self._fleet_exchange = await declare_fanout(channel, self._topo.fleet_exchange)
-        provision = await declare_fanout(channel, self._topo.provision_exchange)
+    @classmethod
+    async def open(
+        cls,
+        connection: AbstractRobustConnection,
+        topo: Topology,
+        pool: InstancePool,
+        code: CodeCache,
+        *,
+        worker_id: str,
+        slots: int,
+        beat_seconds: float = BEAT_SECONDS,
+        affinity: AffinityQueue | None = None,
+    ) -> Provisioner:
+        """Join the fleet (a first beat), listen to it and to snapshots, and reconcile."""
+        channel = await connection.channel()
+        fleet = await declare_fanout(channel, topo.fleet_exchange)
+        provisioner = cls(
+            channel,
+            fleet,
+            topo,
+            pool,
+            code,
+            worker_id=worker_id,
+            slots=slots,
+            beat_seconds=beat_seconds,
+            affinity=affinity,
+        )
+        provision = await declare_fanout(channel, topo.provision_exchange)
         for exchange, on_message in (
-            (self._fleet_exchange, self._on_beat),
-            (provision, self._on_snapshot),
+            (fleet, provisioner._on_beat),
+            (provision, provisioner._on_snapshot),
         ):
             # Named (not server-named) so the robust channel can declare it again after a
             # reconnect; exclusive, so it goes away with this worker.
             queue = await channel.declare_queue(
-                f"{exchange.name}.{self.worker_id}", exclusive=True, auto_delete=True
+                f"{exchange.name}.{worker_id}", exclusive=True, auto_delete=True
             )
             await queue.bind(exchange)
             await queue.consume(on_message, no_ack=True)
-        await self._beat()
+        await provisioner._beat()
         settle_until = time.monotonic() + SETTLE_SECONDS
-        self._tasks = [
-            asyncio.create_task(self._beat_forever()),
-            asyncio.create_task(self._reconcile_forever(settle_until)),
+        provisioner._tasks = [
+            asyncio.create_task(provisioner._beat_forever()),
+            asyncio.create_task(provisioner._reconcile_forever(settle_until)),
         ]
+        return provisioner
 
     async def close(self) -> None:
         """Stop provisioning and tell the fleet at once, so others take this share now."""
@@ -119,13 +146,11 @@ class Provisioner:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if self._fleet_exchange is None:
-            return  # never started
         try:
             await self._beat(leaving=True)
         except Exception as e:  # the others notice the missing beats instead
             log.warning("cannot announce leaving the fleet: %s", e)
-        if self._channel is not None and not self._channel.is_closed:
+        if not self._channel.is_closed:
             await self._channel.close()
 
     # -- inputs ------------------------------------------------------------------------
@@ -169,7 +194,6 @@ class Provisioner:
     # -- heartbeats --------------------------------------------------------------------
 
     async def _beat(self, *, leaving: bool = False) -> None:
-        assert self._fleet_exchange is not None
         ready = Counter(i.spec.instance_key for i in self._pool.provisioned())
         warm, busy, held = self._affinity.room() if self._affinity else ({}, {}, 0)
         beat = WorkerBeat(
@@ -190,8 +214,8 @@ class Provisioner:
 
     async def beat_now(self) -> None:
         """Beat at once (an instance became warm), several callers at once sharing one."""
-        if self._fleet_exchange is None or self._leaving:
-            return  # not started yet (its first beat will say it all) or gone
+        if self._leaving:
+            return  # gone
         self._beat_due = True
         async with self._beat_lock:
             if not self._beat_due:

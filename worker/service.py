@@ -10,6 +10,9 @@ and its memory limit, and its outcome is published once the connection is back. 
 broker gives the unacked work back meanwhile; a copy that comes back to this worker waits
 for the run in progress (or finds it answered) instead of running it twice. A clean stop
 takes no new work and lets what runs finish, for up to `stop_grace` seconds.
+
+As in the dispatcher, handlers return a `Settlement` (shared/broker.py) and `_settle`
+alone acks or gives back a delivery.
 """
 
 from __future__ import annotations
@@ -31,7 +34,19 @@ from pamqp.commands import Basic
 
 from shared import codec, telemetry
 from shared.batching import Batcher
-from shared.broker import Consumer, Detached, consume_fast, decode_delivery, ready, settle
+from shared.broker import (
+    ACK,
+    PUBLISH_TIMEOUT,
+    REJECT,
+    Consumer,
+    Detached,
+    Settlement,
+    consume_fast,
+    decode_body,
+    ready,
+    requeue_after,
+    settle,
+)
 from shared.errors import PyfcError, Unavailable
 from shared.logs import request_id_var
 from shared.protocol import (
@@ -60,7 +75,6 @@ from worker.pool import InstancePool
 log = logging.getLogger("pyfc.worker")
 
 ANSWER_RETRY_SECONDS = 1.0
-PUBLISH_TIMEOUT = 10.0
 # Async work answered here, remembered so a redelivered copy of it is not run again: by
 # request id, attempt and accept time (a redriven dead letter runs attempt 1 again).
 ANSWERED_MEMORY = 10_000
@@ -92,8 +106,51 @@ def skip_reason(inv: Invocation, redelivered: bool, now: float) -> Outcome | Non
 
 
 class Worker:
+    """Built complete by `open`; `consume` starts taking work, `close` stops."""
+
     def __init__(
         self,
+        topo: Topology,
+        pool: InstancePool,
+        code: CodeCache,
+        *,
+        consume_channel: AbstractChannel,
+        confirmed: AbstractChannel,
+        fast: AbstractChannel,
+        done_confirmed: AbstractExchange,
+        idle_seconds: float,
+        metrics: WorkerMetrics | None,
+        worker_id: str,
+        affinity: AffinityQueue | None,
+        stop_grace: float,
+    ) -> None:
+        self._topo = topo
+        self._pool = pool
+        self._code = code
+        self._consume = consume_channel
+        self._confirmed = confirmed
+        self._fast = fast
+        self._done_confirmed = done_confirmed
+        self._idle_seconds = idle_seconds
+        self._metrics = metrics
+        self._worker_id = worker_id
+        # This worker's own queue, for calls routed to its warm instances (None: off).
+        self._affinity = affinity
+        # Async completions to one dispatcher shard go several to a message.
+        self._completions: Batcher[str, Completion] = Batcher(
+            self._publish_completions, completion_bytes
+        )
+        self._stop_grace = stop_grace
+        # Deliveries run in tasks of our own: a closed channel does not cut a run short.
+        self._handlers: list[Detached] = []
+        self._consumers: list[Consumer] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._runs: dict[tuple[str, int, float], _Run] = {}
+        self._answered: OrderedDict[tuple[str, int, float], None] = OrderedDict()
+
+    @classmethod
+    async def open(
+        cls,
         connection: AbstractRobustConnection,
         topo: Topology,
         pool: InstancePool,
@@ -105,57 +162,45 @@ class Worker:
         worker_id: str = "",
         affinity: AffinityQueue | None = None,
         stop_grace: float = 25.0,
-    ) -> None:
-        self._connection = connection
-        self._topo = topo
-        self._pool = pool
-        self._code = code
-        self._slots = slots
-        self._idle_seconds = idle_seconds
-        self._metrics = metrics
-        self._worker_id = worker_id
-        # This worker's own queue, for calls routed to its warm instances (None: off).
-        self._affinity = affinity
-        self._consume: AbstractChannel | None = None
-        self._confirmed: AbstractChannel | None = None
-        self._fast: AbstractChannel | None = None
-        self._done_confirmed: AbstractExchange | None = None
-        self._done_fast: AbstractExchange | None = None
-        self._reaper: asyncio.Task[None] | None = None
-        # Async completions to one dispatcher shard go several to a message.
-        self._completions: Batcher[str, Completion] = Batcher(
-            self._publish_completions, completion_bytes
-        )
-        self._stop_grace = stop_grace
-        # Deliveries run in tasks of our own: a closed channel does not cut a run short.
-        self._handlers: list[Detached] = []
-        self._consumers: list[Consumer] = []
-        self._runs: dict[tuple[str, int, float], _Run] = {}
-        self._answered: OrderedDict[tuple[str, int, float], None] = OrderedDict()
-
-    async def start(self) -> None:
-        self._consume = await self._connection.channel()
+    ) -> Worker:
+        """Open the worker's channels and declare what it uses (`consume` starts it)."""
+        consume = await connection.channel()
         # One unacked message per slot: a full worker takes nothing it cannot start. Global:
         # one limit for the shared queue and this worker's affinity queue together.
-        await self._consume.set_qos(prefetch_count=self._slots, global_=True)
-        self._confirmed = await self._connection.channel(
-            publisher_confirms=True, on_return_raises=True
-        )
-        self._fast = await self._connection.channel(publisher_confirms=False)
-        await declare_all(self._consume, self._topo)
+        await consume.set_qos(prefetch_count=slots, global_=True)
+        confirmed = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        fast = await connection.channel(publisher_confirms=False)
+        await declare_all(consume, topo)
         # Completions go back through the invoke exchange to the tenant's dispatcher shard.
-        self._done_confirmed = await declare_invoke(self._confirmed, self._topo)
-        self._done_fast = await declare_invoke(self._fast, self._topo)
+        done_confirmed = await declare_invoke(confirmed, topo)
+        await declare_invoke(fast, topo)
+        return cls(
+            topo,
+            pool,
+            code,
+            consume_channel=consume,
+            confirmed=confirmed,
+            fast=fast,
+            done_confirmed=done_confirmed,
+            idle_seconds=idle_seconds,
+            metrics=metrics,
+            worker_id=worker_id,
+            affinity=affinity,
+            stop_grace=stop_grace,
+        )
+
+    async def consume(self) -> None:
+        """Take work from the shared queue and this worker's own; reap idle instances."""
         shared = Detached(
             self._on_work if self._affinity is None else self._affinity.hold(self._on_work)
         )
         self._handlers.append(shared)
         self._consumers.append(await consume_fast(self._consume, self._topo.work_queue, shared))
         if self._affinity is not None:
-            own = Detached(self._on_work)
+            own = Detached(self._on_own_work)
             self._handlers.append(own)
-            self._consumers.append(await self._affinity.start(self._consume, own))
-        self._reaper = asyncio.create_task(self._reap_forever())
+            self._consumers.append(await self._affinity.consume(self._consume, own))
+        self._tasks.append(asyncio.create_task(self._reap_forever()))
 
     async def close(self) -> None:
         """Take no new work, let what runs finish (up to `stop_grace`), then disconnect:
@@ -163,8 +208,8 @@ class Worker:
         if self._consumers:
             with contextlib.suppress(Exception):
                 await self._consumers[0].cancel()  # the shared queue: nothing new from it
-        if self._affinity is not None and self._consume is not None:
-            await self._affinity.drain()
+            if self._affinity is not None:
+                await self._affinity.drain()
         for consumer in self._consumers:
             with contextlib.suppress(Exception):
                 await consumer.cancel()
@@ -179,12 +224,12 @@ class Worker:
                 left,
                 self._stop_grace,
             )
-        if self._reaper is not None:
-            self._reaper.cancel()
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._reaper
+                await task
         for channel in (self._consume, self._confirmed, self._fast):
-            if channel is not None and not channel.is_closed:
+            if not channel.is_closed:
                 await channel.close()
 
     async def _reap_forever(self) -> None:
@@ -196,34 +241,49 @@ class Worker:
             except Exception:
                 log.exception("idle reaping failed")
 
+    # -- the consumer: a handler decides, one step settles -----------------------------
+
     async def _on_work(self, message: DeliveredMessage) -> None:
+        await self._settle(message, await self._work(message))
+
+    async def _on_own_work(self, message: DeliveredMessage) -> None:
+        """Work from this worker's affinity queue: turned away once it is leaving (it falls
+        back to the shared queue at once, marked rejected: it never ran here)."""
+        leaving = self._affinity is not None and self._affinity.leaving
+        how = REJECT if leaving else await self._work(message)
+        await self._settle(message, how)
+
+    async def _settle(self, message: DeliveredMessage, how: Settlement) -> None:
+        """The one place a work delivery is acked or given back."""
+        if how.pause:
+            await asyncio.sleep(how.pause)
+        await settle(message, how)
+
+    async def _work(self, message: DeliveredMessage) -> Settlement:
         if message.header.properties.message_type == MSG_WORK_BATCH:
-            await self._on_work_batch(message)
-            return
-        inv = await decode_delivery(message, Invocation)
+            return await self._work_batch(message)
+        inv = decode_body(message, Invocation)
         if inv is None:
-            return
+            return REJECT
         try:
             await self._run_and_answer(message, inv)
         except Exception as e:
-            await self._give_back(message, [inv.id], e)
-            return
-        await settle(message)
+            return self._give_back([inv.id], e)
+        return ACK
 
-    async def _on_work_batch(self, message: DeliveredMessage) -> None:
+    async def _work_batch(self, message: DeliveredMessage) -> Settlement:
         """Async work of one function version: run together, acked once all are answered."""
-        batch = await decode_delivery(message, WorkBatch)
+        batch = decode_body(message, WorkBatch)
         if batch is None:
-            return
+            return REJECT
         results = await asyncio.gather(
             *(self._run_and_answer(message, inv) for inv in batch.invocations),
             return_exceptions=True,
         )
         failed = [r for r in results if isinstance(r, BaseException)]
         if failed:
-            await self._give_back(message, [inv.id for inv in batch.invocations], failed[0])
-            return
-        await settle(message)
+            return self._give_back([inv.id for inv in batch.invocations], failed[0])
+        return ACK
 
     async def _run_and_answer(self, message: DeliveredMessage, inv: Invocation) -> None:
         request_id_var.set(inv.id)
@@ -269,9 +329,7 @@ class Worker:
             del self._runs[key]
             run.done.set()
 
-    async def _give_back(
-        self, message: DeliveredMessage, request_ids: list[str], error: BaseException
-    ) -> None:
+    def _give_back(self, request_ids: list[str], error: BaseException) -> Settlement:
         """Not answered: give the work back (its channel may be alive, so it would
         otherwise sit unacked forever); async work runs again, at least once."""
         log.error(
@@ -279,8 +337,7 @@ class Worker:
             ", ".join(request_ids),
             exc_info=error,
         )
-        await asyncio.sleep(ANSWER_RETRY_SECONDS)
-        await settle(message, ack=False, requeue=True)
+        return requeue_after(ANSWER_RETRY_SECONDS)
 
     async def _run(self, inv: Invocation) -> Outcome:
         if inv.spec is None:
@@ -324,11 +381,8 @@ class Worker:
         return outcome
 
     async def _answer(self, message: DeliveredMessage, inv: Invocation, outcome: Outcome) -> None:
-        assert self._fast is not None
-        assert self._done_confirmed is not None and self._done_fast is not None
         routing_key = invoke_routing_key(inv.tenant)
         await ready(self._fast)
-        assert self._confirmed is not None
         await ready(self._confirmed)
         if inv.kind == "sync":
             # The release of the caller's concurrency slot (and of the warm room the
@@ -369,7 +423,6 @@ class Worker:
         await self._completions.send(routing_key, done)
 
     async def _publish_completions(self, routing_key: str, batch: list[Completion]) -> None:
-        assert self._confirmed is not None and self._done_confirmed is not None
         await ready(self._confirmed)
         await self._done_confirmed.publish(
             aio_pika.Message(
