@@ -27,7 +27,7 @@ from shared.protocol import Invocation, Outcome, system_outcome
 from shared.store import Store
 from shared.topology import HDR_DELAY, invoke_routing_key
 
-log = logging.getLogger("pyfc.dispatcher.concluding")
+log = logging.getLogger(f"pyfc.{__name__}")
 
 
 class Conclusions:

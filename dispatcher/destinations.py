@@ -18,18 +18,17 @@ import uuid
 import aio_pika
 from aio_pika.abc import AbstractExchange, AbstractRobustConnection
 
-from shared.broker import persistent_invocation
+from shared.broker import PUBLISH_TIMEOUT, persistent_invocation
 from shared.errors import AlreadyExists
 from shared.models import InvocationRecord
 from shared.protocol import Invocation, Lineage
 from shared.store import Store
 from shared.topology import HDR_HOPS, HDR_TENANT, HDR_TRACE, invoke_routing_key
 
-log = logging.getLogger("pyfc.dispatcher")
+log = logging.getLogger(f"pyfc.{__name__}")
 
 FUNCTION_RE = re.compile(r"^function:(?P<service>[^./]+)(?:\.(?P<qualifier>[^/]+))?/(?P<fn>.+)$")
 MQ_RE = re.compile(r"^mq:(?P<exchange>[^/]+)(?:/(?P<key>.*))?$")
-PUBLISH_TIMEOUT = 10.0
 
 
 def derived_id(request_id: str, condition: str) -> str:

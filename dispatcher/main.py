@@ -16,7 +16,7 @@ from shared.settings import Settings, load_or_exit
 from shared.store import Store
 from shared.topology import Topology, backoff_steps
 
-log = logging.getLogger("pyfc.dispatcher")
+log = logging.getLogger(f"pyfc.{__name__}")
 
 
 def main(settings: Settings | None = None) -> int:

@@ -27,18 +27,18 @@ from aio_pika.abc import (
 )
 
 from shared import codec, control
+from shared.broker import PUBLISH_TIMEOUT
 from shared.catalog import FunctionCatalog
 from shared.errors import PyfcError
 from shared.protocol import ControlEvent, ProvisionSnapshot, ProvisionTarget, WorkerBeat
 from shared.store import Store
 from shared.topology import Topology, declare_fanout
 
-log = logging.getLogger("pyfc.dispatcher")
+log = logging.getLogger(f"pyfc.{__name__}")
 
 PUBLISH_SECONDS = 5.0
 # A burst of notices (a deploy touching many functions) becomes one snapshot.
 COALESCE_SECONDS = 0.05
-PUBLISH_TIMEOUT = 10.0
 
 
 class ProvisionPublisher:

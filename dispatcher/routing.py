@@ -37,7 +37,7 @@ from shared.broker import (
 from shared.protocol import Invocation, Outcome, WorkBatch, invocation_bytes, system_outcome
 from shared.topology import MSG_WORK_BATCH, Topology, invoke_routing_key
 
-log = logging.getLogger("pyfc.dispatcher.routing")
+log = logging.getLogger(f"pyfc.{__name__}")
 
 # A routing or a conclusion that failed gives its message back after this pause, so an
 # outage is not a hot requeue loop.

@@ -74,7 +74,7 @@ from shared.topology import (
     declare_retries,
 )
 
-log = logging.getLogger("pyfc.dispatcher.service")
+log = logging.getLogger(f"pyfc.{__name__}")
 
 SWEEP_SECONDS = 1.0
 # A sync slot is reclaimed this long after the caller's deadline if its release is lost.

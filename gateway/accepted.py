@@ -13,11 +13,9 @@ from aio_pika.abc import AbstractExchange
 
 from shared import codec
 from shared.batching import Batcher
-from shared.broker import invocation_headers, persistent_invocation
+from shared.broker import PUBLISH_TIMEOUT, invocation_headers, persistent_invocation
 from shared.protocol import Invocation, InvocationBatch, invocation_bytes
 from shared.topology import MSG_INVOKE_BATCH, invoke_routing_key
-
-PUBLISH_TIMEOUT = 10.0
 
 
 class AcceptedInvocations:

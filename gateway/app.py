@@ -23,7 +23,7 @@ from shared.errors import Forbidden, PayloadTooLarge, PyfcError
 from shared.logs import request_id_var
 from shared.scrape import may_scrape
 
-log = logging.getLogger("pyfc.gateway")
+log = logging.getLogger(f"pyfc.{__name__}")
 
 PUBLIC_PATHS = ("/healthz", "/readyz", "/v1/openapi.json", "/metrics")
 

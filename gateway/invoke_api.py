@@ -27,7 +27,7 @@ from shared.models import InvocationRecord
 from shared.protocol import Invocation, Lineage, Outcome
 from shared.tokens import InvokeGrant
 
-log = logging.getLogger("pyfc.gateway")
+log = logging.getLogger(f"pyfc.{__name__}")
 
 # Cold start, initializer and queueing come on top of the function's own timeout.
 SYNC_SLACK_SECONDS = 10.0

@@ -20,7 +20,7 @@ from shared.settings import Settings, load_or_exit
 from shared.store import Store
 from shared.topology import Topology, declare_all, declare_invoke
 
-log = logging.getLogger("pyfc.gateway")
+log = logging.getLogger(f"pyfc.{__name__}")
 
 
 def main(settings: Settings | None = None) -> int:

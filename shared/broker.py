@@ -21,7 +21,7 @@ from shared.parts import Part
 from shared.protocol import Invocation
 from shared.topology import HDR_HOPS, HDR_KIND, HDR_TENANT, HDR_TRACEPARENT
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"pyfc.{__name__}")
 
 CONNECT_TIMEOUT = 10.0
 RECONNECT_INTERVAL = 1.0

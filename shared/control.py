@@ -12,7 +12,7 @@ from shared import codec
 from shared.protocol import ControlEvent
 from shared.topology import Topology, declare_control
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"pyfc.{__name__}")
 
 
 async def publish(channel: AbstractChannel, topo: Topology, event: ControlEvent) -> None:

@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import Executable
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"pyfc.{__name__}")
 
 Begin = Callable[[], AbstractAsyncContextManager[AsyncConnection]]
 

@@ -1,4 +1,9 @@
-"""Role logging: one line per event, always with the role and, where known, the request id."""
+"""Role logging: one line per event, always with the role and, where known, the request id.
+
+Every module logs to `pyfc.<its module path>`: `log = logging.getLogger(f"pyfc.{__name__}")`
+(so `pyfc` is the one logger above all of ours, apart from the libraries'); what functions
+write goes to `pyfc.function`. `tests/test_logging.py` holds the code to it.
+"""
 
 from __future__ import annotations
 

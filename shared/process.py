@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 
 from shared.errors import Unavailable
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"pyfc.{__name__}")
 
 _PR_SET_PDEATHSIG = 1
 

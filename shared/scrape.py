@@ -9,7 +9,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"pyfc.{__name__}")
 
 LOOPBACK = ("127.", "::1")
 

@@ -74,7 +74,7 @@ from shared.schema import (
     tenants,
 )
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"pyfc.{__name__}")
 
 MAX_CHAIN_DEPTH = 1000
 MAX_ASYNC_RETRY_ATTEMPTS = 8

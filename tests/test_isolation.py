@@ -125,7 +125,7 @@ def test_a_worker_that_is_not_root_warns_once_and_is_not_dumpable(
     dumpable: list[bool] = []
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     monkeypatch.setattr(isolation, "set_dumpable", dumpable.append)
-    with caplog.at_level(logging.WARNING, logger="worker.child.isolation"):
+    with caplog.at_level(logging.WARNING, logger="pyfc.worker.child.isolation"):
         users = isolation.for_this_worker(100000, sys.executable, [])
     assert not users.enabled and users.user(3) is None
     assert dumpable == [False]

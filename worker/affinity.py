@@ -38,7 +38,7 @@ from shared.broker import Consumer, RawHandler, consume_fast
 from shared.protocol import FunctionSpec, Invocation, Outcome, system_outcome
 from shared.topology import Topology, declare_affinity
 
-log = logging.getLogger("pyfc.worker")
+log = logging.getLogger(f"pyfc.{__name__}")
 
 PROBE_TIMEOUT = 5.0
 # On a clean stop, calls published before the dispatchers heard this worker leave may

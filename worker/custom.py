@@ -49,7 +49,7 @@ from worker.output import ProcessOutput
 from worker.spares import new_instance_id
 from worker.spawn import private_workdir
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"pyfc.{__name__}")
 
 _CONNECT_POLL = 0.02
 # Below common servers' idle timeout (Node's is 5 s): never reuse a connection being closed.

@@ -30,7 +30,7 @@ from worker.child.isolation import InstanceUser
 from worker.child.zygote import Exited, Fork, Forked, Prefork, Ready, decode_reply, encode
 from worker.spares import Spares
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"pyfc.{__name__}")
 
 _REPLY_TIMEOUT = 5.0
 # After the zygote died its children get SIGKILL from the kernel; how long to watch them go.

@@ -39,7 +39,7 @@ from worker.outcomes import crashed, from_result, late, out_of_memory, timed_out
 from worker.spares import Spares, new_instance_id
 from worker.spawn import ChildProcess, spawn
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"pyfc.{__name__}")
 function_log = logging.getLogger("pyfc.function")
 
 _RECENT_OUTPUT_LINES = 50

@@ -13,7 +13,7 @@ from shared.protocol import FunctionSpec
 from worker.limits import MemoryCgroup
 from worker.spawn import ChildProcess
 
-log = logging.getLogger("pyfc.worker")
+log = logging.getLogger(f"pyfc.{__name__}")
 
 # How long to wait for a SIGKILLed process to be reaped before reporting it as hung.
 EXIT_WAIT_SECONDS = 10.0

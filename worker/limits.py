@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"pyfc.{__name__}")
 
 MB = 1024 * 1024
 # RLIMIT_AS counts address space, and glibc reserves 64 MB per malloc arena and 8 MB per

@@ -26,7 +26,7 @@ from worker.provision import Provisioner
 from worker.service import Worker
 from worker.spares import sweep_stale_workdirs
 
-log = logging.getLogger("pyfc.worker")
+log = logging.getLogger(f"pyfc.{__name__}")
 
 
 def main(settings: Settings | None = None) -> int:

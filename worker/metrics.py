@@ -21,7 +21,7 @@ from shared.protocol import FunctionSpec, Outcome
 from shared.scrape import serve_metrics
 from worker.pool import InstancePool
 
-log = logging.getLogger("pyfc.worker")
+log = logging.getLogger(f"pyfc.{__name__}")
 
 FUNCTION_LABELS = ["tenant", "service", "function"]
 INIT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)

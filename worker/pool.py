@@ -39,7 +39,7 @@ from worker.limits import release_worker_group
 from worker.outcomes import late, start_failed, unavailable
 from worker.pool_decisions import choose, expired, provision_slot
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"pyfc.{__name__}")
 
 # A Python instance (worker.child.bootstrap child) or a runtime-custom `bootstrap` process.
 AnyInstance = Instance | CustomInstance

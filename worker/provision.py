@@ -34,7 +34,7 @@ from worker.codecache import CodeCache
 from worker.placement import Fleet, Held, Wanted, function_key, place, plan, provision_capacity
 from worker.pool import AnyInstance, InstancePool
 
-log = logging.getLogger("pyfc.worker")
+log = logging.getLogger(f"pyfc.{__name__}")
 
 BEAT_SECONDS = 2.0
 RECONCILE_SECONDS = 1.0
@@ -43,7 +43,9 @@ RECONCILE_SECONDS = 1.0
 SETTLE_SECONDS = 0.5
 # A start that fails (initializer error, code fetch) is retried with doubling delays.
 RETRY_BASE_SECONDS, RETRY_MAX_SECONDS = 1.0, 60.0
-PUBLISH_TIMEOUT = 5.0
+# A beat is stale once the fleet's expiry (3 beats + 1 s) has passed: do not wait longer
+# than that for one (every other publish waits shared.broker.PUBLISH_TIMEOUT).
+BEAT_PUBLISH_TIMEOUT = 5.0
 
 
 class Provisioner:
@@ -209,7 +211,7 @@ class Provisioner:
         )
         self._seq += 1
         await self._fleet_exchange.publish(
-            aio_pika.Message(codec.encode(beat)), routing_key="", timeout=PUBLISH_TIMEOUT
+            aio_pika.Message(codec.encode(beat)), routing_key="", timeout=BEAT_PUBLISH_TIMEOUT
         )
 
     async def beat_now(self) -> None:

@@ -72,7 +72,7 @@ from worker.codecache import CodeCache
 from worker.metrics import WorkerMetrics
 from worker.pool import InstancePool
 
-log = logging.getLogger("pyfc.worker")
+log = logging.getLogger(f"pyfc.{__name__}")
 
 ANSWER_RETRY_SECONDS = 1.0
 # Async work answered here, remembered so a redelivered copy of it is not run again: by

@@ -30,7 +30,7 @@ from typing import Generic, Protocol, TypeVar
 from worker.child.isolation import InstanceUser
 from worker.limits import MemoryCgroup, detect_worker_group
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"pyfc.{__name__}")
 
 # The next spare is made this long after one is taken: until then the cold start that took
 # it is using the CPUs (and, with a thread running Python, the GIL).

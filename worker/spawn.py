@@ -28,7 +28,7 @@ from worker.child.isolation import InstanceUser
 from worker.forking import SpareChild, Zygote, ZygoteUnavailable, interpreter_settings
 from worker.spares import Spare, make_workdir, own_workdir
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"pyfc.{__name__}")
 
 
 class ChildProcess(Protocol):
