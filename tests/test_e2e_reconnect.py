@@ -9,7 +9,8 @@ import aiohttp
 import pytest
 
 from tests.conftest import Client, StartStack
-from tests.helpers import deploy, invoke, wait_result
+from tests.helpers import deploy, invoke, open_dir, wait_result
+from tests.instances import eventually
 from tests.stack import Stack
 
 
@@ -77,18 +78,31 @@ async def test_roles_reconnect_after_the_broker_closes_their_connections(own_sta
 
 async def test_a_sync_call_whose_reply_channel_is_lost_fails_fast(own_stack: Stack) -> None:
     _, key = own_stack.create_tenant()
-    slow = "import time\ndef handler(event, context):\n    time.sleep(3)\n    return event\n"
+    # The function runs until the test lets it end: the call is surely in flight while
+    # the connection is closed, however slow rabbitmqctl is on a loaded machine.
+    markers = open_dir("reply-lost")
+    slow = (
+        "import os, time\n"
+        "def handler(event, context):\n"
+        f"    open({str(markers / 'started')!r}, 'w').close()\n"
+        f"    while not os.path.exists({str(markers / 'release')!r}):\n"
+        "        time.sleep(0.01)\n"
+        "    return event\n"
+    )
     async with aiohttp.ClientSession() as session:
         client = Client(session, own_stack.url, key)
         service, function = await deploy(client, {"index.py": slow}, timeout=30)
-        call = asyncio.create_task(invoke(client, service, function, b"lost"))
-        await asyncio.sleep(1.0)  # in flight: the function sleeps for 3 s
         gateway = stack_connections(own_stack.namespace, "pyfc-gateway")
         assert len(gateway) == 1, gateway
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        close_connections(gateway)
-        status, _, body = await call
-        # Not the 30 s + 10 s deadline: the caller learns at once that the reply is lost.
-        assert status == 503, body
-        assert loop.time() - started < 2.5
+        call = asyncio.create_task(invoke(client, service, function, b"lost"))
+        try:
+            await eventually(lambda: (markers / "started").exists(), within=20)
+            close_connections(gateway)  # rabbitmqctl: seconds on a loaded machine
+            loop = asyncio.get_running_loop()
+            closed = loop.time()
+            status, _, body = await call
+            # Not the 30 s + 10 s deadline: the caller learns at once that the reply is lost.
+            assert status == 503, body
+            assert loop.time() - closed < 2.5
+        finally:
+            (markers / "release").touch()
