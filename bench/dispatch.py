@@ -1,11 +1,11 @@
 """Dispatcher figures: the admission decision's cost, and sustained async throughput.
 
 Not a test: prints figures measured in this run on this machine.
-Targets (issue "Dispatcher"): admission decision p99 <= 50 us; sustained async no-op
-throughput end to end >= 1,000 invocations/s, beside raw persistent publish->consume
-throughput measured in the same run.
+Targets: async no-op end to end >= 0.95x raw persistent, confirmed publish->consume
+measured in the same run, on both paths (issue 18); admission decision p99 <= 50 us and
+>= 1,000 invocations/s end to end (issue "Dispatcher").
 
-    .venv/bin/python bench/dispatch.py [--n 4000]
+    .venv/bin/python bench/dispatch.py [--n 4000] [--reps 3]
 
 End to end is measured twice:
 - trigger path: invocations published to the invoke exchange (as trigger adapters do),
@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sqlite3
+import statistics
 import sys
 import tempfile
 import time
@@ -31,6 +33,7 @@ import aio_pika
 import aiohttp
 import uvloop
 
+from bench.report import Result, Row, Target, p50, percentile, spread_of, table
 from dispatcher.service import Dispatcher
 from shared import codec
 from shared.models import Function, InvocationRecord, Service
@@ -39,10 +42,7 @@ from shared.store import Store
 from shared.topology import HDR_KIND, HDR_TENANT, Topology, invoke_routing_key
 from tests.stack import AMQP_URL, Stack, code_body, delete_namespace
 
-
-def percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
+PAYLOAD = b"x" * 64
 
 
 async def admission_us(n: int) -> list[float]:
@@ -88,7 +88,7 @@ async def admission_us(n: int) -> list[float]:
         return samples
 
 
-async def raw_throughput(n: int) -> float:
+async def raw_throughput(n: int, body: bytes = PAYLOAD) -> float:
     """Persistent, confirmed publish -> consume with manual ack, one durable queue."""
     connection = await aio_pika.connect(AMQP_URL)
     async with connection:
@@ -107,9 +107,8 @@ async def raw_throughput(n: int) -> float:
             if count == n:
                 done.set()
 
-        await queue.consume(on_message)
+        tag = await queue.consume(on_message)
         started = time.perf_counter()
-        body = b"x" * 200
         for start in range(0, n, 500):
             await asyncio.gather(
                 *(
@@ -122,6 +121,7 @@ async def raw_throughput(n: int) -> float:
             )
         await done.wait()
         rate = n / (time.perf_counter() - started)
+        await queue.cancel(tag)
         await queue.delete(if_unused=False, if_empty=False)
         return rate
 
@@ -175,6 +175,7 @@ async def trigger_path(stack: Stack, n: int) -> float:
             function="noop",
             kind="async",
             source="cron",
+            payload=PAYLOAD,
             created_at=time.time(),
             lineage=Lineage(trace_id="bench"),
         )
@@ -224,7 +225,7 @@ async def http_path(stack: Stack, n: int, senders: int = 32) -> tuple[float, flo
 
         async def sender() -> None:
             for _ in remaining:
-                async with s.post(url, data=b"{}") as r:
+                async with s.post(url, data=PAYLOAD) as r:
                     assert r.status == 202, await r.text()
 
         started = time.perf_counter()
@@ -234,31 +235,92 @@ async def http_path(stack: Stack, n: int, senders: int = 32) -> tuple[float, flo
     return n / (accepted - started), n / (finished - started)
 
 
+def run(
+    n: int = 4000,
+    decisions: int = 20000,
+    reps: int = 3,
+    stack: Stack | None = None,
+) -> Result:
+    """Admission decisions, then `reps` repetitions of raw, trigger path and HTTP path
+    (each repetition a fresh tenant) on a stack of its own unless `stack` is given."""
+    admission = uvloop.run(admission_us(decisions))
+    raws, triggers, accepts, https = [], [], [], []
+    with contextlib.ExitStack() as cleanup:
+        if stack is None:
+            tmp = cleanup.enter_context(tempfile.TemporaryDirectory())
+            stack = Stack(Path(tmp), worker_slots=16)
+            cleanup.callback(stack.stop)
+            stack.start()
+        for _ in range(reps):
+            raws.append(uvloop.run(raw_throughput(n)))
+            triggers.append(uvloop.run(trigger_path(stack, n)))
+            accept, http = uvloop.run(http_path(stack, n))
+            accepts.append(accept)
+            https.append(http)
+    raw = statistics.median(raws)
+    baseline = "raw confirmed publish->consume"
+
+    def ratios(rates: list[float]) -> str:
+        each = [rate / base for rate, base in zip(rates, raws, strict=True)]
+        return f"ratio per repetition {min(each):.2f}-{max(each):.2f}x" if reps > 1 else ""
+
+    rows = [
+        Row(
+            "async no-op e2e, trigger path",
+            statistics.median(triggers),
+            "/s",
+            baseline=raw,
+            baseline_name=baseline,
+            target=Target("ratio", ">=", 0.95, "18"),
+            spread=spread_of(triggers),
+            note=ratios(triggers),
+        ),
+        Row(
+            "async no-op e2e, HTTP path",
+            statistics.median(https),
+            "/s",
+            baseline=raw,
+            baseline_name=baseline,
+            target=Target("ratio", ">=", 0.95, "18"),
+            spread=spread_of(https),
+            note=ratios(https),
+        ),
+        Row(
+            "async no-op e2e, slower path, absolute",
+            statistics.median([min(t, h) for t, h in zip(triggers, https, strict=True)]),
+            "/s",
+            target=Target("value", ">=", 1000, "Dispatcher"),
+        ),
+        Row(
+            "async HTTP accept rate (202s)",
+            statistics.median(accepts),
+            "/s",
+            baseline=raw,
+            baseline_name=baseline,
+            spread=spread_of(accepts),
+        ),
+        Row(
+            "admission decision p99",
+            percentile(admission, 0.99),
+            "us",
+            target=Target("value", "<=", 50, "Dispatcher"),
+        ),
+    ]
+    for row in rows:
+        row.bench = "dispatch"
+    return Result(rows=rows, extra={"admission_us": {"p50": p50(admission)}})
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=4000)
     parser.add_argument("--decisions", type=int, default=20000)
+    parser.add_argument("--reps", type=int, default=3)
     args = parser.parse_args()
-    decisions = uvloop.run(admission_us(args.decisions))
-    raw = uvloop.run(raw_throughput(args.n * 2))
-    with tempfile.TemporaryDirectory() as tmp:
-        stack = Stack(Path(tmp), worker_slots=16)
-        try:
-            stack.start()
-            trigger = uvloop.run(trigger_path(stack, args.n))
-            accept, http = uvloop.run(http_path(stack, args.n))
-        finally:
-            stack.stop()
-    p50, p99 = percentile(decisions, 0.5), percentile(decisions, 0.99)
-    print(f"admission decision (Dispatcher.decide, {args.decisions} calls, 50 tenants)")
-    print(f"  p50 {p50:6.1f} us   p99 {p99:6.1f} us   (target p99 <= 50 us: "
-          f"{'met' if p99 <= 50 else 'NOT met'})")  # fmt: skip
-    print(f"raw persistent publish->consume     : {raw:7.0f} msg/s")
-    print(f"pyfc async no-op, trigger path e2e  : {trigger:7.0f} inv/s  ({trigger / raw:.2f}x raw)")
-    print(f"pyfc async no-op, HTTP accept rate  : {accept:7.0f} inv/s")
-    print(f"pyfc async no-op, HTTP path e2e     : {http:7.0f} inv/s  ({http / raw:.2f}x raw)")
-    print(f"target >= 1,000 inv/s end to end    : trigger {'met' if trigger >= 1000 else 'NOT met'}"
-          f", HTTP {'met' if http >= 1000 else 'NOT met'}")  # fmt: skip
+    result = run(args.n, args.decisions, args.reps)
+    print(f"{args.reps} repetitions of {args.n} async no-op invocations, 64-byte payload;")
+    print(f"admission: {args.decisions} decisions (Dispatcher.decide), 50 tenants")
+    print(table(result.rows))
     return 0
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import socket
 import statistics
 import sys
@@ -20,6 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.report import Result, Row, p50, p99
 from shared.protocol import FunctionSpec, Invocation, Lineage
 from worker.instance import Instance
 
@@ -63,7 +65,7 @@ async def raw_baseline(n: int, payload: bytes) -> list[float]:
     return samples
 
 
-async def main(n: int, starts: int) -> None:
+async def measure(n: int, starts: int) -> tuple[list[float], list[float], list[float], str]:
     code = Path(tempfile.mkdtemp(prefix="pyfc-bench-"))
     (code / "index.py").write_text(ECHO)
     spec = FunctionSpec(tenant="t", service="s", function="f", timeout=10)
@@ -95,14 +97,48 @@ async def main(n: int, starts: int) -> None:
         instance = await Instance.start(spec, code)
         cold.append((time.perf_counter() - t) * 1000)
         await instance.stop()
+    shutil.rmtree(code, ignore_errors=True)
+    return raw, warm, cold, type(asyncio.get_running_loop()).__module__
 
+
+def run(n: int = 2000, starts: int = 20, use_uvloop: bool = True) -> Result:
+    if use_uvloop:
+        import uvloop
+
+        raw, warm, cold, loop = uvloop.run(measure(n, starts))
+    else:
+        raw, warm, cold, loop = asyncio.run(measure(n, starts))
+    socketpair = "raw socketpair echo"
+    rows = [
+        Row("instance frame round trip p50", p50(warm), "ms", p50(raw), socketpair),
+        Row("instance frame round trip p99", p99(warm), "ms", p99(raw), socketpair),
+        Row("Instance.start, spawned interpreter p50", p50(cold), "ms"),
+    ]
+    for row in rows:
+        row.bench = "instance"
+    return Result(
+        rows=rows,
+        samples={
+            "worker <-> instance frame: Instance.invoke warm": warm,
+            "worker <-> instance frame: raw socketpair echo": raw,
+        },
+        extra={"instance": {"loop": loop}},
+    )
+
+
+def main(n: int, starts: int, use_uvloop: bool) -> None:
+    result = run(n, starts, use_uvloop)
+    s = result.samples
+    raw = s["worker <-> instance frame: raw socketpair echo"]
+    warm = s["worker <-> instance frame: Instance.invoke warm"]
     raw50, raw99 = percentiles(raw)
     w50, w99 = percentiles(warm)
-    print(f"loop: {type(asyncio.get_running_loop()).__module__}")
+    cold = result.rows[-1].value or 0.0
+    print(f"loop: {result.extra['instance']['loop']}")
     print(f"raw socketpair echo   p50 {raw50:.3f} ms  p99 {raw99:.3f} ms  (n={n})")
     print(f"Instance.invoke warm  p50 {w50:.3f} ms  p99 {w99:.3f} ms  (n={n})")
     print(f"ratio warm/raw        p50 {w50 / raw50:.2f}x  p99 {w99 / raw99:.2f}x")
-    print(f"Instance.start cold   p50 {statistics.median(cold):.1f} ms  (n={starts})")
+    print(f"Instance.start cold   p50 {cold:.1f} ms  (n={starts})")
 
 
 if __name__ == "__main__":
@@ -111,9 +147,4 @@ if __name__ == "__main__":
     parser.add_argument("--starts", type=int, default=20)
     parser.add_argument("--uvloop", action="store_true")
     args = parser.parse_args()
-    if args.uvloop:
-        import uvloop
-
-        uvloop.run(main(args.n, args.starts))
-    else:
-        asyncio.run(main(args.n, args.starts))
+    main(args.n, args.starts, args.uvloop)

@@ -1,16 +1,19 @@
 """Warm sync invoke latency over HTTP, beside a raw aio-pika direct reply-to RPC round trip.
 
 Not a test: prints figures and ratios measured in the same run on this machine.
-Targets (issue "Spine"): pyfc warm sync p50 <= 3 ms and <= 3x the raw RPC p50.
+Targets: pyfc warm sync p50 <= 2.0x the raw RPC p50 with the server in its own process,
+p99 <= 3x (issue 18); p50 <= 3 ms and <= 3x the in-process raw RPC p50 (issue "Spine").
+Also CPU milliseconds per call of each process (from /proc).
 
-    .venv/bin/python bench/invoke.py [--n 2000]
+    .venv/bin/python bench/invoke.py [--n 2000] [--blocks 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
+import contextlib
+import os
 import subprocess
 import sys
 import tempfile
@@ -24,12 +27,11 @@ import aio_pika
 import aiohttp
 import uvloop
 
+from bench.cpu import CpuMeter
+from bench.report import Result, Row, Target, p50, p99, table
 from tests.stack import AMQP_URL, Stack, code_body
 
-
-def summary(samples: list[float]) -> tuple[float, float]:
-    ordered = sorted(samples)
-    return statistics.median(ordered), ordered[int(len(ordered) * 0.99) - 1]
+PAYLOAD = b"x" * 64
 
 
 async def rpc_server(
@@ -56,11 +58,14 @@ async def rpc_server(
         await (stop or asyncio.Event()).wait()
 
 
-async def raw_rpc(n: int, separate_process: bool) -> list[float]:
+async def raw_rpc(
+    n: int, separate_process: bool, warm_up: int = 200, cpu: dict[str, float] | None = None
+) -> list[float]:
     """Client publishes to a queue; a server consumer replies via direct reply-to.
 
     The server runs in this process (the tightest baseline) or in its own process, as
-    pyfc's roles do.
+    pyfc's roles do. `cpu`, if given, gets the CPU milliseconds per call of each process
+    over the measured calls.
     """
     queue_name = f"bench-rpc-{uuid.uuid4().hex[:8]}"
     stop, ready = asyncio.Event(), asyncio.Event()
@@ -83,19 +88,27 @@ async def raw_rpc(n: int, separate_process: bool) -> list[float]:
             pending.pop(message.correlation_id or "").set_result(message.body)
 
         await replies.consume(on_reply, no_ack=True)
+        meter = CpuMeter(
+            {"bench client": os.getpid()} | ({"server": server.pid} if separate_process else {})
+        )
         samples = []
-        for i in range(n + 200):
+        for i in range(n + warm_up):
+            if i == warm_up:
+                meter.start()
             cid = uuid.uuid4().hex
             fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
             pending[cid] = fut
             t0 = time.perf_counter()
             await client_ch.default_exchange.publish(
-                aio_pika.Message(b"x" * 64, reply_to="amq.rabbitmq.reply-to", correlation_id=cid),
+                aio_pika.Message(PAYLOAD, reply_to="amq.rabbitmq.reply-to", correlation_id=cid),
                 routing_key=queue_name,
             )
             await fut
-            if i >= 200:
+            if i >= warm_up:
                 samples.append((time.perf_counter() - t0) * 1000)
+        meter.stop()
+        if cpu is not None:
+            cpu.update(meter.per_call_ms(n))
     if separate_process:
         server.kill()
         await server.wait()
@@ -105,7 +118,8 @@ async def raw_rpc(n: int, separate_process: bool) -> list[float]:
     return samples
 
 
-async def pyfc_invoke(stack: Stack, n: int) -> list[float]:
+async def deploy_echo(stack: Stack) -> dict[str, str]:
+    """A fresh tenant with an echo function; its request headers."""
     _, key = stack.create_tenant()
     headers = {"Authorization": f"Bearer {key}"}
     async with aiohttp.ClientSession(stack.url, headers=headers) as s:
@@ -117,44 +131,134 @@ async def pyfc_invoke(stack: Stack, n: int) -> list[float]:
         }
         async with s.post("/v1/services/bench/functions", json=body) as r:
             assert r.status == 201, await r.text()
+    return headers
+
+
+async def pyfc_invoke(
+    stack: Stack,
+    n: int,
+    headers: dict[str, str] | None = None,
+    warm_up: int = 200,
+    cpu: dict[str, float] | None = None,
+) -> list[float]:
+    """`n` sequential warm sync invokes over HTTP (after `warm_up` more); `cpu`, if given,
+    gets the CPU milliseconds per call of each role over the measured calls."""
+    headers = headers or await deploy_echo(stack)
+    roles = {name: stack.procs[name].pid for name in ("gateway", "dispatcher")}
+    workers = {name: proc.pid for name, proc in stack.procs.items() if name.startswith("worker")}
+    meter = CpuMeter({**roles, **workers, "bench client": os.getpid()}, trees=frozenset(workers))
+    async with aiohttp.ClientSession(stack.url, headers=headers) as s:
         samples = []
-        for i in range(n + 200):
+        for i in range(n + warm_up):
+            if i == warm_up:
+                meter.start()
             t0 = time.perf_counter()
-            async with s.post("/v1/services/bench/functions/echo/invocations", data=b"x" * 64) as r:
+            async with s.post("/v1/services/bench/functions/echo/invocations", data=PAYLOAD) as r:
                 await r.read()
                 assert r.status == 200
-            if i >= 200:
+            if i >= warm_up:
                 samples.append((time.perf_counter() - t0) * 1000)
-        return samples
+    meter.stop()
+    if cpu is not None:
+        cpu.update(meter.per_call_ms(n))
+    return samples
+
+
+def mean_of(blocks: list[dict[str, float]]) -> dict[str, float]:
+    return {k: round(sum(b[k] for b in blocks) / len(blocks), 4) for k in blocks[0]}
+
+
+def run(n: int = 2000, blocks: int = 3, stack: Stack | None = None) -> Result:
+    """Raw RPC (server in its own process, and in this one) and pyfc's warm sync invoke,
+    measured in `blocks` alternating blocks of n/blocks calls each (so a change of load
+    during the run falls on both alike); a stack of its own unless `stack` is given."""
+    with contextlib.ExitStack() as cleanup:
+        if stack is None:
+            tmp = cleanup.enter_context(tempfile.TemporaryDirectory())
+            stack = Stack(Path(tmp), worker_slots=4)
+            cleanup.callback(stack.stop)
+            stack.start()
+        headers = uvloop.run(deploy_echo(stack))
+        raw: list[float] = []
+        raw_x: list[float] = []
+        warm: list[float] = []
+        cpu_raw: list[dict[str, float]] = []
+        cpu_pyfc: list[dict[str, float]] = []
+        per_block = max(1, n // blocks)
+        for block in range(blocks):
+            warm_up = 200 if block == 0 else 50
+            cpu_raw.append({})
+            cpu_pyfc.append({})
+            raw_x += uvloop.run(raw_rpc(per_block, True, warm_up=min(warm_up, n), cpu=cpu_raw[-1]))
+            warm += uvloop.run(
+                pyfc_invoke(stack, per_block, headers, min(warm_up, n), cpu=cpu_pyfc[-1])
+            )
+            raw += uvloop.run(raw_rpc(per_block, False, warm_up=min(warm_up, n)))
+    spine = "Spine"
+    rows = [
+        Row(
+            "warm sync invoke over HTTP p50",
+            p50(warm),
+            "ms",
+            baseline=p50(raw_x),
+            baseline_name="raw RPC x-proc",
+            target=Target("ratio", "<=", 2.0, "18"),
+        ),
+        Row(
+            "warm sync invoke over HTTP p99",
+            p99(warm),
+            "ms",
+            baseline=p99(raw_x),
+            baseline_name="raw RPC x-proc",
+            target=Target("ratio", "<=", 3.0, "18"),
+        ),
+        Row(
+            "warm sync invoke p50, absolute",
+            p50(warm),
+            "ms",
+            target=Target("value", "<=", 3.0, spine),
+        ),
+        Row(
+            "warm sync invoke p50 vs in-process RPC",
+            p50(warm),
+            "ms",
+            baseline=p50(raw),
+            baseline_name="raw RPC in-process",
+            target=Target("ratio", "<=", 3.0, spine),
+        ),
+    ]
+    for row in rows:
+        row.bench = "invoke"
+    return Result(
+        rows=rows,
+        samples={
+            "round trip: pyfc warm sync invoke over HTTP": warm,
+            "round trip: raw aio-pika RPC, server in its own process": raw_x,
+            "round trip: raw aio-pika RPC, server in-process": raw,
+        },
+        extra={
+            "cpu_ms_per_call": {
+                "pyfc warm sync invoke": mean_of(cpu_pyfc),
+                "raw RPC x-proc": mean_of(cpu_raw),
+            }
+        },
+    )
 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=2000)
+    parser.add_argument("--blocks", type=int, default=3)
     parser.add_argument("--serve-rpc", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_rpc:
         uvloop.run(rpc_server(args.serve_rpc))
         return 0
-    raw = uvloop.run(raw_rpc(args.n, separate_process=False))
-    raw_x = uvloop.run(raw_rpc(args.n, separate_process=True))
-    with tempfile.TemporaryDirectory() as tmp:
-        stack = Stack(Path(tmp), worker_slots=4)
-        try:
-            stack.start()
-            warm = uvloop.run(pyfc_invoke(stack, args.n))
-        finally:
-            stack.stop()
-    raw_p50, raw_p99 = summary(raw)
-    rawx_p50, rawx_p99 = summary(raw_x)
-    p50, p99 = summary(warm)
-    print(f"n={args.n} sequential calls after 200 warm-up, 64-byte payload")
-    print(f"raw RPC, server in-process        : p50 {raw_p50:6.2f} ms  p99 {raw_p99:6.2f} ms")
-    print(f"raw RPC, server in its own process: p50 {rawx_p50:6.2f} ms  p99 {rawx_p99:6.2f} ms")
-    print(f"pyfc warm sync invoke over HTTP   : p50 {p50:6.2f} ms  p99 {p99:6.2f} ms")
-    print(f"ratio p50 pyfc / raw in-process   : {p50 / raw_p50:.2f}x  (target <= 3x)")
-    print(f"ratio p50 pyfc / raw cross-process: {p50 / rawx_p50:.2f}x")
-    print(f"absolute p50 target (<= 3 ms)     : {'met' if p50 <= 3.0 else 'NOT met'}")
+    result = run(args.n, args.blocks)
+    print(f"n={args.n} sequential calls in {args.blocks} blocks, 64-byte payload")
+    print(table(result.rows))
+    for what, cpu in result.extra["cpu_ms_per_call"].items():
+        print(f"CPU ms per call, {what}: " + ", ".join(f"{k} {v:.3f}" for k, v in cpu.items()))
     return 0
 
 

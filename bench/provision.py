@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import statistics
 import sys
 import tempfile
@@ -24,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import aiohttp
 
+from bench.report import Result, Row
 from tests.stack import Stack, code_body, free_port
 
 SLOW_INIT = (
@@ -114,21 +116,58 @@ async def measure(stack: Stack, port: int, rounds: int, init: float) -> dict[str
     return out
 
 
-def run(rounds: int, init: float) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        stack = Stack(Path(tmp), worker_slots=8)
-        try:
-            stack.spawn("gateway", "gateway")
-            stack.wait_healthy()
-            stack.spawn("dispatcher", "dispatcher")
-            port = free_port()
-            stack.start_worker({"PYFC_WORKER_METRICS_PORT": str(port)})
-            stack.wait_log("dispatcher", "ready")
-            samples = asyncio.run(measure(stack, port, rounds, init))
-        finally:
-            stack.stop()
+def start_stack(root: Path, metrics_port: int, worker_slots: int = 8) -> Stack:
+    """A stack whose one worker serves its metrics on `metrics_port` (provisioned
+    instances are seen there)."""
+    stack = Stack(root, worker_slots=worker_slots)
+    try:
+        stack.spawn("gateway", "gateway")
+        stack.wait_healthy()
+        stack.spawn("dispatcher", "dispatcher")
+        stack.start_worker({"PYFC_WORKER_METRICS_PORT": str(metrics_port)})
+        stack.wait_log("dispatcher", "ready")
+    except BaseException:
+        stack.stop()
+        raise
+    return stack
+
+
+def run(
+    rounds: int = 10,
+    init: float = 0.3,
+    stack: Stack | None = None,
+    metrics_port: int | None = None,
+) -> Result:
+    """A stack of its own unless `stack` (with its worker's `metrics_port`) is given."""
+    with contextlib.ExitStack() as cleanup:
+        if stack is None or metrics_port is None:
+            tmp = cleanup.enter_context(tempfile.TemporaryDirectory())
+            metrics_port = free_port()
+            stack = start_stack(Path(tmp), metrics_port)
+            cleanup.callback(stack.stop)
+        samples = asyncio.run(measure(stack, metrics_port, rounds, init))
+    warm = median(samples["warm"])
+    first = median(samples["provisioned"])
+    rows = [
+        Row("warm invoke, single calls (median)", warm, "ms"),
+        Row("first invoke, on demand (median)", median(samples["cold"]), "ms", warm, "warm"),
+        Row("first invoke, provisioned (median)", first, "ms", warm, "warm"),
+        Row("PUT provision-config -> ready (median)", median(samples["ready"]), "ms"),
+    ]
+    for row in rows:
+        row.bench = "provision"
+    rows[1].note = f"initializer sleeps {init:g} s; {rounds} rounds"
+    return Result(rows=rows, extra={"provision_ms": samples})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--init", type=float, default=0.3)
+    args = parser.parse_args()
+    samples = run(args.rounds, args.init).extra["provision_ms"]
     base = median(samples["warm"])
-    print(f"initializer sleeps {init:g} s; {rounds} rounds; medians (min-max)")
+    print(f"initializer sleeps {args.init:g} s; {args.rounds} rounds; medians (min-max)")
     for name, kind in (
         ("warm invoke (baseline)", "warm"),
         ("first invoke, on demand (cold)", "cold"),
@@ -141,14 +180,6 @@ def run(rounds: int, init: float) -> None:
             f"  {name:40s} {median(got):8.1f} ms ({min(got):.1f}-{max(got):.1f})"
             f"  {median(got) / base:6.1f}x warm"
         )
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--init", type=float, default=0.3)
-    args = parser.parse_args()
-    run(args.rounds, args.init)
 
 
 if __name__ == "__main__":

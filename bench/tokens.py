@@ -18,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.report import Result, Row
 from shared import tokens
 from shared.protocol import FunctionSpec, Lineage
 from worker.credentials import TokenIssuer
@@ -27,10 +28,8 @@ def best_us(fn: object, n: int) -> float:
     return min(timeit.repeat(fn, number=n, repeat=5)) / n * 1e6  # type: ignore[arg-type]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--n", type=int, default=200_000)
-    n = parser.parse_args().n
+def measure(n: int) -> tuple[int, float, float, float]:
+    """Token length, and microseconds per raw HMAC, mint and verify (best of 5 runs)."""
     secret = secrets.token_urlsafe(32).encode()
     spec = FunctionSpec(tenant="tenant-abcdef12", service="svc_abcdef12", function="fn_abcdef12")
     lineage = Lineage(trace_id="3f2a9c1e-7b6d-4e1f-9a2b-1234567890ab", hops=3, origin="http")
@@ -42,7 +41,24 @@ def main() -> None:
     mint = best_us(lambda: issuer.token(spec, lineage, deadline), n)
     now = time.time()
     verify = best_us(lambda: tokens.verify(secret, token, now), n)
-    print(f"token: {len(token)} characters")
+    return len(token), raw, mint, verify
+
+
+def run(n: int = 200_000) -> Result:
+    _, raw, mint, verify = measure(n)
+    hmac_name = "raw hmac.digest"
+    rows = [
+        Row("invoke token mint", mint, "us", raw, hmac_name, bench="tokens"),
+        Row("invoke token verify", verify, "us", raw, hmac_name, bench="tokens"),
+    ]
+    return Result(rows=rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n", type=int, default=200_000)
+    length, raw, mint, verify = measure(parser.parse_args().n)
+    print(f"token: {length} characters")
     print(f"raw hmac.digest(sha256) of the signed part: {raw:.2f} us")
     print(f"mint (TokenIssuer.token):                   {mint:.2f} us  ({mint / raw:.1f}x raw)")
     print(f"verify (shared.tokens.verify):              {verify:.2f} us  ({verify / raw:.1f}x raw)")
