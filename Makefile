@@ -29,5 +29,6 @@ test: $(STAMP) services
 	$(BIN)/lint-imports
 	$(BIN)/pytest -q
 
+# Every benchmark, one table; JSON and PNG in bench/results/ (~5-7 minutes on 2 cores).
 bench: $(STAMP) services
-	$(BIN)/python bench/invoke.py
+	$(BIN)/python -m bench

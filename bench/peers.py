@@ -20,6 +20,7 @@ their defaults otherwise (persistent messages; neither publishes with confirms b
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import statistics
@@ -47,6 +48,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PAYLOAD = "x" * 64
 WARM_UP = 50
 START_TIMEOUT = 90.0
+STOP_GRACE = 3.0
 
 
 @dataclass(frozen=True)
@@ -113,14 +115,22 @@ class Workers:
 
         wait_for(ready, START_TIMEOUT, f"{self.peer.name} workers", poll=0.05)
 
-    def stop(self) -> None:
+    def terminate(self) -> None:
+        """Ask for a clean stop (all the peers at once: Celery's solo and threads pools
+        take ~10 s to stop here)."""
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
+
+    def stop(self, by: float) -> None:
+        """Stopped, killed at `by` (time.monotonic) if still running (the run is over:
+        nothing is lost)."""
+        self.terminate()
+        try:
+            self.proc.wait(timeout=max(0.0, by - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+            self.proc.wait()
 
 
 class Client:
@@ -193,8 +203,8 @@ class Running:
         wait_for(lambda: self.tally.total() >= WARM_UP, 60, f"{self.peer.name} warm-up")
         return self.client
 
-    def close(self) -> None:
-        self.workers.stop()
+    def close(self, by: float) -> None:
+        self.workers.stop(by)
         if self.client is not None:
             self.client.close()
         self.tally.close()
@@ -217,10 +227,18 @@ def run(reps: int = 3, n: int = 3000, calls: int = 500, peers: tuple[Peer, ...] 
     and `calls` sync round trips where it has them."""
     result = Result()
     with tempfile.TemporaryDirectory(prefix="pyfc-bench-peers-") as tmp, ExitStack() as stack:
-        runs = []
+        runs: list[Running] = []
+
+        @stack.callback
+        def close() -> None:
+            for r in runs:  # all asked at once, then all given the same grace
+                r.workers.terminate()
+            by = time.monotonic() + STOP_GRACE
+            for r in runs:
+                r.close(by)
+
         for peer in peers:
             runs.append(Running(peer, Path(tmp)))
-            stack.callback(runs[-1].close)
         clients = [r.ready() for r in runs]
         rpc = uvloop.run(raw_rpc(calls, separate_process=True, warm_up=min(200, calls)))
         result.samples["round trip: raw aio-pika RPC, server in its own process (peers)"] = rpc
@@ -268,6 +286,7 @@ def run(reps: int = 3, n: int = 3000, calls: int = 500, peers: tuple[Peer, ...] 
         result.rows.append(
             Row("raw RPC x-proc p50 (baseline)", p50(rpc), "ms", subject="raw", bench="peers")
         )
+        result.extra["peers"] = {"queues": [r.queue for r in runs]}
     return result
 
 
