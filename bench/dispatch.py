@@ -308,7 +308,11 @@ def run(
     ]
     for row in rows:
         row.bench = "dispatch"
-    return Result(rows=rows, extra={"admission_us": {"p50": p50(admission)}})
+    per_rep = {"raw": raws, "trigger": triggers, "http": https, "accept": accepts}
+    return Result(
+        rows=rows,
+        extra={"admission_us": {"p50": p50(admission)}, "dispatch_repetitions": per_rep},
+    )
 
 
 def main() -> int:

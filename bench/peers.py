@@ -242,8 +242,11 @@ def run(reps: int = 3, n: int = 3000, calls: int = 500, peers: tuple[Peer, ...] 
         clients = [r.ready() for r in runs]
         rpc = uvloop.run(raw_rpc(calls, separate_process=True, warm_up=min(200, calls)))
         result.samples["round trip: raw aio-pika RPC, server in its own process (peers)"] = rpc
+        per_rep: dict[str, dict[str, list[float]]] = {}
         for peer, run_, client in zip(peers, runs, clients, strict=True):
-            raws, rates = [], []
+            raws: list[float] = []
+            rates: list[float] = []
+            per_rep[peer.name] = {"raw": raws, "peer": rates}
             for _ in range(reps):
                 raws.append(uvloop.run(raw_throughput(n)))
                 rates.append(async_rate(client, run_.tally, n))
@@ -286,7 +289,7 @@ def run(reps: int = 3, n: int = 3000, calls: int = 500, peers: tuple[Peer, ...] 
         result.rows.append(
             Row("raw RPC x-proc p50 (baseline)", p50(rpc), "ms", subject="raw", bench="peers")
         )
-        result.extra["peers"] = {"queues": [r.queue for r in runs]}
+        result.extra["peers"] = {"queues": [r.queue for r in runs], "repetitions": per_rep}
     return result
 
 
