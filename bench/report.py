@@ -207,6 +207,8 @@ def write_png(path: Path, samples: dict[str, list[float]], title: str) -> bool:
             groups.setdefault(group, {})[label.strip() or group] = values
     if not groups:
         return False
+    first = ("round trip", "cold start")  # the targets' panels on top
+    groups = dict(sorted(groups.items(), key=lambda g: first.index(g[0]) if g[0] in first else 9))
     fig, axes = plt.subplots(len(groups), 1, figsize=(9, 3.2 * len(groups)), squeeze=False)
     for ax, (group, series) in zip(axes[:, 0], groups.items(), strict=True):
         for label, values in series.items():

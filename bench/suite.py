@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.report import Result, Row, table, write_json, write_png
+from bench.report import Result, Row, markdown, table, write_json, write_png
 from tests.stack import Stack, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -201,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="a few iterations of everything")
     parser.add_argument("--only", default="", help=f"comma-separated subset of {BENCHES}")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--markdown", action="store_true", help="the table in Markdown too")
     args = parser.parse_args(argv)
     chosen = [b for b in BENCHES if not args.only or b in args.only.split(",")]
     if unknown := set(filter(None, args.only.split(","))) - set(BENCHES):
@@ -261,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     meta["failed"] = failed
 
     print(table(result.rows))
+    if args.markdown:
+        print(f"\n{markdown(result.rows)}\n")
     for what, cpu in result.extra.get("cpu_ms_per_call", {}).items():
         print(f"CPU ms per call, {what}: " + ", ".join(f"{k} {v:.3f}" for k, v in cpu.items()))
     for name, info in meta["benches"].items():  # type: ignore[attr-defined]
