@@ -136,13 +136,14 @@ def celery_worker(queue: str, tally_path: str, pool: str, concurrency: int) -> N
 # -- dramatiq ----------------------------------------------------------------------------
 
 
-def dramatiq_broker(queue: str, tally: Tally | None = None) -> Any:
+def dramatiq_broker(queue: str, tally: Tally | None = None, confirm: bool = False) -> Any:
     """A RabbitmqBroker (set as dramatiq's global broker) with the `noop` actor on `queue`
-    (dramatiq adds `queue`.DQ and `queue`.XQ)."""
+    (dramatiq adds `queue`.DQ and `queue`.XQ); `confirm`: sends wait for the broker's
+    confirm (dramatiq's confirm_delivery, off by default)."""
     import dramatiq
     from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
-    broker = RabbitmqBroker(url=AMQP_URL)
+    broker = RabbitmqBroker(url=AMQP_URL, confirm_delivery=confirm)
     dramatiq.set_broker(broker)
 
     @dramatiq.actor(queue_name=queue, actor_name="noop", max_retries=0)

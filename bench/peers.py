@@ -12,7 +12,9 @@ just before it, so a peer's ratio is to the raw figure of the same minutes.
   aio-pika direct reply-to RPC to a server in its own process (`bench/invoke.py`).
 
 Every name (queues, exchanges) is unique to the run and deleted at the end. Peers use
-their defaults otherwise (persistent messages; neither publishes with confirms by default).
+their defaults otherwise (persistent messages; neither publishes with confirms by default;
+dramatiq is measured a second time with confirmed sends, as pyfc and the raw baseline
+publish).
 
     .venv/bin/python bench/peers.py [--reps 3] [--n 3000] [--calls 500]
 """
@@ -28,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 import uuid
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -61,6 +64,7 @@ class Peer:
     concurrency: int = 0
     processes: int = 0
     threads: int = 0
+    confirm: bool = False  # dramatiq: publish with confirms (confirm_delivery=True)
 
 
 PEERS = (
@@ -68,6 +72,8 @@ PEERS = (
     Peer("celery threads x8", "celery", pool="threads", concurrency=8),
     Peer("celery solo", "celery", pool="solo", concurrency=1),
     Peer("dramatiq 2 procs x 4 threads", "dramatiq", processes=2, threads=4),
+    # With the guarantee pyfc's accepts and the raw baseline have: confirmed publishes.
+    Peer("dramatiq 2x4, confirmed sends", "dramatiq", processes=2, threads=4, confirm=True),
 )
 
 
@@ -143,7 +149,7 @@ class Client:
             self._noop = self.app.tasks["bench.noop"]
             self._echo = self.app.tasks["bench.echo"]
         else:
-            self.broker, self._noop = dramatiq_broker(queue)
+            self.broker, self._noop = dramatiq_broker(queue, confirm=peer.confirm)
 
     def send(self, n: int) -> None:
         if self.peer.kind == "celery":
@@ -235,7 +241,10 @@ def run(reps: int = 3, n: int = 3000, calls: int = 500, peers: tuple[Peer, ...] 
                 r.workers.terminate()
             by = time.monotonic() + STOP_GRACE
             for r in runs:
-                r.close(by)
+                try:
+                    r.close(by)
+                except Exception:  # the others are still closed; this one is reported
+                    traceback.print_exc()
 
         for peer in peers:
             runs.append(Running(peer, Path(tmp)))
@@ -269,7 +278,7 @@ def run(reps: int = 3, n: int = 3000, calls: int = 500, peers: tuple[Peer, ...] 
                     spread=spread_of(rates),
                     note=""
                     if reps < 2
-                    else f"ratio per repetition {min(ratios):.2f}-{max(ratios):.2f}x ({peer.name})",
+                    else f"ratio per repetition {min(ratios):.2f}-{max(ratios):.2f}x",
                 )
             )
             if trips:
@@ -287,7 +296,13 @@ def run(reps: int = 3, n: int = 3000, calls: int = 500, peers: tuple[Peer, ...] 
                         )
                     )
         result.rows.append(
-            Row("raw RPC x-proc p50 (baseline)", p50(rpc), "ms", subject="raw", bench="peers")
+            Row(
+                "RPC x-proc p50 (the peers' sync baseline)",
+                p50(rpc),
+                "ms",
+                subject="raw aio-pika",
+                bench="peers",
+            )
         )
         result.extra["peers"] = {"queues": [r.queue for r in runs], "repetitions": per_rep}
     return result

@@ -153,7 +153,7 @@ def table(rows: list[Row]) -> str:
 
     out = [line(HEADER), "-+-".join("-" * w for w in widths)]
     out += [line(c) for c in lines]
-    notes = [f"  {r.metric}: {r.note}" for r in rows if r.note]
+    notes = [f"  {cells(r)[0]}: {r.note}" for r in rows if r.note]
     if notes:
         out += ["", "notes:", *notes]
     return "\n".join(out)
