@@ -26,7 +26,6 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -46,15 +45,18 @@ from worker.provision import Provisioner
 SETTLE_SECONDS = 1.5  # first beats answered, snapshots sent
 
 
-Handler = Callable[[AbstractIncomingMessage], Awaitable[None]]
+class Counted(Provisioner):
+    """A worker's Provisioner that counts the control messages it receives."""
 
+    received = 0  # across all of them (one simulation at a time)
 
-def counted(handler: Handler, counts: list[int]) -> Handler:
-    async def on_message(message: AbstractIncomingMessage) -> None:
-        counts[0] += 1
-        await handler(message)
+    async def _on_beat(self, message: AbstractIncomingMessage) -> None:
+        Counted.received += 1
+        await super()._on_beat(message)
 
-    return on_message
+    async def _on_snapshot(self, message: AbstractIncomingMessage) -> None:
+        Counted.received += 1
+        await super()._on_snapshot(message)
 
 
 async def simulate(
@@ -63,12 +65,11 @@ async def simulate(
     """`workers` simulated workers join the namespace's fleet; figures over `window`."""
     connection = await aio_pika.connect_robust(AMQP_URL, timeout=10)
     code = CodeCache(LocalBlobStore(root / "blobs"), root / "code")
-    received = [0]
     fleet: list[tuple[Provisioner, InstancePool]] = []
     try:
         for _ in range(workers):
             pool = InstancePool(max_instances=4, memory_cgroups=False)
-            provisioner = Provisioner(
+            provisioner = await Counted.open(
                 connection,
                 Topology(namespace),
                 pool,
@@ -76,14 +77,10 @@ async def simulate(
                 worker_id=f"sim-{uuid.uuid4().hex[:8]}",
                 slots=4,
             )
-            # Its consumers are bound to these attributes in start().
-            provisioner._on_beat = counted(provisioner._on_beat, received)  # type: ignore[method-assign]
-            provisioner._on_snapshot = counted(provisioner._on_snapshot, received)  # type: ignore[method-assign]
             fleet.append((provisioner, pool))
-            await provisioner.start()
         await asyncio.sleep(settle)
         meter = CpuMeter({"dispatcher": dispatcher_pid})
-        received[0], beats = 0, sum(p._seq for p, _ in fleet)
+        Counted.received, beats = 0, sum(p._seq for p, _ in fleet)
         began = time.monotonic()
         meter.start()
         await asyncio.sleep(window)
@@ -93,8 +90,8 @@ async def simulate(
         return {
             "workers": workers,
             "window_s": round(elapsed, 3),
-            "received_per_s": received[0] / elapsed,
-            "received_per_worker_per_s": received[0] / elapsed / workers,
+            "received_per_s": Counted.received / elapsed,
+            "received_per_worker_per_s": Counted.received / elapsed / workers,
             "beats_published_per_s": beats / elapsed,
             "dispatcher_cpu_ms_per_s": used["dispatcher"] / elapsed * 1000,
             "rabbitmq_cpu_ms_per_s": used.get("rabbitmq (shared)", float("nan")) / elapsed * 1000,
