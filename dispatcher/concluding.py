@@ -98,11 +98,11 @@ class Conclusions:
             steps_ms=self._steps,
         )
         if verdict.action == "succeeded":
-            await self._record(outcome, "Succeeded")
+            await self._record(outcome, "Succeeded", inv.version)
             if policy.on_success:
                 await self._forward(policy.on_success, inv, outcome, verdict.reason)
         elif verdict.action == "retry":
-            await self._record(outcome, "Enqueued")
+            await self._record(outcome, "Enqueued", inv.version)
             await self._schedule_retry(inv, verdict.delay_ms)
         else:
             await self.give_up(inv, outcome, verdict.reason, notify=True, policy=policy)
@@ -121,7 +121,7 @@ class Conclusions:
             outcome = system_outcome(
                 inv, reason, f"event older than its max age; attempt {inv.attempt} not made", 410
             )
-        await self._record(outcome, "Failed")
+        await self._record(outcome, "Failed", inv.version)
         if notify:
             policy = policy or await self.policy(inv)
             if policy.on_failure:
@@ -189,7 +189,7 @@ class Conclusions:
             return
         self._metrics.destinations.labels(inv.tenant, condition).inc()
 
-    async def _record(self, outcome: Outcome, status: InvocationStatus) -> None:
+    async def _record(self, outcome: Outcome, status: InvocationStatus, version: str) -> None:
         started = time.perf_counter()
         await self._store.record_outcome(
             outcome.tenant,
@@ -199,11 +199,13 @@ class Conclusions:
             result=outcome.body,
             error_type=outcome.error_type,
             error_message=outcome.error_message,
+            version=version,
         )
         log.info(
-            "async invocation %s attempt %d: %s%s -> %s (recorded in %.1f ms)",
+            "async invocation %s attempt %d (version %s): %s%s -> %s (recorded in %.1f ms)",
             outcome.request_id,
             outcome.attempt,
+            version or "-",
             outcome.status,
             f" {outcome.error_type}" if outcome.error_type else "",
             status,

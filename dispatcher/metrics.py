@@ -85,6 +85,12 @@ class DispatcherMetrics:
             ["route"], registry=self.registry,
         )  # fmt: skip
         self._routed = (routed.labels("shared"), routed.labels("affinity"))
+        self.auto_rollbacks = Counter(
+            "pyfc_dispatcher_auto_rollbacks",
+            "Canary versions whose alias weight was set to 0 by automatic rollback",
+            ["tenant", "service", "alias", "version"],
+            registry=self.registry,
+        )
         self.affinity_missed = Counter(
             "pyfc_dispatcher_affinity_missed",
             "Work routed to a worker's affinity queue that ran elsewhere (it fell back)",

@@ -35,6 +35,7 @@ from dispatcher.affinity import WarmFleet
 from dispatcher.concluding import Conclusions
 from dispatcher.destinations import Destinations
 from dispatcher.metrics import DispatcherMetrics
+from dispatcher.rollback import CanaryWatch
 from dispatcher.routing import RETRY_PAUSE_SECONDS, Router
 from dispatcher.verdict import EVENT_AGE_EXCEEDED, LOOP_DETECTED, NOT_RETRYABLE, expired
 from shared import control, telemetry
@@ -57,6 +58,7 @@ from shared.parts import Part, split
 from shared.protocol import (
     Completion,
     CompletionBatch,
+    ControlEvent,
     Invocation,
     InvocationBatch,
     Outcome,
@@ -116,6 +118,7 @@ class Dispatcher:
         metrics: DispatcherMetrics,
         router: Router,
         conclusions: Conclusions,
+        canaries: CanaryWatch,
         *,
         consume_channel: AbstractChannel,
         channels: list[AbstractChannel],
@@ -126,6 +129,7 @@ class Dispatcher:
         self._metrics = metrics
         self._router = router
         self._conclusions = conclusions
+        self.canaries = canaries
         self._consume = consume_channel
         self._channels = channels  # closed by `close`, the consuming one included
         self._fleet = FleetSlots()
@@ -176,6 +180,11 @@ class Dispatcher:
             retry=retry,
             steps_ms=retry_steps_ms,
         )
+
+        async def notify(event: ControlEvent) -> None:  # an automatic rollback
+            await control.publish(confirmed, topo, event)
+
+        canaries = CanaryWatch(catalog, store, notify, metrics.auto_rollbacks)
         return cls(
             topo,
             catalog,
@@ -183,6 +192,7 @@ class Dispatcher:
             metrics,
             router,
             conclusions,
+            canaries,
             consume_channel=consume,
             channels=[consume, confirmed, fast],
         )
@@ -292,8 +302,12 @@ class Dispatcher:
         hot path: `bench/dispatch.py` times exactly this). Raises PyfcError when the
         function cannot be resolved.
         """
+        if not inv.version:  # not resolved by its source: once, here, before it first runs
+            inv.version = await self._catalog.resolve(
+                inv.tenant, inv.service, inv.qualifier, inv.id
+            )
         inv.spec = await self._catalog.spec(
-            inv.tenant, inv.service, inv.qualifier, inv.function, inv.min_revision
+            inv.tenant, inv.service, inv.version, inv.function, inv.min_revision
         )
         policy = await self._catalog.policy(inv.tenant, inv.service, inv.qualifier, inv.function)
         limits = await self._catalog.tenant_limits(inv.tenant)
@@ -336,7 +350,7 @@ class Dispatcher:
             "pyfc.dispatch",
             inv.traceparent,
             SpanKind.CONSUMER,
-            {"faas.invocation_id": inv.id, "pyfc.tenant": inv.tenant},
+            {"faas.invocation_id": inv.id, "pyfc.tenant": inv.tenant, "faas.version": inv.version},
         ):
             try:
                 decision = await self.decide(inv)
@@ -344,6 +358,8 @@ class Dispatcher:
                 return await self._reject(message, inv, e)
             inv.traceparent = telemetry.current_traceparent(fallback=inv.traceparent)
             verdict, pool = decision.verdict, decision.pool
+            if verdict in ("run", "wait"):
+                await self.canaries.admitted(inv)
             if verdict == "loop":
                 return await self._loop_detected(message, inv, decision.limit)
             if verdict == "duplicate":
@@ -474,6 +490,7 @@ class Dispatcher:
             if self.warm.completed(done.request_id, done.worker_id):
                 self._metrics.affinity_missed.inc()
             released |= self.admission.release(done.request_id) is not None
+            self.canaries.completed(done)
         if released:
             self._drain()
         results = await asyncio.gather(
@@ -511,6 +528,7 @@ class Dispatcher:
         """Reclaim lapsed leases, drop waiters whose channel died, rotate long waiters."""
         self.admission.expire()
         self.warm.expire(time.monotonic(), self.admission.holds)
+        self.canaries.sweep(time.monotonic())
         self._resize(time.monotonic())  # drains too
         now = time.time()
         for pool in self.admission.pools():

@@ -100,8 +100,11 @@ async def _redrive(request: web.Request, dl: DeadLetter) -> None:
     """Publish one dead letter again (confirmed), then delete it."""
     gw, tenant = gateway_of(request), tenant_of(request).name
     inv = redrive_envelope(dl, tenant, time.time())
-    # A function deleted since is a clear 404 here, and the dead letter stays.
-    spec = await gw.catalog.spec(tenant, inv.service, inv.qualifier, inv.function)
+    # The version first chosen runs again (an envelope from before versions resolves now).
+    if not inv.version:
+        inv.version = await gw.catalog.resolve(tenant, inv.service, inv.qualifier, inv.id)
+    # A function (or version) deleted since is a clear 404 here, and the dead letter stays.
+    spec = await gw.catalog.spec(tenant, inv.service, inv.version, inv.function)
     inv.min_revision = max(inv.min_revision, spec.revision)
     await gw.store.reenqueue(tenant, inv.id, inv.service, inv.qualifier, inv.function)
     await gw.enqueue(inv, "redrive not accepted: broker unavailable; the dead letter is kept")

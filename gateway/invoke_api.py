@@ -24,11 +24,13 @@ from shared import telemetry
 from shared.errors import BadRequest, InvocationNotFound, PayloadTooLarge, PyfcError
 from shared.logs import request_id_var
 from shared.models import InvocationRecord
-from shared.protocol import Invocation, Lineage, Outcome
+from shared.protocol import LATEST, Invocation, Lineage, Outcome
 from shared.tokens import InvokeGrant
 
 log = logging.getLogger(f"pyfc.{__name__}")
 
+# Which version ran (FC's header): LATEST, or the version the qualifier resolved to.
+VERSION_HEADER = "X-Fc-Invocation-Service-Version"
 # Cold start, initializer and queueing come on top of the function's own timeout.
 SYNC_SLACK_SECONDS = 10.0
 TRACEPARENT_RE = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
@@ -69,9 +71,9 @@ def invocation_type(header: str | None) -> str:
     return kind
 
 
-def outcome_response(outcome: Outcome, tail_logs: bool) -> web.Response:
+def outcome_response(outcome: Outcome, tail_logs: bool, version: str = LATEST) -> web.Response:
     """Map an outcome to FC's response: 200 + X-Fc-Error-Type for function errors."""
-    headers = {"X-Fc-Request-Id": outcome.request_id}
+    headers = {"X-Fc-Request-Id": outcome.request_id, VERSION_HEADER: version}
     if tail_logs:
         headers["X-Fc-Log-Result"] = base64.b64encode(outcome.log_tail[-4096:]).decode()
     if outcome.status == "succeeded":
@@ -106,7 +108,9 @@ async def invoke(request: web.Request) -> web.Response:
         raise PayloadTooLarge(
             f"event is {len(payload)} bytes; the limit is {gw.settings.max_event_bytes}"
         )
-    spec = await gw.catalog.spec(tenant.name, service, qualifier, function)
+    # Resolved once, here: the envelope carries the version to every later hop.
+    version = await gw.catalog.resolve(tenant.name, service, qualifier, request_id)
+    spec = await gw.catalog.spec(tenant.name, service, version, function)
     # W3C says to ignore (not reject) a malformed traceparent: start a new trace instead.
     incoming = request.headers.get("traceparent", "")
     incoming = incoming if TRACEPARENT_RE.match(incoming) else ""
@@ -117,6 +121,7 @@ async def invoke(request: web.Request) -> web.Response:
         {
             "faas.invocation_id": request_id,
             "faas.name": f"{service}/{function}",
+            "faas.version": version,
             "faas.trigger": "http",
             "pyfc.tenant": tenant.name,
             "pyfc.kind": kind,
@@ -129,6 +134,7 @@ async def invoke(request: web.Request) -> web.Response:
             tenant=tenant.name,
             service=service,
             qualifier=qualifier,
+            version=version,
             function=function,
             kind="sync" if kind == "sync" else "async",
             source="http",
@@ -153,7 +159,7 @@ async def invoke(request: web.Request) -> web.Response:
             gw.metrics.invocations.labels(tenant.name, "sync", outcome.status).inc()
             if span is not None:
                 span.set_attribute("pyfc.outcome", outcome.status)
-            return outcome_response(outcome, inv.log_tail)
+            return outcome_response(outcome, inv.log_tail, version)
         response = await _accept_async(request, inv)
         gw.metrics.invocations.labels(tenant.name, "async", "accepted").inc()
         return response
@@ -169,10 +175,13 @@ async def _accept_async(request: web.Request, inv: Invocation) -> web.Response:
             service_name=inv.service,
             qualifier=inv.qualifier,
             function_name=inv.function,
+            version=inv.version,
         )
     )
     await gw.enqueue(inv, "not accepted: broker unavailable")
-    return web.Response(status=202, headers={"X-Fc-Request-Id": inv.id})
+    return web.Response(
+        status=202, headers={"X-Fc-Request-Id": inv.id, VERSION_HEADER: inv.version}
+    )
 
 
 def _result_fields(result: bytes) -> dict[str, str]:
@@ -192,6 +201,7 @@ async def get_invocation(request: web.Request) -> web.Response:
         "requestId": rec.request_id,
         "serviceName": rec.service_name,
         "qualifier": rec.qualifier,
+        "version": rec.version,
         "functionName": rec.function_name,
         "status": rec.status,
         "attempt": rec.attempt,

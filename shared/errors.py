@@ -68,6 +68,14 @@ class DeadLetterNotFound(NotFound):
     code = "DeadLetterNotFound"
 
 
+class VersionNotFound(NotFound):
+    code = "VersionNotFound"
+
+
+class AliasNotFound(NotFound):
+    code = "AliasNotFound"
+
+
 class Conflict(PyfcError):
     status = 409
     code = "Conflict"
@@ -79,6 +87,18 @@ class AlreadyExists(Conflict):
 
 class NotEmpty(Conflict):
     code = "NotEmpty"
+
+
+class VersionInUse(Conflict):
+    """An alias still points at the version (as its versionId or its weighted one)."""
+
+    code = "VersionInUse"
+
+
+class NoChanges(BadRequest):
+    """Publishing LATEST when it equals the newest version (FC answers VersionExists)."""
+
+    code = "VersionExists"
 
 
 class ReservationExceeded(Conflict):

@@ -72,6 +72,8 @@ class InvocationRecord(msgspec.Struct, kw_only=True, rename="camel"):
     service_name: str
     qualifier: str
     function_name: str
+    # The version the qualifier resolved to ("" until the dispatcher resolved it).
+    version: str = ""
     status: InvocationStatus = "Enqueued"
     attempt: int = 0
     error_type: str = ""

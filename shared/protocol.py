@@ -64,6 +64,11 @@ class Invocation(msgspec.Struct, kw_only=True):
     service: str
     qualifier: str = LATEST
     function: str
+    # The version the qualifier resolved to (LATEST, "1", "2"...), decided once by the
+    # first role that resolves it (`FunctionCatalog.resolve`: the gateway for HTTP calls,
+    # else the dispatcher at first admission) and kept through retries, redeliveries and
+    # redrives. "" = not resolved yet.
+    version: str = ""
     kind: InvocationKind = "sync"
     source: Source = "http"
     payload: bytes = b""
@@ -128,6 +133,9 @@ class Completion(msgspec.Struct, kw_only=True):
     # The worker that ran it: the dispatcher learns when work it routed to one worker's
     # affinity queue ran elsewhere (dispatcher/affinity.py).
     worker_id: str = ""
+    # Sync only (async completions carry their outcome): the function failed. What the
+    # dispatcher needs to watch a canary version's error rate (dispatcher/rollback.py).
+    failed: bool = False
 
 
 class InvocationBatch(msgspec.Struct, kw_only=True):
@@ -169,7 +177,14 @@ def completion_bytes(done: Completion) -> int:
 class ControlEvent(msgspec.Struct, kw_only=True):
     """Fanout notice that metadata changed; every process drops what it cached."""
 
-    kind: Literal["function-changed", "service-changed", "tenant-changed", "provision-changed"]
+    kind: Literal[
+        "function-changed",
+        "service-changed",
+        "tenant-changed",
+        "provision-changed",
+        "version-changed",  # published or deleted (tenant, service)
+        "alias-changed",  # created, updated, deleted, rolled back (tenant, service)
+    ]
     tenant: str
     service: str = ""
     function: str = ""

@@ -87,6 +87,8 @@ services = Table(
     Column("environment_variables", Text, nullable=False),
     Column("created_time", String(32), nullable=False),
     Column("last_modified_time", String(32), nullable=False),
+    # The last version id given in this service: ids are never reused (migration 0004).
+    Column("last_version_id", Integer, nullable=False, server_default=text("0")),
 )
 
 functions = Table(
@@ -130,6 +132,8 @@ invocations = Table(
     Column("service_name", String(128), nullable=False),
     Column("qualifier", String(128), nullable=False),
     Column("function_name", String(128), nullable=False),
+    # The version the qualifier resolved to ("" until known; LATEST, "1", "2"...).
+    Column("version", String(32), nullable=False, server_default=text("''")),
     Column("status", String(16), nullable=False),
     Column("attempt", Integer, nullable=False),
     Column("error_type", Text, nullable=False),
@@ -194,4 +198,64 @@ dead_letters = Table(
     Column("response", LargeBinary, nullable=False),
     Column("envelope", LargeBinary, nullable=False),
     Column("created_time", String(32), nullable=False),
+)
+
+
+# Published versions: immutable snapshots of a service (`snapshot`, a msgspec JSON
+# `shared.release.Snapshot`). RESTRICT: a service with versions cannot be deleted.
+versions = Table(
+    "versions",
+    metadata,
+    Column("tenant", String(63), primary_key=True),
+    Column("service_name", String(128), primary_key=True),
+    Column("version_id", Integer, primary_key=True),
+    Column("description", Text, nullable=False),
+    # sha256 of the versioned config (`shared.release.fingerprint`): "no changes" check.
+    Column("fingerprint", String(64), nullable=False),
+    Column("snapshot", Text, nullable=False),
+    Column("created_time", String(32), nullable=False),
+    Column("last_modified_time", String(32), nullable=False),
+    ForeignKeyConstraint(
+        ["tenant", "service_name"],
+        ["services.tenant", "services.service_name"],
+        ondelete="RESTRICT",
+        name="fk_versions_service",
+    ),
+)
+
+# Aliases: a version and at most one weighted extra version. The foreign keys to
+# `versions` make "delete a version an alias uses" and "point at a missing version" fail
+# in the database itself, whatever runs concurrently.
+aliases = Table(
+    "aliases",
+    metadata,
+    Column("tenant", String(63), primary_key=True),
+    Column("service_name", String(128), primary_key=True),
+    Column("alias_name", String(128), primary_key=True),
+    Column("version_id", Integer, nullable=False),
+    Column("additional_version_id", Integer, nullable=True),
+    Column("additional_weight", Float, nullable=False),
+    Column("description", Text, nullable=False),
+    Column("auto_rollback", Text, nullable=False),  # JSON AutoRollback, "" = off
+    Column("last_rollback", Text, nullable=False),  # JSON RollbackRecord, "" = none
+    Column("created_time", String(32), nullable=False),
+    Column("last_modified_time", String(32), nullable=False),
+    ForeignKeyConstraint(
+        ["tenant", "service_name"],
+        ["services.tenant", "services.service_name"],
+        ondelete="RESTRICT",
+        name="fk_aliases_service",
+    ),
+    ForeignKeyConstraint(
+        ["tenant", "service_name", "version_id"],
+        ["versions.tenant", "versions.service_name", "versions.version_id"],
+        ondelete="RESTRICT",
+        name="fk_aliases_version",
+    ),
+    ForeignKeyConstraint(
+        ["tenant", "service_name", "additional_version_id"],
+        ["versions.tenant", "versions.service_name", "versions.version_id"],
+        ondelete="RESTRICT",
+        name="fk_aliases_additional_version",
+    ),
 )

@@ -14,7 +14,7 @@ import logging
 import secrets
 import uuid
 from collections.abc import AsyncIterator, Mapping
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 from sqlalchemy import (
@@ -73,6 +73,7 @@ from shared.schema import (
     services,
     tenants,
 )
+from shared.store_releases import ReleaseStore
 
 log = logging.getLogger(f"pyfc.{__name__}")
 
@@ -84,8 +85,10 @@ _CONFIG_KEY = ("tenant", "service_name", "qualifier", "function_name")
 _Config = TypeVar("_Config", AsyncConfig, ProvisionConfig)
 
 
-class Store:
-    """Async access to the metadata database; build with `await Store.open(url)`."""
+class Store(ReleaseStore):
+    """Async access to the metadata database; build with `await Store.open(url)`.
+
+    Versions and aliases are in `shared.store_releases` (a mixin on the same engine)."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
@@ -263,7 +266,9 @@ class Store:
             async with self._begin() as conn:
                 deleted = (await conn.execute(query)).rowcount
         except IntegrityError as e:  # the RESTRICT foreign key from functions
-            raise NotEmpty(f"service {name!r} still has functions; delete them first") from e
+            raise NotEmpty(
+                f"service {name!r} still has functions, versions or aliases; delete them first"
+            ) from e
         if not deleted:
             raise ServiceNotFound(f"service {name!r} not found")
 
@@ -378,8 +383,10 @@ class Store:
         result: bytes,
         error_type: str,
         error_message: str,
+        version: str = "",
     ) -> None:
-        """Record an attempt's outcome (finished time set for Succeeded/Failed).
+        """Record an attempt's outcome (finished time set for Succeeded/Failed), and the
+        version it ran when given (an accepted record may not know it yet).
 
         Idempotent: a duplicate or stale outcome (see `rows.outcome_applies`) is ignored,
         not an error, because completions are delivered at least once.
@@ -403,6 +410,7 @@ class Store:
             "service_name": "",
             "qualifier": "",
             "function_name": "",
+            "version": version,
             "created_time": rows.now_iso(),
             **values,
         }
@@ -600,9 +608,13 @@ class Store:
         SQLite); the row's values are bound at execution.
         """
         stmt = self._insert(invocations)
+        set_: dict[str, Any] = {column: stmt.excluded[column] for column in _OUTCOME_COLUMNS}
+        # An outcome that does not name its version keeps the one recorded at accept.
+        given = func.nullif(stmt.excluded.version, "")
+        set_["version"] = func.coalesce(given, invocations.c.version)
         return stmt.on_conflict_do_update(
             index_elements=[invocations.c.tenant, invocations.c.request_id],
-            set_={column: stmt.excluded[column] for column in _OUTCOME_COLUMNS},
+            set_=set_,
             where=rows.outcome_applies_to(terminal, stmt.excluded.attempt),
         )
 

@@ -77,8 +77,8 @@ class WorkerMetrics:
         )
         self.outcomes = Counter(
             "pyfc_worker_invocations",
-            "Invocations run, by outcome",
-            [*FUNCTION_LABELS, "outcome"],
+            "Invocations run, by version (LATEST, 1, 2...) and outcome",
+            [*FUNCTION_LABELS, "version", "outcome"],
             registry=self.registry,
         )
         self.copies_not_run = Counter(
@@ -98,7 +98,7 @@ class WorkerMetrics:
 
     def observe(self, spec: FunctionSpec, outcome: Outcome) -> None:
         labels = function_labels(spec)
-        self.outcomes.labels(*labels, outcome.status).inc()
+        self.outcomes.labels(*labels, spec.version, outcome.status).inc()
         if not outcome.instance_id:
             return  # nothing ran (deadline passed, shutting down)
         self.starts.labels(*labels, "cold" if outcome.cold_start else "warm").inc()

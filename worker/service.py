@@ -351,7 +351,11 @@ class Worker:
             "pyfc.run",
             inv.traceparent,
             SpanKind.CONSUMER,
-            {"faas.invocation_id": inv.id, "faas.name": f"{inv.service}/{inv.function}"},
+            {
+                "faas.invocation_id": inv.id,
+                "faas.name": f"{inv.service}/{inv.function}",
+                "faas.version": inv.spec.version,
+            },
         ) as span:
             outcome = await self._pool.invoke(inv.spec, code_dir, inv)
             if span is not None:
@@ -369,10 +373,11 @@ class Worker:
         quiet = outcome.status == "succeeded" and not outcome.cold_start
         log.log(
             logging.DEBUG if quiet else logging.INFO,
-            "%s %s/%s %s%s in %.1f ms%s",
+            "%s %s/%s@%s %s%s in %.1f ms%s",
             inv.kind,
             inv.service,
             inv.function,
+            inv.spec.version,
             outcome.status,
             f" {outcome.error_type}" if outcome.error_type else "",
             outcome.duration_ms,
@@ -393,7 +398,11 @@ class Worker:
             # the dispatcher reclaims the slot when its lease (the caller's deadline) runs out.
             channel = cast(aiormq.Channel, await self._fast.get_underlay_channel())
             release = Completion(
-                request_id=inv.id, tenant=inv.tenant, kind="sync", worker_id=self._worker_id
+                request_id=inv.id,
+                tenant=inv.tenant,
+                kind="sync",
+                worker_id=self._worker_id,
+                failed=outcome.status == "function_error",
             )
             await channel.basic_publish(
                 codec.encode(release),
