@@ -10,7 +10,14 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway import control_api, dlq_api, function_config_api, invoke_api, openapi
+from gateway import (
+    control_api,
+    dlq_api,
+    function_config_api,
+    invoke_api,
+    openapi,
+    release_api,
+)
 from gateway.http import (
     GATEWAY_KEY,
     INVOKE_TOKEN_ROUTES,
@@ -102,6 +109,7 @@ def build_app(gateway: Gateway) -> web.Application:
     app.router.add_get("/v1/openapi.json", openapi.document)
     control_api.add_routes(app.router)
     function_config_api.add_routes(app.router)
+    release_api.add_routes(app.router)
     dlq_api.add_routes(app.router)
     invoke_api.add_routes(app.router)
     return app

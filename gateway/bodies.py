@@ -10,6 +10,7 @@ import msgspec
 
 from shared.errors import BadRequest
 from shared.models import LogConfig
+from shared.release import Alias, AutoRollback, Version
 
 T = TypeVar("T")
 
@@ -169,6 +170,43 @@ class RedriveResult(msgspec.Struct, kw_only=True, rename="camel", omit_defaults=
     redriven: list[str]
     failed: list[RedriveFailure] = []
     next_token: str | None = None
+
+
+# --- versions and aliases -----------------------------------------------------------
+
+VersionId = Annotated[str, msgspec.Meta(pattern=r"^[1-9][0-9]{0,9}$")] | int
+Weights = dict[str, float]
+
+
+class PublishVersion(msgspec.Struct, kw_only=True, rename="camel"):
+    description: Description = ""
+
+
+class AliasCreate(msgspec.Struct, kw_only=True, rename="camel"):
+    alias_name: str
+    version_id: VersionId
+    additional_version_weight: Weights = {}
+    description: Description = ""
+    auto_rollback: AutoRollback | None = None
+
+
+class AliasUpdate(msgspec.Struct, kw_only=True, rename="camel", omit_defaults=True):
+    """PUT is partial: only the fields given change; `autoRollback: null` turns it off."""
+
+    version_id: VersionId | None = None
+    additional_version_weight: Weights | None = None
+    description: Description | None = None
+    auto_rollback: AutoRollback | msgspec.UnsetType | None = msgspec.UNSET
+
+
+class VersionPage(msgspec.Struct, kw_only=True, rename="camel", omit_defaults=True):
+    versions: list[Version]
+    next_token: str = ""
+
+
+class AliasPage(msgspec.Struct, kw_only=True, rename="camel", omit_defaults=True):
+    aliases: list[Alias]
+    next_token: str = ""
 
 
 def parse(body: bytes, kind: type[T]) -> T:

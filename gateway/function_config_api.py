@@ -1,7 +1,7 @@
 """Control plane: a function's async config and provision config, and the caller's tenant.
 
 `/v1/services/{service}[.{qualifier}]/functions/{function}/async-config|provision-config`.
-Only `LATEST` exists (versions and aliases are not built), so any other qualifier is a 404,
+A qualifier is LATEST, a version id or an alias; an unknown one is a 404,
 as on the invoke path.
 """
 
@@ -14,9 +14,10 @@ from aiohttp import web
 
 from gateway.bodies import AsyncConfigUpdate, ProvisionConfigUpdate, TenantView, parse
 from gateway.http import gateway_of, json_response, split_qualifier, tenant_of
-from shared.errors import AsyncConfigNotFound, BadRequest, FunctionNotFound
+from shared.errors import AsyncConfigNotFound, BadRequest
 from shared.models import AsyncConfig, DestinationConfig, DestinationTarget, ProvisionConfig
 from shared.protocol import LATEST, ControlEvent
+from shared.release import is_version_id
 
 _NAME = r"[A-Za-z_][A-Za-z0-9_-]{0,127}"
 # A version id or an alias name (LATEST today; the grammar is ready for the rest).
@@ -53,15 +54,18 @@ def check_destination(destination: str, namespace: str) -> None:
         )
 
 
-def _target(request: web.Request) -> tuple[str, str, str, str]:
-    """tenant, service, qualifier, function of a config URL; 404 for a qualifier but LATEST."""
+async def _target(request: web.Request) -> tuple[str, str, str, str]:
+    """tenant, service, qualifier, function of a config URL; 404 naming an unknown version
+    or alias (configs are per qualifier: LATEST, a version id or an alias)."""
     service, qualifier = split_qualifier(request.match_info["service"])
     function = request.match_info["function"]
-    if qualifier != LATEST:
-        raise FunctionNotFound(
-            f"qualifier {qualifier!r} of {service}/{function} not found (only LATEST exists)"
-        )
-    return tenant_of(request).name, service, qualifier, function
+    tenant = tenant_of(request).name
+    store = gateway_of(request).store
+    if is_version_id(qualifier):
+        await store.version_function(tenant, service, int(qualifier), function)
+    elif qualifier != LATEST:
+        await store.get_alias(tenant, service, qualifier)
+    return tenant, service, qualifier, function
 
 
 def merge_async_config(current: AsyncConfig, body: AsyncConfigUpdate) -> AsyncConfig:
@@ -88,7 +92,7 @@ def merge_async_config(current: AsyncConfig, body: AsyncConfigUpdate) -> AsyncCo
 
 async def put_async_config(request: web.Request) -> web.Response:
     gw = gateway_of(request)
-    tenant, service, qualifier, function = _target(request)
+    tenant, service, qualifier, function = await _target(request)
     body = parse(await request.read(), AsyncConfigUpdate)
     if body.destination_config is not None:
         for given in (body.destination_config.on_success, body.destination_config.on_failure):
@@ -111,14 +115,14 @@ async def put_async_config(request: web.Request) -> web.Response:
 
 
 async def get_async_config(request: web.Request) -> web.Response:
-    tenant, service, qualifier, function = _target(request)
+    tenant, service, qualifier, function = await _target(request)
     cfg = await gateway_of(request).store.get_async_config(tenant, service, qualifier, function)
     return json_response(cfg)
 
 
 async def delete_async_config(request: web.Request) -> web.Response:
     gw = gateway_of(request)
-    tenant, service, qualifier, function = _target(request)
+    tenant, service, qualifier, function = await _target(request)
     await gw.store.delete_async_config(tenant, service, qualifier, function)
     await gw.changed(
         ControlEvent(kind="function-changed", tenant=tenant, service=service, function=function)
@@ -131,7 +135,7 @@ async def delete_async_config(request: web.Request) -> web.Response:
 
 async def put_provision_config(request: web.Request) -> web.Response:
     gw = gateway_of(request)
-    tenant, service, qualifier, function = _target(request)
+    tenant, service, qualifier, function = await _target(request)
     body = parse(await request.read(), ProvisionConfigUpdate)
     stored = await gw.store.put_provision_config(
         tenant,
@@ -146,14 +150,14 @@ async def put_provision_config(request: web.Request) -> web.Response:
 
 
 async def get_provision_config(request: web.Request) -> web.Response:
-    tenant, service, qualifier, function = _target(request)
+    tenant, service, qualifier, function = await _target(request)
     cfg = await gateway_of(request).store.get_provision_config(tenant, service, qualifier, function)
     return json_response(cfg)
 
 
 async def delete_provision_config(request: web.Request) -> web.Response:
     gw = gateway_of(request)
-    tenant, service, qualifier, function = _target(request)
+    tenant, service, qualifier, function = await _target(request)
     await gw.store.delete_provision_config(tenant, service, qualifier, function)
     await gw.changed(
         ControlEvent(kind="provision-changed", tenant=tenant, service=service, function=function)

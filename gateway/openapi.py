@@ -9,19 +9,25 @@ import msgspec
 from aiohttp import web
 
 from gateway.bodies import (
+    AliasCreate,
+    AliasPage,
+    AliasUpdate,
     AsyncConfigUpdate,
     DeadLetterDetail,
     DeadLetterPage,
     FunctionCreate,
     FunctionUpdate,
     ProvisionConfigUpdate,
+    PublishVersion,
     RedriveResult,
     ServiceCreate,
     ServiceUpdate,
     TenantView,
+    VersionPage,
 )
 from gateway.http import json_response
 from shared.models import AsyncConfig, Function, ProvisionConfig, Service
+from shared.release import Alias, Version
 
 REF = "#/components/schemas/{name}"
 
@@ -78,6 +84,13 @@ def build() -> dict[str, Any]:
             DeadLetterPage,
             DeadLetterDetail,
             RedriveResult,
+            PublishVersion,
+            Version,
+            VersionPage,
+            AliasCreate,
+            AliasUpdate,
+            Alias,
+            AliasPage,
         ],
         ref_template=REF,
     )
@@ -109,13 +122,42 @@ def build() -> dict[str, Any]:
             "delete": _op("delete a function", status="204"),
         },
         fn + "/code": {"get": _op("download the code package (zip)")},
+        svc + "/versions": {
+            "post": _op(
+                "publish LATEST as the next version (400 VersionExists when unchanged)",
+                "PublishVersion",
+                "Version",
+                "201",
+            ),
+            "get": _op(
+                "list versions, newest first", response="VersionPage", query=("limit", "startKey")
+            ),
+        },
+        svc + "/versions/{version}": {
+            "get": _op("get a version", response="Version"),
+            "delete": _op("delete a version (409 VersionInUse if an alias uses it)", status="204"),
+        },
+        svc + "/aliases": {
+            "post": _op("create an alias", "AliasCreate", "Alias", "201"),
+            "get": _op("list aliases", response="AliasPage", query=("prefix", "limit", "startKey")),
+        },
+        svc + "/aliases/{alias}": {
+            "get": _op("get an alias (with its last automatic rollback)", response="Alias"),
+            "put": _op("update an alias (partial)", "AliasUpdate", "Alias"),
+            "delete": _op("delete an alias", status="204"),
+        },
         fn + "/invocations": {
-            "post": _op("invoke; X-Fc-Invocation-Type: Sync|Async, X-Fc-Log-Type: Tail", raw=True),
+            "post": _op(
+                "invoke service[.qualifier]/function (qualifier: LATEST, a version id or an "
+                "alias); X-Fc-Invocation-Type: Sync|Async, X-Fc-Log-Type: Tail; the response's "
+                "X-Fc-Invocation-Service-Version names the version that ran",
+                raw=True,
+            ),
         },
         fn + "/invocations/{requestId}": {"get": _op("async invocation status and result")},
         fn + "/async-config": {
             "put": _op(
-                "set the async config of service[.qualifier]/function (partial; only LATEST)",
+                "set the async config of service[.qualifier]/function (partial)",
                 "AsyncConfigUpdate",
                 "AsyncConfig",
             ),
