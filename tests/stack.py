@@ -157,13 +157,23 @@ class Stack:
         self.wait_log("dispatcher", "ready")
         return self
 
-    def wait_healthy(self, timeout: float = 30.0) -> None:
+    def start_gateway(self, name: str) -> str:
+        """Another gateway replica on a port of its own; returns its base URL."""
+        port = free_port()
+        self.spawn("gateway", name, extra_env={"PYFC_HTTP_PORT": str(port)})
+        url = f"http://127.0.0.1:{port}"
+        self.wait_healthy(name=name, url=url)
+        return url
+
+    def wait_healthy(self, timeout: float = 30.0, name: str = "gateway", url: str = "") -> None:
+        url = url or self.url
+
         def healthy() -> bool:
-            proc = self.procs["gateway"]
+            proc = self.procs[name]
             if proc.poll() is not None:
-                raise RuntimeError(f"gateway exited:\n{self.logs('gateway')}")
+                raise RuntimeError(f"{name} exited:\n{self.logs(name)}")
             try:
-                with urllib.request.urlopen(self.url + "/healthz", timeout=1) as r:
+                with urllib.request.urlopen(url + "/healthz", timeout=1) as r:
                     return bool(r.status == 200)
             except OSError:
                 return False
