@@ -217,3 +217,33 @@ async def test_auto_rollback_trips_on_a_failing_canary_only(
     ) in text, text
     status, blue = await api(client, "GET", f"/v1/services/{svc}/aliases/blue")
     assert blue["additionalVersionWeight"] == {"3": 0.5}, blue
+
+
+async def test_auto_rollback_watches_async_outcomes_too(
+    fresh_stack: StartStack, session: aiohttp.ClientSession
+) -> None:
+    stack = fresh_stack(workers=1)
+    client = client_of(stack, session)
+    svc, fn = await versions(client, TAGGED.format(tag="one"), FAILING)
+    status, body = await api(
+        client, "POST", f"/v1/services/{svc}/aliases",
+        {"aliasName": "batch", "versionId": "1", "additionalVersionWeight": {"2": 0.5},
+         "autoRollback": {"maxErrorRate": 0.3, "windowSeconds": 120, "minInvocations": 6}},
+    )  # fmt: skip
+    assert status == 201, body
+    status, body = await api(
+        client, "PUT", f"/v1/services/{svc}.batch/functions/{fn}/async-config",
+        {"maxAsyncRetryAttempts": 0},
+    )  # fmt: skip
+    assert status == 200, body
+    ids = []
+    for _ in range(40):
+        status, headers, _ = await invoke(client, svc + ".batch", fn, X_Fc_Invocation_Type="Async")
+        assert status == 202
+        ids.append((headers["X-Fc-Request-Id"], headers["X-Fc-Invocation-Service-Version"]))
+    records = [await wait_result(client, svc, fn, request_id) for request_id, _ in ids]
+    assert [r["version"] for r in records] == [version for _, version in ids]
+    assert {r["status"] for r in records if r["version"] == "2"} == {"Failed"}
+    status, alias = await api(client, "GET", f"/v1/services/{svc}/aliases/batch")
+    assert alias["additionalVersionWeight"] == {"2": 0.0}, alias
+    assert alias["lastRollback"]["invocations"] >= 6, alias
