@@ -66,6 +66,10 @@ def _parser() -> argparse.ArgumentParser:
     res.add_argument("request_id")
     res.add_argument("--wait", type=float, default=0.0, metavar="SECONDS")
 
+    from pyfc.release_client import add_commands
+
+    add_commands(sub, connection_options)
+
     dlq = sub.add_parser("dlq", help="dead letters: async invocations given up on")
     dsub = dlq.add_subparsers(dest="action", required=True)
 
@@ -205,6 +209,16 @@ def _client_call(args: argparse.Namespace, settings: Settings) -> int:
         return asyncio.run(client.invoke(api, args.target, data, args.is_async, args.log))
     if args.command == "dlq":
         return asyncio.run(client.dlq(api, args))
+    if args.command in ("publish", "versions", "alias"):
+        from pyfc import release_client
+
+        if args.command == "publish":
+            return asyncio.run(
+                release_client.publish(api, args.service, args.description, args.json)
+            )
+        if args.command == "versions":
+            return asyncio.run(release_client.versions(api, args.service, args.json))
+        return asyncio.run(release_client.alias(api, args))
     return asyncio.run(client.result(api, args.target, args.request_id, args.wait))
 
 

@@ -110,6 +110,9 @@ async def invoke(api: Api, target: str, data: bytes, is_async: bool, tail: bool)
             headers=headers,
         )
     request_id = resp_headers.get("X-Fc-Request-Id", "?")
+    version = resp_headers.get("X-Fc-Invocation-Service-Version", "")
+    if "." in service and version:  # a qualifier was given: say which version ran
+        print(f"version {version} ran {request_id}", file=sys.stderr)
     if tail and "X-Fc-Log-Result" in resp_headers:
         sys.stderr.write(
             base64.b64decode(resp_headers["X-Fc-Log-Result"]).decode("utf-8", "replace")

@@ -101,3 +101,48 @@ def test_up_says_clearly_when_rabbitmq_is_unreachable(tmp_path: Path) -> None:
     assert out.returncode == 2
     assert b"cannot reach RabbitMQ" in out.stderr
     assert b"guest:guest" not in out.stderr  # the password is never printed
+
+
+def test_publish_versions_aliases_and_invoking_an_alias(stack: Stack, tmp_path: Path) -> None:
+    _, key = stack.create_tenant()
+    folder = tmp_path / "fn"
+    folder.mkdir()
+    base = ["--endpoint", stack.url, "--api-key", key]
+    for tag in ("one", "two"):
+        (folder / "index.py").write_text(f"def handler(event, context):\n    return '{tag}'\n")
+        stack.cli("deploy", str(folder), "--service", "relsvc", "--function", "f", *base)
+        out = stack.cli("publish", "relsvc", "--description", tag, *base)
+        assert out.stdout.decode().startswith("published relsvc version "), out
+    again = stack.cli("publish", "relsvc", *base, check=False)
+    assert again.returncode == 1 and b"VersionExists" in again.stderr
+    out = stack.cli("versions", "relsvc", "--json", *base)
+    assert [v["versionId"] for v in json.loads(out.stdout)["versions"]] == ["2", "1"]
+    out = stack.cli("versions", "relsvc", *base)
+    assert b"     2  " in out.stdout and b"one" in out.stdout
+    out = stack.cli("alias", "set", "prod", "--service", "relsvc", "--version", "1", *base)
+    assert out.stdout.decode().strip() == "prod -> version 1"
+    out = stack.cli(
+        "alias", "set", "prod", "--service", "relsvc", "--version", "1", "--weight", "2=0.25",
+        "--auto-rollback", "0.2", *base,
+    )  # fmt: skip
+    assert "prod -> version 1 (+ 2=0.25)  auto-rollback above 20% over 60s" in out.stdout.decode()
+    out = stack.cli("alias", "list", "--service", "relsvc", "--json", *base)
+    (alias,) = json.loads(out.stdout)["aliases"]
+    assert alias["additionalVersionWeight"] == {"2": 0.25}
+    bad = stack.cli(
+        "alias", "set", "prod", "--service", "relsvc", "--version", "1", "--weight", "2=3",
+        *base, check=False,
+    )  # fmt: skip
+    assert bad.returncode == 1 and b"0..1" in bad.stderr
+    bad = stack.cli(
+        "alias", "set", "prod", "--service", "relsvc", "--version", "1", "--weight", "2", *base,
+        check=False,
+    )  # fmt: skip
+    assert b"VERSION=WEIGHT" in bad.stderr
+    stack.cli("alias", "set", "prod", "--service", "relsvc", "--version", "2", *base)
+    out = stack.cli("invoke", "relsvc.prod/f", *base)
+    assert out.stdout == b"two" and b"version 2 ran" in out.stderr
+    out = stack.cli("invoke", "relsvc.1/f", *base)
+    assert out.stdout == b"one"
+    missing = stack.cli("invoke", "relsvc.nope/f", *base, check=False)
+    assert missing.returncode == 1 and b"AliasNotFound" in missing.stderr
