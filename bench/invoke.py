@@ -3,7 +3,9 @@
 Not a test: prints figures and ratios measured in the same run on this machine.
 Targets: pyfc warm sync p50 <= 2.0x the raw RPC p50 with the server in its own process,
 p99 <= 3x (issue 18); p50 <= 3 ms and <= 3x the in-process raw RPC p50 (issue "Spine").
-Also CPU milliseconds per call of each process (from /proc).
+Also CPU milliseconds per call of each process (from /proc), and the same calls through
+an alias (`bench.prod`, one version) and a weighted alias (`bench.gray`, 10% to a second
+version) in the same blocks: resolving a qualifier must not cost (issue 13).
 
     .venv/bin/python bench/invoke.py [--n 2000] [--blocks 3]
 """
@@ -32,6 +34,8 @@ from bench.report import Result, Row, Target, p50, p99, table
 from tests.stack import AMQP_URL, Stack, code_body
 
 PAYLOAD = b"x" * 64
+# The same echo function, called as LATEST, through an alias and through a weighted alias.
+ALIASES = {"alias": "bench.prod", "weighted alias": "bench.gray"}
 
 
 async def rpc_server(
@@ -131,6 +135,18 @@ async def deploy_echo(stack: Stack) -> dict[str, str]:
         }
         async with s.post("/v1/services/bench/functions", json=body) as r:
             assert r.status == 201, await r.text()
+        for description in ("v1", "v2"):  # two versions of it, and aliases to them
+            update = {"description": description}
+            async with s.put("/v1/services/bench/functions/echo", json=update) as r:
+                assert r.status == 200, await r.text()
+            async with s.post("/v1/services/bench/versions", json={}) as r:
+                assert r.status == 201, await r.text()
+        for alias in (
+            {"aliasName": "prod", "versionId": "1"},
+            {"aliasName": "gray", "versionId": "1", "additionalVersionWeight": {"2": 0.1}},
+        ):
+            async with s.post("/v1/services/bench/aliases", json=alias) as r:
+                assert r.status == 201, await r.text()
     return headers
 
 
@@ -140,9 +156,11 @@ async def pyfc_invoke(
     headers: dict[str, str] | None = None,
     warm_up: int = 200,
     cpu: dict[str, float] | None = None,
+    service: str = "bench",
 ) -> list[float]:
-    """`n` sequential warm sync invokes over HTTP (after `warm_up` more); `cpu`, if given,
-    gets the CPU milliseconds per call of each role over the measured calls."""
+    """`n` sequential warm sync invokes over HTTP (after `warm_up` more) of
+    `service[.qualifier]/echo`; `cpu`, if given, gets the CPU milliseconds per call of each
+    role over the measured calls."""
     headers = headers or await deploy_echo(stack)
     roles = {name: stack.procs[name].pid for name in ("gateway", "dispatcher")}
     workers = {name: proc.pid for name, proc in stack.procs.items() if name.startswith("worker")}
@@ -153,7 +171,9 @@ async def pyfc_invoke(
             if i == warm_up:
                 meter.start()
             t0 = time.perf_counter()
-            async with s.post("/v1/services/bench/functions/echo/invocations", data=PAYLOAD) as r:
+            async with s.post(
+                f"/v1/services/{service}/functions/echo/invocations", data=PAYLOAD
+            ) as r:
                 await r.read()
                 assert r.status == 200
             if i >= warm_up:
@@ -182,6 +202,7 @@ def run(n: int = 2000, blocks: int = 3, stack: Stack | None = None) -> Result:
         raw: list[float] = []
         raw_x: list[float] = []
         warm: list[float] = []
+        aliased: dict[str, list[float]] = {name: [] for name in ALIASES}
         cpu_raw: list[dict[str, float]] = []
         cpu_pyfc: list[dict[str, float]] = []
         per_block = max(1, n // blocks)
@@ -194,6 +215,10 @@ def run(n: int = 2000, blocks: int = 3, stack: Stack | None = None) -> Result:
                 pyfc_invoke(stack, per_block, headers, min(warm_up, n), cpu=cpu_pyfc[-1])
             )
             raw += uvloop.run(raw_rpc(per_block, False, warm_up=min(warm_up, n)))
+            for name, service in ALIASES.items():
+                aliased[name] += uvloop.run(
+                    pyfc_invoke(stack, per_block, headers, min(warm_up, n), service=service)
+                )
     spine = "Spine"
     rows = [
         Row(
@@ -227,6 +252,17 @@ def run(n: int = 2000, blocks: int = 3, stack: Stack | None = None) -> Result:
             target=Target("ratio", "<=", 3.0, spine),
         ),
     ]
+    rows += [
+        Row(
+            f"warm sync invoke through a{'n' if name == 'alias' else ''} {name} p50",
+            p50(samples),
+            "ms",
+            baseline=p50(warm),
+            baseline_name="LATEST, same blocks",
+            target=Target("ratio", "<=", 1.1, "13"),
+        )
+        for name, samples in aliased.items()
+    ]
     for row in rows:
         row.bench = "invoke"
     return Result(
@@ -235,6 +271,7 @@ def run(n: int = 2000, blocks: int = 3, stack: Stack | None = None) -> Result:
             "round trip: pyfc warm sync invoke over HTTP": warm,
             "round trip: raw aio-pika RPC, server in its own process": raw_x,
             "round trip: raw aio-pika RPC, server in-process": raw,
+            **{f"round trip: pyfc through {ALIASES[k]}": v for k, v in aliased.items()},
         },
         extra={
             "cpu_ms_per_call": {
