@@ -150,9 +150,12 @@ async def test_configs_of_other_qualifiers_and_missing_functions_are_404(client:
     service, function = await deploy(client)
     for kind, body in (("async-config", {}), ("provision-config", {"target": 1})):
         for method in ("PUT", "GET", "DELETE"):
-            path = fn_path(service, function, "prod") + "/" + kind
-            status, err = await get_json(client, method, path, json=body)
-            assert (status, err["errorCode"]) == (404, "FunctionNotFound"), (kind, method)
+            # A qualifier that names no alias or version of the service.
+            for qualifier, code in (("prod", "AliasNotFound"), ("3", "VersionNotFound")):
+                path = fn_path(service, function, qualifier) + "/" + kind
+                status, err = await get_json(client, method, path, json=body)
+                assert (status, err["errorCode"]) == (404, code), (kind, method)
+                assert qualifier in err["errorMessage"]
         status, err = await get_json(
             client, "PUT", fn_path(service, "nosuch") + "/" + kind, json=body
         )
