@@ -212,3 +212,21 @@ async def test_bad_input_is_refused_and_nothing_half_made(stack: Stack, client: 
     # The version still runs although LATEST's function is gone.
     fields, header = await run(client, svc + ".prod", fn)
     assert fields[0] in ("one", "two") and header in ("1", "2")
+
+
+async def test_openapi_describes_versions_and_aliases(stack: Stack, client: Client) -> None:
+    _, doc = await api(client, "GET", "/v1/openapi.json")
+    svc = "/v1/services/{service}"
+    for path, methods in (
+        (svc + "/versions", {"post", "get"}),
+        (svc + "/versions/{version}", {"get", "delete"}),
+        (svc + "/aliases", {"post", "get"}),
+        (svc + "/aliases/{alias}", {"get", "put", "delete"}),
+    ):
+        assert set(doc["paths"][path]) == methods, path
+    schemas = doc["components"]["schemas"]
+    assert {"aliasName", "versionId", "additionalVersionWeight", "autoRollback"} <= set(
+        schemas["AliasCreate"]["properties"]
+    )
+    assert schemas["AutoRollback"]["properties"]["maxErrorRate"]["exclusiveMaximum"] == 1
+    assert "lastRollback" in schemas["Alias"]["properties"]
