@@ -13,8 +13,10 @@ from typing import Any
 
 import aiohttp
 
+from shared.models import InvocationRecord
+from shared.store import Store
 from tests.conftest import Client, StartStack
-from tests.helpers import deploy, invoke, open_dir, wait_result
+from tests.helpers import async_invocation, deploy, enqueue, invoke, open_dir, wait_result
 from tests.instances import eventually
 from tests.stack import Stack, code_body, free_port
 
@@ -98,10 +100,12 @@ async def test_a_rollback_reaches_two_gateways_within_a_second(
         client, "POST", f"/v1/services/{svc}/aliases", {"aliasName": "prod", "versionId": "2"}
     )
     assert status == 201, body
-    # Both gateways have the alias cached (and a warm instance of each version exists).
+    # Both gateways and the dispatcher have the alias cached (and a warm instance of each
+    # version exists).
     for gateway in (client, other):
         assert await ran(gateway, svc + ".prod", fn) == "2"
         assert await ran(gateway, svc + ".1", fn) == "1"
+    assert await trigger_version(stack, client, svc, fn, "prod") == "2"
     status, body = await api(client, "PUT", f"/v1/services/{svc}/aliases/prod", {"versionId": "1"})
     assert status == 200, body
     changed = time.monotonic()
@@ -110,9 +114,34 @@ async def test_a_rollback_reaches_two_gateways_within_a_second(
         while await ran(gateway, svc + ".prod", fn) != "1":
             assert time.monotonic() - changed < 1.0, f"{name} still runs version 2 after 1 s"
         took[name] = time.monotonic() - changed
+    # The dispatcher resolves what arrives unresolved (a trigger's or destination's call).
+    while await trigger_version(stack, client, svc, fn, "prod") != "1":
+        assert time.monotonic() - changed < 1.0, "the dispatcher still runs version 2 after 1 s"
+    took["dispatcher"] = time.monotonic() - changed
     print(f"the rollback took effect after {took} (s since the PUT answered)")
     for gateway in (client, other):  # and stays
         assert {await ran(gateway, svc + ".prod", fn) for _ in range(20)} == {"1"}
+
+
+async def trigger_version(stack: Stack, client: Client, svc: str, fn: str, qualifier: str) -> str:
+    """Run `svc.qualifier/fn` as a trigger adapter would (recorded, then enqueued with no
+    version: the dispatcher resolves it); the version that ran."""
+    inv = async_invocation(client.tenant, svc, fn)
+    inv.qualifier = qualifier
+    store = await Store.open(f"sqlite+aiosqlite:///{stack.root}/data/pyfc.db")
+    try:
+        await store.record_accepted(
+            InvocationRecord(
+                request_id=inv.id, tenant=inv.tenant, service_name=svc, qualifier=qualifier,
+                function_name=fn,
+            )
+        )  # fmt: skip
+    finally:
+        await store.close()
+    await enqueue(stack.env["PYFC_AMQP_URL"], stack.namespace, inv)
+    rec = await wait_result(client, svc, fn, inv.id)
+    assert rec["status"] == "Succeeded", rec
+    return str(rec["version"])
 
 
 RETRIED = """
