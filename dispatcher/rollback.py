@@ -37,7 +37,7 @@ from shared.release import (
 )
 from shared.store import Store
 
-log = logging.getLogger("pyfc.dispatcher")
+log = logging.getLogger(f"pyfc.{__name__}")
 
 # An entry whose completion never came (a lost sync release) is dropped after this.
 WATCH_SECONDS = 3600.0
