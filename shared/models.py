@@ -5,7 +5,7 @@ The store returns these; the gateway encodes them as the API's response bodies.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -81,6 +81,29 @@ class InvocationRecord(msgspec.Struct, kw_only=True, rename="camel"):
     result: bytes = b""
     created_time: str = ""
     finished_time: str = ""
+    # Where the invocation came from: the lineage origin of its chain's first hop, e.g.
+    # `http`, `timer:<triggerName>`, `destination:<service>/<function>`.
+    origin: str = ""
+
+
+class Trigger(msgspec.Struct, kw_only=True, frozen=True, rename="camel"):
+    """An event source bound to `service.qualifier/function` (FC's trigger resource).
+
+    `trigger_config` is the type's config as validated by `shared.trigger_types` (a JSON
+    object; its fields are the type's). Names are unique per function.
+    """
+
+    trigger_name: str
+    trigger_type: str
+    trigger_config: dict[str, Any] = {}
+    qualifier: str = "LATEST"
+    enabled: bool = True
+    description: str = ""
+    trigger_id: str = ""
+    service_name: str = ""
+    function_name: str = ""
+    created_time: str = ""
+    last_modified_time: str = ""
 
 
 class DestinationTarget(msgspec.Struct, kw_only=True, frozen=True, rename="camel"):

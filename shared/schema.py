@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Column,
     Float,
     ForeignKey,
@@ -87,7 +88,7 @@ services = Table(
     Column("environment_variables", Text, nullable=False),
     Column("created_time", String(32), nullable=False),
     Column("last_modified_time", String(32), nullable=False),
-    # The last version id given in this service: ids are never reused (migration 0004).
+    # The last version id given in this service: ids are never reused (migration 0005).
     Column("last_version_id", Integer, nullable=False, server_default=text("0")),
 )
 
@@ -141,6 +142,11 @@ invocations = Table(
     Column("result", LargeBinary, nullable=False),
     Column("created_time", String(32), nullable=False),
     Column("finished_time", String(32), nullable=False),
+    # The lineage origin of the invocation (`http`, `timer:<triggerName>`, ...).
+    Column("origin", String(256), nullable=False, server_default=text("''")),
+    # 1 once a dispatcher admitted the first copy of an invocation whose id is
+    # deterministic (`Invocation.once`): a second copy is not run (migration 0005).
+    Column("admitted", Integer, nullable=False, server_default=text("0")),
 )
 
 
@@ -258,4 +264,45 @@ aliases = Table(
         ondelete="RESTRICT",
         name="fk_aliases_additional_version",
     ),
+)
+
+# Triggers (migration 0005). RESTRICT: a function with triggers cannot be deleted (FC
+# refuses it too), checked by the database itself, so a concurrent create cannot slip in.
+triggers = Table(
+    "triggers",
+    metadata,
+    Column("tenant", String(63), primary_key=True),
+    Column("service_name", String(128), primary_key=True),
+    Column("function_name", String(128), primary_key=True),
+    Column("trigger_name", String(128), primary_key=True),
+    Column("trigger_id", String(36), nullable=False, unique=True),
+    Column("trigger_type", String(32), nullable=False, index=True),
+    Column("qualifier", String(128), nullable=False),
+    Column("trigger_config", Text, nullable=False),
+    Column("enabled", Integer, nullable=False),
+    Column("description", Text, nullable=False),
+    Column("created_time", String(32), nullable=False),
+    Column("last_modified_time", String(32), nullable=False),
+    ForeignKeyConstraint(
+        ["tenant", "service_name", "function_name"],
+        ["functions.tenant", "functions.service_name", "functions.function_name"],
+        ondelete="RESTRICT",
+        name="fk_triggers_function",
+    ),
+)
+
+# One row per scheduled time a timer claimed (exactly once across replicas; see
+# docs/architecture.md "Triggers"). No foreign key: a fire outlives its trigger briefly
+# (pruned after the catch-up window).
+trigger_fires = Table(
+    "trigger_fires",
+    metadata,
+    Column("trigger_id", String(36), primary_key=True),
+    Column("scheduled_ms", BigInteger, primary_key=True),
+    Column("tenant", String(63), nullable=False),
+    Column("request_id", String(128), nullable=False),
+    # claimed -> published | skipped
+    Column("state", String(16), nullable=False, index=True),
+    Column("owner", String(64), nullable=False),
+    Column("lease_until", Float, nullable=False),
 )

@@ -61,6 +61,7 @@ from shared.models import (
     Service,
     Tenant,
 )
+from shared.store_triggers import TriggerRecords
 from shared.schema import (
     TENANT_NUMBER,
     api_keys,
@@ -85,10 +86,11 @@ _CONFIG_KEY = ("tenant", "service_name", "qualifier", "function_name")
 _Config = TypeVar("_Config", AsyncConfig, ProvisionConfig)
 
 
-class Store(ReleaseStore):
+class Store(ReleaseStore, TriggerRecords):
     """Async access to the metadata database; build with `await Store.open(url)`.
 
-    Versions and aliases are in `shared.store_releases` (a mixin on the same engine)."""
+    Versions and aliases are in `shared.store_releases`, triggers and their fires in
+    `shared.store_triggers` (mixins on the same engine)."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
@@ -349,15 +351,19 @@ class Store(ReleaseStore):
 
     async def delete_function(self, tenant: str, service: str, name: str) -> None:
         """Delete a function and its async and provision configs (not its dead letters,
-        which outlive it like invocation records); ServiceNotFound or FunctionNotFound."""
+        which outlive it like invocation records); ServiceNotFound or FunctionNotFound;
+        NotEmpty while it has triggers (as FC: delete them first)."""
         query = delete(functions).where(*_function_key(tenant, service, name))
-        async with self._begin() as conn:
-            # The foreign keys cascade too; explicit, so it does not hinge on the PRAGMA.
-            for table in (async_configs, provision_configs):
-                await conn.execute(
-                    delete(table).where(*_function_key(tenant, service, name, table))
-                )
-            deleted = (await conn.execute(query)).rowcount
+        try:
+            async with self._begin() as conn:
+                # The foreign keys cascade too; explicit, so it does not hinge on the PRAGMA.
+                for table in (async_configs, provision_configs):
+                    await conn.execute(
+                        delete(table).where(*_function_key(tenant, service, name, table))
+                    )
+                deleted = (await conn.execute(query)).rowcount
+        except IntegrityError as e:  # the RESTRICT foreign key from triggers
+            raise NotEmpty(f"function {name!r} still has triggers; delete them first") from e
         if not deleted:
             await self.get_service(tenant, service)
             raise FunctionNotFound(f"function {name!r} not found in service {service!r}")
@@ -425,7 +431,7 @@ class Store(ReleaseStore):
             row = (await conn.execute(query)).mappings().first()
         if row is None:
             raise InvocationNotFound(f"invocation {request_id!r} not found")
-        return InvocationRecord(**row)
+        return InvocationRecord(**{k: v for k, v in row.items() if k != "admitted"})
 
     async def concluded(self, tenant: str, attempts: Mapping[str, int]) -> set[str]:
         """Those of the invocations (request id -> attempt) whose attempt was concluded: the
@@ -460,6 +466,8 @@ class Store(ReleaseStore):
             "result": b"",
             "created_time": rows.now_iso(),
             "finished_time": "",
+            # A redriven invocation runs again: its first copy is admitted anew.
+            "admitted": 0,
         }
         query = (
             self._insert(invocations)
