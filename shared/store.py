@@ -61,7 +61,6 @@ from shared.models import (
     Service,
     Tenant,
 )
-from shared.store_triggers import TriggerRecords
 from shared.schema import (
     TENANT_NUMBER,
     api_keys,
@@ -75,6 +74,7 @@ from shared.schema import (
     tenants,
 )
 from shared.store_releases import ReleaseStore
+from shared.store_triggers import TriggerRecords
 
 log = logging.getLogger(f"pyfc.{__name__}")
 
