@@ -87,6 +87,29 @@ class Conclusions:
             concluded |= found
         return concluded
 
+    async def second_copies(self, invs: list[Invocation]) -> set[str]:
+        """Those of the `once` invocations among `invs` (a first delivery) whose id was
+        admitted before: a second copy of a trigger's fire (a takeover after its first
+        publisher died before marking it published). Not run. One statement per tenant,
+        only when there are such invocations; if the store cannot answer, all run (at
+        least once, as for redeliveries)."""
+        by_tenant: dict[str, list[str]] = {}
+        for inv in invs:
+            if inv.once and inv.attempt == 1 and inv.kind == "async":
+                by_tenant.setdefault(inv.tenant, []).append(inv.id)
+        second: set[str] = set()
+        for tenant, ids in by_tenant.items():
+            try:
+                first = await self._store.admit_first(tenant, ids)
+            except PyfcError as e:
+                log.warning("cannot check first admissions, admitting all: %s", e.message)
+                continue
+            if dropped := set(ids) - first:
+                self._metrics.second_copies.labels(tenant).inc(len(dropped))
+                log.info("second copies not run: %s", ", ".join(sorted(dropped)))
+                second |= dropped
+        return second
+
     async def conclude(self, inv: Invocation, outcome: Outcome) -> None:
         """An attempt's outcome: Succeeded (and onSuccess), a retry, or given up."""
         policy = await self.policy(inv)

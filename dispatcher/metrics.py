@@ -71,6 +71,11 @@ class DispatcherMetrics:
             "Redelivered async invocations not run again: attempt already concluded",
             ["tenant"], registry=self.registry,
         )  # fmt: skip
+        self.second_copies = Counter(
+            "pyfc_dispatcher_second_copies",
+            "Second copies of a `once` invocation (a trigger fire published twice), not run",
+            ["tenant"], registry=self.registry,
+        )  # fmt: skip
         self.loops = Counter(
             "pyfc_dispatcher_loops_detected", "Invocation chains stopped at the depth limit",
             ["tenant"], registry=self.registry,

@@ -340,9 +340,12 @@ class Dispatcher:
         return Decision("run", pool, policy, pool.limit)
 
     async def _concluded(self, message: DeliveredMessage, invs: list[Invocation]) -> set[str]:
-        """The invocations among `invs` concluded already, if `message` is a redelivery
-        (first deliveries never pay for the lookup)."""
-        return await self._conclusions.concluded(invs) if message.redelivered else set()
+        """The invocations among `invs` not to run: concluded already, if `message` is a
+        redelivery; on a first delivery, second copies of `once` invocations (first
+        deliveries of other invocations never pay for a lookup)."""
+        if message.redelivered:
+            return await self._conclusions.concluded(invs)
+        return await self._conclusions.second_copies(invs)
 
     async def _admit(self, message: Delivery, inv: Invocation) -> Settlement:
         request_id_var.set(inv.id)

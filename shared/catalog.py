@@ -214,7 +214,7 @@ class FunctionCatalog:
         A changed function may have changed its reservation, so the tenant's limits
         (which carry the reserved total) go too. A provision change touches neither.
         """
-        if event.kind == "provision-changed":
+        if event.kind in ("provision-changed", "trigger-changed"):
             return
         for tenant, service in list(self._aliases):
             if tenant == event.tenant and (

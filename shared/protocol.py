@@ -83,6 +83,10 @@ class Invocation(msgspec.Struct, kw_only=True):
     min_revision: int = 0
     # Filled by the dispatcher when it admits and routes the invocation.
     spec: FunctionSpec | None = None
+    # The id is deterministic (a trigger's fire): its source may publish it twice (a
+    # takeover after a crash), so the dispatcher admits only the first copy of the id
+    # (`Store.admit_first`); a redelivery of that copy is handled as any other.
+    once: bool = False
 
 
 class Outcome(msgspec.Struct, kw_only=True):
@@ -184,10 +188,13 @@ class ControlEvent(msgspec.Struct, kw_only=True):
         "provision-changed",
         "version-changed",  # published or deleted (tenant, service)
         "alias-changed",  # created, updated, deleted, rolled back (tenant, service)
+        "trigger-changed",
     ]
     tenant: str
     service: str = ""
     function: str = ""
+    # trigger-changed: the trigger's type, so only that kind's processes reload.
+    trigger_type: str = ""
 
 
 class ProvisionTarget(msgspec.Struct, kw_only=True, frozen=True):

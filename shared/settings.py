@@ -132,6 +132,12 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     dispatcher_metrics_port: int = 0
     # Unacked deliveries one dispatcher shard may hold (async work waiting for a slot).
     dispatch_prefetch: int = 5000
+    # Trigger processes: Prometheus port (0 = off; `pyfc up` runs one process per kind,
+    # so give each its own port there), and how far back a timer's `missedRuns` policy
+    # (once, all) looks after downtime, and at most how many runs `all` fires.
+    trigger_metrics_port: int = 0
+    timer_catch_up_seconds: float = 3600.0
+    timer_catch_up_limit: int = 100
 
     @property
     def effective_database_url(self) -> str:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import msgspec
-from sqlalchemy import Table, delete, func, select, update
+from sqlalchemy import Table, and_, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import IntegrityError
@@ -48,6 +48,13 @@ class Fire:
     scheduled_ms: int
     tenant: str
     request_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class PreviousRun:
+    request_id: str
+    status: InvocationStatus | None
+    earlier_pending: bool
 
 
 def _trigger(row: RowMapping) -> Trigger:
@@ -188,36 +195,33 @@ class TriggerRecords:
 
     # -- fires -----------------------------------------------------------------------
 
-    async def claim_fire(self, fire: Fire, owner: str, lease_until: float) -> ClaimResult:
-        """Claim a scheduled time: `claimed` (ours now), `held` (another replica's claim,
-        its lease running), `done` (published or skipped already). A claim whose lease
-        lapsed is taken over here too (compare-and-set on owner and lease)."""
-        row = {
-            "trigger_id": fire.trigger_id,
-            "scheduled_ms": fire.scheduled_ms,
-            "tenant": fire.tenant,
-            "request_id": fire.request_id,
-            "state": "claimed",
-            "owner": owner,
-            "lease_until": lease_until,
-        }
+    async def claim_fires(self, fires: list[Fire], owner: str, lease_until: float) -> list[Fire]:
+        """Claim scheduled times, all in one statement; the ones now ours. A time claimed
+        before (by another replica, or published or skipped already) is not; a claim whose
+        owner's lease lapsed is left to `take_over_lapsed` (one sweep for all triggers)."""
+        if not fires:
+            return []
+        values = [
+            {
+                "trigger_id": f.trigger_id,
+                "scheduled_ms": f.scheduled_ms,
+                "tenant": f.tenant,
+                "request_id": f.request_id,
+                "state": "claimed",
+                "owner": owner,
+                "lease_until": lease_until,
+            }
+            for f in fires
+        ]
         insert = (
             self._insert(trigger_fires)
-            .values(row)
+            .values(values)
             .on_conflict_do_nothing(index_elements=["trigger_id", "scheduled_ms"])
+            .returning(trigger_fires.c.trigger_id, trigger_fires.c.scheduled_ms)
         )
         async with self._begin() as conn:
-            if (await conn.execute(insert)).rowcount:
-                return "claimed"
-            current = (
-                await conn.execute(
-                    select(trigger_fires.c.state, trigger_fires.c.lease_until).where(
-                        *_fire_key(fire.trigger_id, fire.scheduled_ms)
-                    )
-                )
-            ).first()
-        # A lapsed claim is left to `take_over_lapsed` (one sweep for all triggers).
-        return "held" if current is not None and current.state == "claimed" else "done"
+            won = {(tid, ms) for tid, ms in (await conn.execute(insert)).all()}
+        return [f for f in fires if (f.trigger_id, f.scheduled_ms) in won]
 
     async def take_over_lapsed(
         self, owner: str, now: float, lease_until: float, limit: int = 100
@@ -262,19 +266,22 @@ class TriggerRecords:
         async with self._begin() as conn:
             return bool((await conn.execute(query)).rowcount)
 
-    async def finish_fire(self, fire: Fire, owner: str, state: FireState) -> bool:
-        """Mark our claim published or skipped; False if it is no longer ours."""
+    async def finish_fires(self, fires: list[Fire], owner: str, state: FireState) -> int:
+        """Mark our claims published or skipped; how many were still ours."""
+        if not fires:
+            return 0
+        c = trigger_fires.c
         query = (
             update(trigger_fires)
             .where(
-                *_fire_key(fire.trigger_id, fire.scheduled_ms),
-                trigger_fires.c.state == "claimed",
-                trigger_fires.c.owner == owner,
+                or_(*(and_(*_fire_key(f.trigger_id, f.scheduled_ms)) for f in fires)),
+                c.state == "claimed",
+                c.owner == owner,
             )
             .values(state=state)
         )
         async with self._begin() as conn:
-            return bool((await conn.execute(query)).rowcount)
+            return int((await conn.execute(query)).rowcount)
 
     async def last_fires(self, trigger_ids: list[str] | None = None) -> dict[str, int]:
         """The latest claimed scheduled time (ms) per trigger (all triggers if None)."""
@@ -285,31 +292,41 @@ class TriggerRecords:
         async with self._begin() as conn:
             return {tid: int(ms) for tid, ms in (await conn.execute(query)).all()}
 
-    async def previous_run(
-        self, trigger_id: str, before_ms: int
-    ) -> tuple[str, InvocationStatus | None] | None:
-        """The latest published fire of a trigger before `before_ms`: (request id, status of
-        its invocation record, None if it has none), or None when there is none."""
+    async def previous_run(self, trigger_id: str, before_ms: int) -> PreviousRun | None:
+        """What came before a trigger's fire at `before_ms`: the latest published fire's
+        request id and the status of its invocation (None if it left no record), and
+        whether an earlier fire is still claimed (waiting or being published). None when
+        there was no earlier fire at all."""
         c = trigger_fires.c
-        query = (
+        published = (
             select(c.request_id, c.tenant)
             .where(c.trigger_id == trigger_id, c.scheduled_ms < before_ms, c.state == "published")
             .order_by(c.scheduled_ms.desc())
             .limit(1)
         )
+        pending = select(func.count()).where(
+            c.trigger_id == trigger_id, c.scheduled_ms < before_ms, c.state == "claimed"
+        )
         async with self._begin() as conn:
-            found = (await conn.execute(query)).first()
-            if found is None:
-                return None
-            status = (
-                await conn.execute(
-                    select(invocations.c.status).where(
-                        invocations.c.tenant == found.tenant,
-                        invocations.c.request_id == found.request_id,
+            found = (await conn.execute(published)).first()
+            waiting = int((await conn.execute(pending)).scalar_one())
+            status: InvocationStatus | None = None
+            if found is not None:
+                status = (
+                    await conn.execute(
+                        select(invocations.c.status).where(
+                            invocations.c.tenant == found.tenant,
+                            invocations.c.request_id == found.request_id,
+                        )
                     )
-                )
-            ).scalar_one_or_none()
-        return found.request_id, status
+                ).scalar_one_or_none()
+        if found is None and not waiting:
+            return None
+        return PreviousRun(
+            request_id=found.request_id if found is not None else "",
+            status=status,
+            earlier_pending=bool(waiting),
+        )
 
     async def prune_fires(self, before_ms: int) -> int:
         """Forget finished fires scheduled before `before_ms`; how many."""
