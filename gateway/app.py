@@ -17,6 +17,7 @@ from gateway import (
     invoke_api,
     openapi,
     release_api,
+    trigger_api,
 )
 from gateway.http import (
     GATEWAY_KEY,
@@ -111,5 +112,6 @@ def build_app(gateway: Gateway) -> web.Application:
     function_config_api.add_routes(app.router)
     release_api.add_routes(app.router)
     dlq_api.add_routes(app.router)
+    trigger_api.add_routes(app.router)
     invoke_api.add_routes(app.router)
     return app

@@ -10,6 +10,7 @@ import msgspec
 
 from shared.errors import BadRequest
 from shared.models import LogConfig
+from shared.protocol import LATEST
 from shared.release import Alias, AutoRollback, Version
 
 T = TypeVar("T")
@@ -236,3 +237,23 @@ def changes(update: msgspec.Struct) -> dict[str, Any]:
             continue
         out[field.name] = value
     return out
+
+
+class TriggerCreate(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fields=True):
+    trigger_name: Name
+    trigger_type: str
+    trigger_config: dict[str, Any] = {}
+    qualifier: str = LATEST
+    enabled: bool = True
+    description: Description = ""
+
+
+class TriggerUpdate(
+    msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fields=True, omit_defaults=True
+):
+    """PUT is partial: only the fields given change (name and type never do)."""
+
+    trigger_config: dict[str, Any] | None = None
+    qualifier: str | None = None
+    enabled: bool | None = None
+    description: Description | None = None

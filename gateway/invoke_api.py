@@ -207,6 +207,8 @@ async def get_invocation(request: web.Request) -> web.Response:
         "attempt": rec.attempt,
         "createdTime": rec.created_time,
         "finishedTime": rec.finished_time,
+        # Where it came from: `http`, `timer:<triggerName>`, `destination:<svc>/<fn>`...
+        "origin": rec.origin,
     }
     if rec.error_type:
         body["errorType"], body["errorMessage"] = rec.error_type, rec.error_message

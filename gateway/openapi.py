@@ -23,11 +23,14 @@ from gateway.bodies import (
     ServiceCreate,
     ServiceUpdate,
     TenantView,
+    TriggerCreate,
+    TriggerUpdate,
     VersionPage,
 )
 from gateway.http import json_response
-from shared.models import AsyncConfig, Function, ProvisionConfig, Service
+from shared.models import AsyncConfig, Function, ProvisionConfig, Service, Trigger
 from shared.release import Alias, Version
+from shared.trigger_types import TimerConfig
 
 REF = "#/components/schemas/{name}"
 
@@ -91,6 +94,10 @@ def build() -> dict[str, Any]:
             AliasUpdate,
             Alias,
             AliasPage,
+            TriggerCreate,
+            TriggerUpdate,
+            Trigger,
+            TimerConfig,
         ],
         ref_template=REF,
     )
@@ -119,7 +126,7 @@ def build() -> dict[str, Any]:
         fn: {
             "get": _op("get a function", response="Function"),
             "put": _op("update a function (partial)", "FunctionUpdate", "Function"),
-            "delete": _op("delete a function", status="204"),
+            "delete": _op("delete a function (409 while it has triggers)", status="204"),
         },
         fn + "/code": {"get": _op("download the code package (zip)")},
         svc + "/versions": {
@@ -145,6 +152,20 @@ def build() -> dict[str, Any]:
             "get": _op("get an alias (with its last automatic rollback)", response="Alias"),
             "put": _op("update an alias (partial)", "AliasUpdate", "Alias"),
             "delete": _op("delete an alias", status="204"),
+        },
+        fn + "/triggers": {
+            "post": _op(
+                "create a trigger (triggerConfig by triggerType; timer: TimerConfig)",
+                "TriggerCreate",
+                "Trigger",
+                "201",
+            ),
+            "get": _op("list the function's triggers", query=("prefix", "limit", "startKey")),
+        },
+        fn + "/triggers/{trigger}": {
+            "get": _op("get a trigger", response="Trigger"),
+            "put": _op("update a trigger (partial)", "TriggerUpdate", "Trigger"),
+            "delete": _op("delete a trigger", status="204"),
         },
         fn + "/invocations": {
             "post": _op(

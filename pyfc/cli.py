@@ -8,8 +8,10 @@ import json
 import sys
 from pathlib import Path
 
+from pyfc import trigger_cli
 from shared.errors import PyfcError
 from shared.settings import Settings
+from shared.trigger_types import TRIGGER_TYPES
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -65,6 +67,12 @@ def _parser() -> argparse.ArgumentParser:
     res.add_argument("target")
     res.add_argument("request_id")
     res.add_argument("--wait", type=float, default=0.0, metavar="SECONDS")
+
+    trigger = sub.add_parser("trigger", help="run a trigger process, or manage triggers")
+    trsub = trigger.add_subparsers(dest="action", required=True)
+    for kind in TRIGGER_TYPES:
+        trsub.add_parser(kind, help=f"run one process of the {kind} trigger role")
+    trigger_cli.add_actions(trsub, connection_options)
 
     from pyfc.release_client import add_commands
 
@@ -219,6 +227,8 @@ def _client_call(args: argparse.Namespace, settings: Settings) -> int:
         if args.command == "versions":
             return asyncio.run(release_client.versions(api, args.service, args.json))
         return asyncio.run(release_client.alias(api, args))
+    if args.command == "trigger":
+        return asyncio.run(trigger_cli.run(api, args))
     return asyncio.run(client.result(api, args.target, args.request_id, args.wait))
 
 
@@ -238,6 +248,10 @@ def main(argv: list[str] | None = None) -> int:
             from dispatcher.main import main as role_main
         elif args.command == "worker":
             from worker.main import main as role_main
+        elif args.command == "trigger" and args.action in TRIGGER_TYPES:
+            from triggers.main import main as trigger_main
+
+            return trigger_main(args.action, settings)
         elif args.command == "tenant" and args.action == "update":
             return asyncio.run(
                 _tenant_update(

@@ -18,6 +18,10 @@ from shared.errors import AlreadyExists, BadRequest, Unavailable
 from shared.settings import Settings
 from shared.store import Store
 from shared.topology import Topology, declare_all
+from shared.trigger_types import TRIGGER_TYPES
+
+# The trigger kinds `pyfc up` runs, a process each.
+TRIGGER_KINDS = tuple(TRIGGER_TYPES)
 
 # Beyond the workers' own grace for running work (PYFC_WORKER_STOP_GRACE_SECONDS).
 STOP_GRACE_SECONDS = 5.0
@@ -66,8 +70,8 @@ async def preflight(settings: Settings) -> str | None:
 class Role:
     """One supervised child process, restarted with backoff if it dies on its own."""
 
-    def __init__(self, name: str, module: str, env: dict[str, str]) -> None:
-        self.name, self.module, self.env = name, module, env
+    def __init__(self, name: str, module: str, env: dict[str, str], *args: str) -> None:
+        self.name, self.module, self.env, self.args = name, module, env, args
         self.proc: asyncio.subprocess.Process | None = None
 
     async def run(self, stopping: asyncio.Event) -> None:
@@ -75,7 +79,7 @@ class Role:
         while not stopping.is_set():
             started = time.monotonic()
             self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", self.module, env=self.env
+                sys.executable, "-m", self.module, *self.args, env=self.env
             )
             code = await self.proc.wait()
             if stopping.is_set():
@@ -116,6 +120,8 @@ async def up(settings: Settings, workers: int) -> int:
     env = {**os.environ, **settings.child_environ(), "PYFC_PARENT_PID": str(os.getpid())}
     roles = [Role("gateway", "gateway", env), Role("dispatcher", "dispatcher", env)]
     roles += [Role(f"worker-{i + 1}", "worker", env) for i in range(workers)]
+    # One process per trigger kind (`pyfc trigger <kind>`).
+    roles += [Role(f"trigger-{kind}", "triggers", env, kind) for kind in TRIGGER_KINDS]
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -123,7 +129,10 @@ async def up(settings: Settings, workers: int) -> int:
     tasks = [asyncio.create_task(role.run(stopping)) for role in roles]
     base = f"http://{settings.http_host}:{settings.http_port}"
     if await wait_healthy(base + "/healthz", 60):
-        say(f"up: gateway {base}, 1 dispatcher, {workers} worker(s); data in {settings.data_dir}")
+        say(
+            f"up: gateway {base}, 1 dispatcher, {workers} worker(s), triggers "
+            f"({', '.join(TRIGGER_KINDS)}); data in {settings.data_dir}"
+        )
         if new_key:
             say(
                 f'tenant "default" created; API key saved in {settings.data_dir / CREDENTIALS_FILE}'

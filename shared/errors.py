@@ -76,6 +76,10 @@ class AliasNotFound(NotFound):
     code = "AliasNotFound"
 
 
+class TriggerNotFound(NotFound):
+    code = "TriggerNotFound"
+
+
 class Conflict(PyfcError):
     status = 409
     code = "Conflict"

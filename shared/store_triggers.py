@@ -27,17 +27,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shared import rows
-from shared.errors import AlreadyExists, NotFound
+from shared.errors import AlreadyExists, TriggerNotFound
 from shared.models import Function, InvocationStatus, Trigger
 from shared.schema import invocations, trigger_fires, triggers
 
 FireState = Literal["claimed", "published", "skipped"]
 ClaimResult = Literal["claimed", "held", "done"]
 TRIGGER_MUTABLE = frozenset(("qualifier", "trigger_config", "enabled", "description"))
-
-
-class TriggerNotFound(NotFound):
-    code = "TriggerNotFound"
 
 
 @dataclass(frozen=True, slots=True)

@@ -113,14 +113,18 @@ class Stack:
         return self.root / f"{name}.log"
 
     def spawn(
-        self, module: str, name: str | None = None, extra_env: dict[str, str] | None = None
+        self,
+        module: str,
+        name: str | None = None,
+        extra_env: dict[str, str] | None = None,
+        args: Sequence[str] = (),
     ) -> str:
         if name is None:
             self._counter += 1
             name = f"{module}-{self._counter}"
         log = open(self.log_path(name), "wb")
         self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", module],
+            [sys.executable, "-m", module, *args],
             env={**self.env, **(extra_env or {})},
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -156,6 +160,12 @@ class Stack:
             self.start_worker()
         self.wait_log("dispatcher", "ready")
         return self
+
+    def start_timers(self, name: str = "timer-1") -> str:
+        """A `pyfc trigger timer` process, once it serves its triggers."""
+        self.spawn("triggers", name, args=["timer"])
+        self.wait_log(name, "timer triggers ready")
+        return name
 
     def start_gateway(self, name: str) -> str:
         """Another gateway replica on a port of its own; returns its base URL."""

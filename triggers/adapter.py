@@ -97,7 +97,9 @@ class Emitter:
             source=self._kind.source,
             payload=payload,
             created_at=time.time(),
-            lineage=Lineage(trace_id=request_id, hops=0, origin=f"{t.trigger_type}:{t.trigger_name}"),
+            lineage=Lineage(
+                trace_id=request_id, hops=0, origin=f"{t.trigger_type}:{t.trigger_name}"
+            ),
             once=once,
         )
 

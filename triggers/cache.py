@@ -79,8 +79,7 @@ class TriggerCache:
         in_scope = [
             tid
             for tid, a in self.active.items()
-            if scope is None
-            or (a.tenant, a.trigger.service_name, a.trigger.function_name) == scope
+            if scope is None or (a.tenant, a.trigger.service_name, a.trigger.function_name) == scope
         ]
         removed = [tid for tid in in_scope if tid not in wanted]
         changed = [
