@@ -9,8 +9,8 @@ from shared import cron
 from shared.models import InvocationStatus
 from shared.trigger_types import MissedRuns, Overlap
 
-# A fire later than this is "missed" (downtime), not just late: a run due a moment ago is
-# fired normally whatever the policy.
+# A running scheduler that wakes this late (a stalled loop) does not fire what it missed
+# meanwhile one by one: other replicas did, and missedRuns applies at the next load.
 LATE_GRACE_SECONDS = 2.0
 
 OverlapVerdict = Literal["fire", "skip", "wait"]
@@ -27,14 +27,14 @@ def catch_up(
     """Scheduled times (epoch s) missed since `baseline` that the policy fires now.
 
     Missed = due after `baseline` (the last fire, or when the trigger was last changed or
-    enabled) and more than LATE_GRACE_SECONDS before `now`; only those within `window`
-    seconds of `now` count. `skip`: none; `once`: the latest; `all`: each, oldest first, at
-    most the latest `limit`.
+    enabled) and up to `now` (when the schedule is loaded: at start, or after a change);
+    only those within `window` seconds of `now` count. `skip`: none; `once`: the latest;
+    `all`: each, oldest first, at most the latest `limit`.
     """
     if policy == "skip":
         return []
     start = max(baseline, now - window)
-    end = now - LATE_GRACE_SECONDS
+    end = now
     if end <= start:
         return []
     missed = cron.fires_between(
@@ -47,8 +47,9 @@ def catch_up(
 
 
 def first_due(schedule: cron.Schedule, baseline: float, now: float) -> float:
-    """The first regular fire: after the baseline, and not one already missed."""
-    after = max(baseline, now - LATE_GRACE_SECONDS)
+    """The first regular fire: after the baseline and after `now` (what is due before is
+    missed: `catch_up` decides)."""
+    after = max(baseline, now)
     return cron.next_fire(schedule, datetime.fromtimestamp(after, UTC)).timestamp()
 
 
