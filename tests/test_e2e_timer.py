@@ -4,6 +4,7 @@ processes, the real broker and store; runs counted inside the function."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import signal
 import time
@@ -18,7 +19,7 @@ import pytest
 
 from tests.conftest import Client, StartStack
 from tests.helpers import deploy, open_dir, unique
-from tests.stack import Stack, wait_until
+from tests.stack import wait_until
 
 # Appends one JSON line per run: the event, the request id, and when it ran.
 RECORD = (
@@ -220,14 +221,12 @@ async def test_overlap(
     wait_until(lambda: len(runs(path)) >= 4, 40, "four runs")
     await put_trigger(client, service, function, "slow", enabled=False)
     seen = sorted(runs(path), key=lambda r: r["started"])
-    overlapping = sum(
-        1 for a, b in zip(seen, seen[1:], strict=False) if b["started"] < a["ended"] - 0.05
-    )
+    overlapping = sum(1 for a, b in itertools.pairwise(seen) if b["started"] < a["ended"] - 0.05)
     if policy == "allow":
         assert overlapping >= 2, seen
         return
     assert overlapping == 0, seen
-    gaps = [b["started"] - a["ended"] for a, b in zip(seen, seen[1:], strict=False)]
+    gaps = [b["started"] - a["ended"] for a, b in itertools.pairwise(seen)]
     if policy == "queue":
         # The waiting fire is published as soon as the previous run is recorded finished.
         assert max(gaps) < 1.5, gaps
