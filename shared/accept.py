@@ -20,10 +20,11 @@ from aio_pika.exceptions import AMQPError
 from aiormq.exceptions import ChannelInvalidStateError
 
 from shared import codec
-from shared.batching import Batcher
+from shared.batching import MAX_BATCH_BYTES, Batcher
 from shared.broker import invocation_headers, persistent_invocation
 from shared.errors import AlreadyExists, Unavailable
 from shared.models import InvocationRecord
+from shared.rows import iso_millis
 from shared.protocol import Invocation, InvocationBatch, invocation_bytes
 from shared.store import Store
 from shared.topology import MSG_INVOKE_BATCH, invoke_routing_key
@@ -60,6 +61,12 @@ class Acceptor:
         Failed with this message (the caller is told and will not retry); else leave it
         Enqueued for the caller's own retry. Raises Unavailable when not published.
         """
+        await self.record(inv, again=again)
+        await self.publish(inv, refused=refused)
+
+    async def record(self, inv: Invocation, *, again: bool = False) -> None:
+        """Record `inv` as Enqueued (the first half of `accept`); AlreadyExists unless
+        `again`. Its created time is the invocation's (an event's own time)."""
         record = InvocationRecord(
             request_id=inv.id,
             tenant=inv.tenant,
@@ -67,6 +74,7 @@ class Acceptor:
             qualifier=inv.qualifier,
             function_name=inv.function,
             origin=inv.lineage.origin,
+            created_time=iso_millis(inv.created_at) if inv.created_at else "",
         )
         try:
             await self._store.record_accepted(record)
@@ -74,7 +82,6 @@ class Acceptor:
             if not again:
                 raise
             log.info("invocation %s already recorded; publishing it again", inv.id)
-        await self.publish(inv, refused=refused)
 
     async def publish(self, inv: Invocation, *, refused: str | None = None) -> None:
         """Publish an already recorded invocation (persistent, confirmed); see `accept`."""
@@ -92,6 +99,42 @@ class Acceptor:
                     error_message=refused,
                 )
             raise Unavailable(f"cannot enqueue the invocation: {type(e).__name__}: {e}") from e
+
+    async def publish_all(self, invs: list[Invocation]) -> list[BaseException | None]:
+        """Publish many recorded invocations at once, as few messages as they fit in (per
+        tenant shard, up to MAX_BATCH_BYTES each); per invocation None or the error.
+
+        For a source that has a whole group at one instant (timers due at the same time):
+        one publish and one confirm per message, instead of the Batcher's lone first one
+        and its follow-up batches."""
+        chunks: list[list[int]] = []
+        by_key: dict[str, list[int]] = {}
+        for i, inv in enumerate(invs):
+            by_key.setdefault(invoke_routing_key(inv.tenant), []).append(i)
+        for indexes in by_key.values():
+            chunk: list[int] = []
+            size = 0
+            for i in indexes:
+                if chunk and size + invocation_bytes(invs[i]) > MAX_BATCH_BYTES:
+                    chunks.append(chunk)
+                    chunk, size = [], 0
+                chunk.append(i)
+                size += invocation_bytes(invs[i])
+            chunks.append(chunk)
+
+        async def send(chunk: list[int]) -> BaseException | None:
+            batch = [invs[i] for i in chunk]
+            try:
+                await self._publish(invoke_routing_key(batch[0].tenant), batch)
+            except BROKER_ERRORS as e:
+                return Unavailable(f"cannot enqueue the invocation: {type(e).__name__}: {e}")
+            return None
+
+        results: list[BaseException | None] = [None] * len(invs)
+        for chunk, error in zip(chunks, await asyncio.gather(*map(send, chunks)), strict=True):
+            for i in chunk:
+                results[i] = error
+        return results
 
     async def _publish(self, routing_key: str, batch: list[Invocation]) -> None:
         if len(batch) == 1:

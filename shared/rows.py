@@ -45,6 +45,11 @@ def now_iso() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
+def iso_millis(ts: float) -> str:
+    """An epoch time as `now_iso` writes times."""
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
 def hash_api_key(key: str) -> str:
     """What the store keeps of an API key: sha256 hex of its text."""
     return hashlib.sha256(key.encode()).hexdigest()

@@ -84,7 +84,13 @@ class Emitter:
         self._metrics = metrics
 
     def invocation(
-        self, active: ActiveTrigger, payload: bytes, request_id: str, *, once: bool
+        self,
+        active: ActiveTrigger,
+        payload: bytes,
+        request_id: str,
+        *,
+        once: bool,
+        created_at: float = 0.0,
     ) -> Invocation:
         t = active.trigger
         return Invocation(
@@ -96,7 +102,8 @@ class Emitter:
             kind="async",
             source=self._kind.source,
             payload=payload,
-            created_at=time.time(),
+            # The event's own time (a fire's scheduled time): max event age counts from it.
+            created_at=created_at or time.time(),
             lineage=Lineage(
                 trace_id=request_id, hops=0, origin=f"{t.trigger_type}:{t.trigger_name}"
             ),
@@ -105,8 +112,32 @@ class Emitter:
 
     async def emit(self, active: ActiveTrigger, inv: Invocation, *, again: bool = False) -> None:
         """Accept `inv` (recorded, published, confirmed); raises Unavailable if not."""
+        await self.record(active, inv, again=again)
+        await self.publish(active, inv)
+
+    async def record(self, active: ActiveTrigger, inv: Invocation, *, again: bool = True) -> None:
+        """The first half of `emit`, for a source that records ahead of the event's time
+        (a timer): the id may be recorded already when `again` (a takeover)."""
         try:
-            await self._acceptor.accept(inv, again=again)
+            await self._acceptor.record(inv, again=again)
+        except Exception:
+            self._metrics.failed.labels(self._kind.name, active.tenant).inc()
+            raise
+
+    async def publish_all(
+        self, events: list[tuple[ActiveTrigger, Invocation]]
+    ) -> list[BaseException | None]:
+        """Publish recorded invocations due together; per event None or its error."""
+        results = await self._acceptor.publish_all([inv for _, inv in events])
+        for (active, _), error in zip(events, results, strict=True):
+            counter = self._metrics.emitted if error is None else self._metrics.failed
+            counter.labels(self._kind.name, active.tenant).inc()
+        return results
+
+    async def publish(self, active: ActiveTrigger, inv: Invocation) -> None:
+        """The second half of `emit`: publish a recorded invocation, confirmed."""
+        try:
+            await self._acceptor.publish(inv)
         except Exception:
             self._metrics.failed.labels(self._kind.name, active.tenant).inc()
             raise

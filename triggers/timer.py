@@ -36,6 +36,7 @@ from typing import Any
 
 from shared import cron
 from shared.errors import PyfcError
+from shared.protocol import Invocation
 from shared.store import Store
 from shared.store_triggers import Fire
 from shared.trigger_types import TimerConfig, timer_event
@@ -50,10 +51,25 @@ LEASE_SECONDS = 5.0
 SWEEP_SECONDS = 1.0
 PRUNE_SECONDS = 60.0
 QUEUE_POLL_SECONDS = 0.25
+# Fires are claimed and recorded this long before their time, so only the publish is
+# left when it comes (bench/cron.py: the store's commits are off the jitter). Fire times
+# are whole seconds, so a lead of k + 0.5 s also keeps the preparing of later fires off
+# the instants the earlier ones are published.
+LEAD_SECONDS = 1.5
+LATE_WARNING_SECONDS = 0.05
 MAX_CLAIM_BATCH = 500
 CLAIM_ATTEMPTS = 3
 # The loop timer is re-armed at least this often, so a wall-clock step is noticed.
 MAX_SLEEP = 30.0
+
+
+@dataclass(slots=True)
+class _Prepared:
+    """A claimed fire and its invocation, recorded before its scheduled time."""
+
+    timer: _Timer
+    fire: Fire
+    invocation: Invocation
 
 
 @dataclass(slots=True)
@@ -191,23 +207,25 @@ class TimerSource:
     # -- the scheduler ---------------------------------------------------------------
 
     def _arm(self) -> None:
-        """Arm the one loop timer for the heap's head (re-armed only if that moved)."""
+        """Arm the one loop timer for the heap's head, LEAD_SECONDS early (re-armed only
+        if the head moved earlier)."""
         if not self._heap:
             return
-        head = self._heap[0][0]
+        wake = self._heap[0][0] - LEAD_SECONDS
         if self._armed is not None:
-            if head >= self._armed_for:
+            if wake >= self._armed_for:
                 return
             self._armed.cancel()
-        delay = min(max(0.0, head - self._clock()), MAX_SLEEP)
-        self._armed_for = head if delay < MAX_SLEEP else self._clock() + MAX_SLEEP
+        delay = min(max(0.0, wake - self._clock()), MAX_SLEEP)
+        self._armed_for = wake if delay < MAX_SLEEP else self._clock() + MAX_SLEEP
         self._armed = self._loop.call_later(delay, self._on_due)
 
     def _on_due(self) -> None:
+        """Take every entry due within LEAD_SECONDS off the heap and prepare it."""
         self._armed = None
         now = self._clock()
         due: list[tuple[_Timer, float]] = []
-        while self._heap and self._heap[0][0] <= now:
+        while self._heap and self._heap[0][0] <= now + LEAD_SECONDS:
             at, _, trigger_id, generation, regular = heapq.heappop(self._heap)
             timer = self._timers.get(trigger_id)
             if timer is None or timer.generation != generation:
@@ -229,6 +247,7 @@ class TimerSource:
     # -- firing ----------------------------------------------------------------------
 
     async def _fire(self, due: list[tuple[_Timer, float]]) -> None:
+        """Claim and record ahead of time, then publish at the scheduled time."""
         timers: dict[tuple[str, int], _Timer] = {}
         fires: list[Fire] = []
         for timer, at in due:
@@ -243,7 +262,7 @@ class TimerSource:
         for attempt in range(CLAIM_ATTEMPTS):
             try:
                 return await self._store.claim_fires(
-                    fires, self._owner, self._clock() + self._lease
+                    fires, self._owner, self._clock() + LEAD_SECONDS + self._lease
                 )
             except PyfcError as e:
                 log.warning("cannot claim %d timer fires (try %d): %s", len(fires), attempt + 1, e)
@@ -253,34 +272,72 @@ class TimerSource:
         return []
 
     async def _complete(self, claimed: list[tuple[_Timer, Fire]]) -> None:
-        """Publish claimed fires (overlap rules first, where a trigger has them)."""
-        plain = [(t, f) for t, f in claimed if t.config.overlap == "allow"]
+        """Fire claimed times: overlap rules first where a trigger has them; the others are
+        recorded now and published at their scheduled time, in one group per time."""
+        plain: list[_Prepared] = []
         for timer, fire in claimed:
             if timer.config.overlap != "allow":
                 self._spawn(self._fire_after_previous(timer, fire))
-        await self._publish(plain)
+            else:
+                plain.append(_Prepared(timer, fire, self._invocation(timer, fire)))
+        recorded = await self._record(plain)
+        by_time: dict[int, list[_Prepared]] = {}
+        for prepared in recorded:
+            by_time.setdefault(prepared.fire.scheduled_ms, []).append(prepared)
+        await asyncio.gather(
+            *(self._publish_at(ms / 1000.0, group) for ms, group in by_time.items())
+        )
 
-    async def _publish(self, claimed: list[tuple[_Timer, Fire]]) -> None:
-        if not claimed:
-            return
+    def _invocation(self, timer: _Timer, fire: Fire) -> Invocation:
+        at = fire.scheduled_ms / 1000.0
+        event = timer_event(iso_utc(at), timer.active.trigger.trigger_name, timer.config.payload)
+        return self._emitter.invocation(
+            timer.active, event, fire.request_id, once=True, created_at=at
+        )
 
-        async def one(timer: _Timer, fire: Fire) -> Fire | None:
-            at = fire.scheduled_ms / 1000.0
-            event = timer_event(
-                iso_utc(at), timer.active.trigger.trigger_name, timer.config.payload
-            )
-            inv = self._emitter.invocation(timer.active, event, fire.request_id, once=True)
+    async def _record(self, prepared: list[_Prepared]) -> list[_Prepared]:
+        """Record the invocations (one group commit); the ones recorded."""
+
+        async def one(p: _Prepared) -> _Prepared | None:
             try:
-                await self._emitter.emit(timer.active, inv, again=True)
+                await self._emitter.record(p.timer.active, p.invocation)
             except PyfcError as e:
-                # The claim stays: its lease lapses and the sweep publishes it again.
-                log.warning("timer %s fire %s not accepted: %s", timer.active.label, at, e)
+                # The claim stays: its lease lapses and the sweep completes it.
+                log.warning("timer %s: cannot record a fire: %s", p.timer.active.label, e)
                 return None
-            self._metrics.lag.labels(KIND).observe(max(0.0, self._clock() - at))
-            return fire
+            return p
 
-        done = await asyncio.gather(*(one(t, f) for t, f in claimed))
-        published = [f for f in done if f is not None]
+        return [p for p in await asyncio.gather(*(one(p) for p in prepared)) if p is not None]
+
+    async def _publish_at(self, at: float, group: list[_Prepared]) -> None:
+        """At `at`, publish the group (those whose trigger is still enabled and served)."""
+        delay = at - self._clock()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        elif delay < -LATE_WARNING_SECONDS:
+            log.warning("%d timer fires were ready %.0f ms late", len(group), -delay * 1000)
+        live = [p for p in group if self._timers.get(p.fire.trigger_id) is not None]
+        if gone := [p.fire for p in group if self._timers.get(p.fire.trigger_id) is None]:
+            # Disabled or deleted while it was prepared: the change wins.
+            self._metrics.skipped.labels(KIND, "removed").inc(len(gone))
+            await self._finish_skipped(gone)
+        await self._publish(live)
+
+    async def _publish(self, prepared: list[_Prepared]) -> None:
+        if not prepared:
+            return
+        results = await self._emitter.publish_all(
+            [(p.timer.active, p.invocation) for p in prepared]
+        )
+        now = self._clock()
+        published: list[Fire] = []
+        for p, error in zip(prepared, results, strict=True):
+            if error is not None:
+                # The claim stays: its lease lapses and the sweep publishes it again.
+                log.warning("timer %s: fire not published: %s", p.timer.active.label, error)
+                continue
+            self._metrics.lag.labels(KIND).observe(max(0.0, now - p.fire.scheduled_ms / 1000.0))
+            published.append(p.fire)
         try:
             await self._store.finish_fires(published, self._owner, "published")
         except PyfcError as e:
@@ -301,7 +358,10 @@ class TimerSource:
             if previous is not None and previous.earlier_pending:
                 verdict = "skip"  # another fire of it is waiting already (queue keeps one)
             if verdict == "fire":
-                await self._publish([(timer, fire)])
+                prepared = await self._record(
+                    [_Prepared(timer, fire, self._invocation(timer, fire))]
+                )
+                await self._publish_at(fire.scheduled_ms / 1000.0, prepared)
                 return
             if verdict == "skip" or self._timers.get(fire.trigger_id) is not timer:
                 self._metrics.skipped.labels(KIND, "overlap").inc()
@@ -342,7 +402,9 @@ class TimerSource:
 
     async def _every(self, seconds: float, chore: Callable[[], Coroutine[Any, Any, None]]) -> None:
         while True:
-            await asyncio.sleep(seconds)
+            # At x.75 s: away from the whole seconds fires are published at and the x.5
+            # where the next are prepared.
+            await asyncio.sleep(seconds - (self._clock() - 0.75) % 1.0)
             try:
                 await chore()
             except PyfcError as e:
