@@ -28,7 +28,6 @@ import json
 import os
 import random
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,7 +46,7 @@ from shared.models import Function, Service, Trigger
 from shared.protocol import Invocation, InvocationBatch
 from shared.store import Store
 from shared.topology import MSG_INVOKE_BATCH, Topology, declare_all, declare_invoke
-from shared.trigger_types import trigger_type, validate, Limits
+from shared.trigger_types import Limits, trigger_type, validate
 from tests.stack import AMQP_URL, delete_namespace
 from triggers.adapter import Emitter
 from triggers.cache import TriggerCache
@@ -143,12 +142,14 @@ async def jitter(timers: int, seconds: int) -> list[float]:
             "PYFC_AMQP_URL": AMQP_URL,
             "PYFC_LOG_LEVEL": "WARNING",
         }
-        proc = subprocess.Popen([sys.executable, "-m", "triggers", "timer"], env=env, cwd=ROOT)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "triggers", "timer", env=env, cwd=ROOT
+        )
         try:
             await asyncio.sleep(seconds + 5)
         finally:
             proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=30)
+            await asyncio.wait_for(proc.wait(), 30)
             await connection.close()
             await store.close()
             await delete_namespace(namespace)

@@ -24,8 +24,8 @@ from shared.batching import MAX_BATCH_BYTES, Batcher
 from shared.broker import invocation_headers, persistent_invocation
 from shared.errors import AlreadyExists, Unavailable
 from shared.models import InvocationRecord
-from shared.rows import iso_millis
 from shared.protocol import Invocation, InvocationBatch, invocation_bytes
+from shared.rows import iso_millis
 from shared.store import Store
 from shared.topology import MSG_INVOKE_BATCH, invoke_routing_key
 

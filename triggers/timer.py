@@ -345,8 +345,11 @@ class TimerSource:
             log.warning("cannot mark %d timer fires published: %s", len(published), e)
 
     async def _fire_after_previous(self, timer: _Timer, fire: Fire) -> None:
-        """overlap skip/queue: look at the trigger's previous run first."""
+        """overlap skip/queue: at the scheduled time, look at the trigger's previous run."""
         policy = timer.config.overlap
+        delay = fire.scheduled_ms / 1000.0 - self._clock()
+        if delay > 0:
+            await asyncio.sleep(delay)
         while True:
             try:
                 previous = await self._store.previous_run(fire.trigger_id, fire.scheduled_ms)
