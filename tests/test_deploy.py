@@ -16,10 +16,18 @@ import yaml
 
 from shared.settings import Settings
 from shared.topology import CONSISTENT_HASH, Topology
+from shared.trigger_types import TRIGGER_TYPES
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 SETTINGS = {f"PYFC_{f.name.upper()}" for f in msgspec.structs.fields(Settings)}
-ROLES = {"gateway", "dispatcher", "worker"}
+# Service / Deployment name -> the pyfc command it runs: every role, one per trigger kind.
+COMMANDS = {
+    "gateway": ["gateway"],
+    "dispatcher": ["dispatcher"],
+    "worker": ["worker"],
+    **{f"trigger-{kind}": ["trigger", kind] for kind in TRIGGER_TYPES},
+}
+ROLES = set(COMMANDS)
 
 
 def compose() -> dict[str, Any]:
@@ -36,7 +44,7 @@ def test_compose_runs_every_role_from_one_image_with_real_settings() -> None:
     roles = {name: svc for name, svc in services.items() if name in ROLES}
     assert set(roles) == ROLES
     for name, svc in roles.items():
-        assert svc["command"] == [name]
+        assert svc["command"] == COMMANDS[name]
         assert svc["image"] == "pyfc:latest"
         assert svc["build"]["dockerfile"] == "deploy/Dockerfile"
         env = svc["environment"]
@@ -49,6 +57,8 @@ def test_compose_runs_every_role_from_one_image_with_real_settings() -> None:
         values["PYFC_SECRET"] = "x" * 40
         Settings.from_env(values)
     assert roles["dispatcher"]["deploy"]["replicas"] >= 2  # failover needs a standby
+    for kind in TRIGGER_TYPES:  # trigger processes run replicated (exactly once across them)
+        assert roles[f"trigger-{kind}"]["deploy"]["replicas"] >= 2
 
 
 def test_compose_broker_has_the_plugin_the_dispatcher_shards_need() -> None:
@@ -79,7 +89,7 @@ def test_k8s_roles_settings_probes_and_worker_scaling() -> None:
     assert set(deployments) == ROLES
     for name, dep in deployments.items():
         (container,) = dep["spec"]["template"]["spec"]["containers"]
-        assert container["args"] == [name]
+        assert container["args"] == COMMANDS[name]
         assert {e["name"] for e in container.get("env", [])} <= SETTINGS
         refs = {next(iter(r.values()))["name"] for r in container["envFrom"]}
         assert refs == {"pyfc"}
@@ -88,6 +98,8 @@ def test_k8s_roles_settings_probes_and_worker_scaling() -> None:
     gateway = deployments["gateway"]["spec"]["template"]["spec"]["containers"][0]
     assert gateway["readinessProbe"]["httpGet"]["path"] == "/healthz"
     assert deployments["dispatcher"]["spec"]["replicas"] >= 2
+    for kind in TRIGGER_TYPES:
+        assert deployments[f"trigger-{kind}"]["spec"]["replicas"] >= 2
     (scaled,) = by_kind["ScaledObject"]
     assert scaled["spec"]["scaleTargetRef"]["name"] == "worker"
     (trigger,) = scaled["spec"]["triggers"]
