@@ -42,6 +42,33 @@ def test_deploy_folder_and_invoke(stack: Stack, tmp_path: Path) -> None:
     assert json.loads(out.stdout)["result"] == "cli:"
 
 
+def test_trigger_commands(stack: Stack, tmp_path: Path) -> None:
+    _, key = stack.create_tenant()
+    folder = tmp_path / "fn"
+    folder.mkdir()
+    (folder / "index.py").write_text("def handler(event, context):\n    return event\n")
+    base = ["--endpoint", stack.url, "--api-key", key]
+    stack.cli("deploy", str(folder), "--service", "trsvc", "--function", "echo", *base)
+    out = stack.cli(
+        "trigger", "create", "trsvc/echo", "tick", "--cron", "@every 5s", "--payload", "ping",
+        "--missed-runs", "once", "--json", *base,
+    )  # fmt: skip
+    created = json.loads(out.stdout)
+    assert created["triggerConfig"]["cronExpression"] == "@every 5s"
+    assert created["triggerConfig"]["missedRuns"] == "once" and created["enabled"] is True
+    out = stack.cli("trigger", "list", "trsvc/echo", *base)
+    assert out.stdout.decode().startswith("tick  timer  LATEST  enabled")
+    out = stack.cli("trigger", "update", "trsvc/echo", "tick", "--disable", "--json", *base)
+    assert json.loads(out.stdout)["enabled"] is False
+    out = stack.cli("trigger", "get", "trsvc/echo", "tick", "--json", *base)
+    assert json.loads(out.stdout)["triggerConfig"]["payload"] == "ping"
+    bad = stack.cli("trigger", "create", "trsvc/echo", "t2", "--cron", "nope", *base, check=False)
+    assert bad.returncode == 1 and b"cronExpression" in bad.stderr
+    out = stack.cli("trigger", "delete", "trsvc/echo", "tick", *base)
+    assert b"deleted trigger tick" in out.stdout
+    assert stack.cli("trigger", "list", "trsvc/echo", *base).stdout == b""
+
+
 def test_up_runs_all_roles_and_ctrl_c_leaves_no_orphans(tmp_path: Path) -> None:
     port = free_port()
     env = {
@@ -70,7 +97,7 @@ def test_up_runs_all_roles_and_ctrl_c_leaves_no_orphans(tmp_path: Path) -> None:
         children = [
             int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
         ]
-        assert len(children) == 3  # gateway, dispatcher, worker
+        assert len(children) == 4  # gateway, dispatcher, worker, trigger-timer
         assert (tmp_path / "data" / "credentials").read_text().startswith("pyfc_")
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=30)
