@@ -189,6 +189,16 @@ class TriggerRecords:
             found = (await conn.execute(query)).mappings().all()
         return [(row["tenant"], _trigger(row)) for row in found]
 
+    async def enabled_triggers(self, trigger_ids: list[str]) -> set[str]:
+        """Those of these trigger ids that exist and are enabled."""
+        if not trigger_ids:
+            return set()
+        query = select(triggers.c.trigger_id).where(
+            triggers.c.trigger_id.in_(trigger_ids), triggers.c.enabled == 1
+        )
+        async with self._begin() as conn:
+            return set((await conn.execute(query)).scalars().all())
+
     # -- fires -----------------------------------------------------------------------
 
     async def claim_fires(self, fires: list[Fire], owner: str, lease_until: float) -> list[Fire]:

@@ -54,7 +54,8 @@ class ActiveTrigger:
 
 class Source(Protocol):
     """One kind's adapter. `sync` is called with the triggers that appeared or changed
-    (enabled only) and the ids of those that went (deleted, disabled); `close` stops it."""
+    (enabled only) and the ids of those that went (deleted, disabled), first with the
+    whole set once it is loaded (possibly empty); `close` stops it."""
 
     kind: str
 

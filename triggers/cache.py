@@ -31,6 +31,7 @@ class TriggerCache:
         self.active: dict[str, ActiveTrigger] = {}
         self._lock = asyncio.Lock()
         self._reloads: set[asyncio.Task[None]] = set()
+        self._loaded = False
 
     async def load_all(self) -> None:
         """Read every trigger of the kind and hand the differences to the source."""
@@ -39,11 +40,10 @@ class TriggerCache:
             await self._apply(found, scope=None)
 
     def notice(self, event: ControlEvent) -> None:
-        """A control notice (sync callback): reload the function's triggers if it is one
-        of ours. A deleted function or service takes its triggers with it."""
-        if event.kind == "trigger-changed" and event.trigger_type != self._source.kind:
-            return
-        if event.kind not in ("trigger-changed", "function-changed", "service-changed"):
+        """A control notice (sync callback): reload the function's triggers if one of
+        ours changed. Nothing else concerns them: a function with triggers cannot be
+        deleted, nor a service with functions."""
+        if event.kind != "trigger-changed" or event.trigger_type != self._source.kind:
             return
         task = asyncio.create_task(self._reload(event))
         self._reloads.add(task)
@@ -51,18 +51,14 @@ class TriggerCache:
 
     async def _reload(self, event: ControlEvent) -> None:
         try:
-            if event.kind == "trigger-changed":
-                found = await self._store.triggers_of_type(
-                    self._source.kind,
-                    tenant=event.tenant,
-                    service=event.service,
-                    function=event.function,
-                )
-                scope: FunctionKey | None = (event.tenant, event.service, event.function)
-            else:
-                found, scope = await self._store.triggers_of_type(self._source.kind), None
+            found = await self._store.triggers_of_type(
+                self._source.kind,
+                tenant=event.tenant,
+                service=event.service,
+                function=event.function,
+            )
             async with self._lock:
-                await self._apply(found, scope)
+                await self._apply(found, (event.tenant, event.service, event.function))
         except PyfcError as e:
             log.warning("cannot reload triggers after a notice (next resync will): %s", e.message)
 
@@ -87,12 +83,16 @@ class TriggerCache:
             for tid, a in wanted.items()
             if tid not in self.active or self.active[tid].version != a.version
         ]
+        if changed or removed or not self._loaded:
+            # The source first: if it fails (store down), the next reload tries again. The
+            # first load is always handed over, even empty: the source then knows it has
+            # the whole set (a timer starts its takeover sweep).
+            await self._source.sync(changed, removed)
+            self._loaded = True
         for tid in removed:
             del self.active[tid]
         for a in changed:
             self.active[a.trigger_id] = a
-        if changed or removed:
-            await self._source.sync(changed, removed)
 
     async def close(self) -> None:
         for task in list(self._reloads):

@@ -129,10 +129,7 @@ class TimerSource:
         self._armed_for = 0.0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop = asyncio.get_running_loop()
-        self._chores = [
-            self._spawn(self._every(SWEEP_SECONDS, self._sweep)),
-            self._spawn(self._every(PRUNE_SECONDS, self._prune)),
-        ]
+        self._chores: list[asyncio.Task[Any]] = []
 
     @classmethod
     async def open(
@@ -197,6 +194,12 @@ class TimerSource:
             self._push(first_due(timer.schedule, baseline, now), timer, regular=True)
         self._metrics.triggers.labels(KIND).set(len(self._timers))
         self._arm()
+        if not self._chores:
+            # After the first load: a sweep before it would see every trigger as gone.
+            self._chores = [
+                self._spawn(self._every(SWEEP_SECONDS, self._sweep)),
+                self._spawn(self._every(PRUNE_SECONDS, self._prune)),
+            ]
 
     def _push(self, due: float, timer: _Timer, *, regular: bool) -> None:
         heapq.heappush(
@@ -393,8 +396,11 @@ class TimerSource:
         self._metrics.taken_over.labels(KIND).inc(len(taken))
         log.info("took over %d timer fires whose claim lapsed", len(taken))
         known = [(self._timers[f.trigger_id], f) for f in taken if f.trigger_id in self._timers]
-        gone = [f for f in taken if f.trigger_id not in self._timers]
-        if gone:  # deleted or disabled since it was claimed
+        unknown = [f for f in taken if f.trigger_id not in self._timers]
+        # Not served here: deleted or disabled since it was claimed (the change wins), or
+        # not loaded here yet (left alone: the claim lapses again and is retried).
+        enabled = await self._store.enabled_triggers([f.trigger_id for f in unknown])
+        if gone := [f for f in unknown if f.trigger_id not in enabled]:
             self._metrics.skipped.labels(KIND, "removed").inc(len(gone))
             await self._finish_skipped(gone)
         await self._complete(known)
