@@ -16,14 +16,13 @@ import time
 import uuid
 
 import aio_pika
-from aio_pika.abc import AbstractExchange, AbstractRobustConnection
+from aio_pika.abc import AbstractRobustConnection
 
-from shared.broker import PUBLISH_TIMEOUT, persistent_invocation
-from shared.errors import AlreadyExists
-from shared.models import InvocationRecord
+from shared.accept import Acceptor
+from shared.broker import PUBLISH_TIMEOUT
+from shared.errors import Unavailable
 from shared.protocol import Invocation, Lineage
-from shared.store import Store
-from shared.topology import HDR_HOPS, HDR_TENANT, HDR_TRACE, invoke_routing_key
+from shared.topology import HDR_HOPS, HDR_TENANT, HDR_TRACE
 
 log = logging.getLogger(f"pyfc.{__name__}")
 
@@ -41,15 +40,9 @@ class DestinationError(Exception):
 
 
 class Destinations:
-    def __init__(
-        self,
-        connection: AbstractRobustConnection,
-        invoke: AbstractExchange,
-        store: Store,
-    ) -> None:
+    def __init__(self, connection: AbstractRobustConnection, acceptor: Acceptor) -> None:
         self._connection = connection
-        self._invoke = invoke
-        self._store = store
+        self._acceptor = acceptor
 
     async def send(self, destination: str, inv: Invocation, record: bytes, condition: str) -> None:
         """Deliver `record`; raises DestinationError when it cannot be delivered."""
@@ -89,24 +82,11 @@ class Destinations:
             traceparent=inv.traceparent,
         )
         try:
-            await self._store.record_accepted(
-                InvocationRecord(
-                    request_id=target.id,
-                    tenant=target.tenant,
-                    service_name=service,
-                    qualifier=qualifier,
-                    function_name=function,
-                )
-            )
-        except AlreadyExists:
-            # A redelivered completion: publish again anyway (we may have died between
+            # again: a redelivered completion publishes again (we may have died between
             # recording and publishing); the same id marks it as the same event.
-            log.info("destination invocation %s already recorded; sending again", target.id)
-        await self._invoke.publish(
-            persistent_invocation(target),
-            routing_key=invoke_routing_key(target.tenant),
-            timeout=PUBLISH_TIMEOUT,
-        )
+            await self._acceptor.accept(target, again=True)
+        except Unavailable as e:
+            raise DestinationError(e.message) from e
 
     async def _to_exchange(
         self, inv: Invocation, record: bytes, condition: str, exchange: str, routing_key: str

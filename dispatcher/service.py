@@ -39,6 +39,7 @@ from dispatcher.rollback import CanaryWatch
 from dispatcher.routing import RETRY_PAUSE_SECONDS, Router
 from dispatcher.verdict import EVENT_AGE_EXCEEDED, LOOP_DETECTED, NOT_RETRYABLE, expired
 from shared import control, telemetry
+from shared.accept import Acceptor
 from shared.broker import (
     ACK,
     HOLD,
@@ -175,7 +176,7 @@ class Dispatcher:
             store,
             catalog,
             metrics,
-            Destinations(connection, invoke, store),
+            Destinations(connection, Acceptor(store, invoke)),
             confirmed=confirmed,
             retry=retry,
             steps_ms=retry_steps_ms,

@@ -107,7 +107,9 @@ async def _redrive(request: web.Request, dl: DeadLetter) -> None:
     spec = await gw.catalog.spec(tenant, inv.service, inv.version, inv.function)
     inv.min_revision = max(inv.min_revision, spec.revision)
     await gw.store.reenqueue(tenant, inv.id, inv.service, inv.qualifier, inv.function)
-    await gw.enqueue(inv, "redrive not accepted: broker unavailable; the dead letter is kept")
+    await gw.acceptor.publish(
+        inv, refused="redrive not accepted: broker unavailable; the dead letter is kept"
+    )
     try:
         await gw.store.delete_dead_letter(tenant, dl.request_id)
     except DeadLetterNotFound:

@@ -1,7 +1,7 @@
 """What every API module shares: the `Gateway` state and the request/response helpers.
 
 A low module: it imports no API module and not `gateway.app` (which assembles them), only
-the gateway's own clients below it (`rpc`, `accepted`, `metrics`); the API modules import
+the gateway's own clients below it (`rpc`, `metrics`); the API modules import
 it and never each other. An import-linter contract (pyproject.toml) keeps it so.
 """
 
@@ -16,15 +16,15 @@ import msgspec
 from aio_pika.abc import AbstractChannel, AbstractExchange
 from aiohttp import web
 
-from gateway.accepted import AcceptedInvocations
 from gateway.metrics import GatewayMetrics
-from gateway.rpc import BROKER_ERRORS, RpcClient
+from gateway.rpc import RpcClient
 from shared import control, tokens
+from shared.accept import Acceptor
 from shared.blobs import BlobStore
 from shared.catalog import FunctionCatalog
-from shared.errors import BadRequest, NotFound, PyfcError, Unauthorized, Unavailable
+from shared.errors import BadRequest, NotFound, PyfcError, Unauthorized
 from shared.models import Tenant
-from shared.protocol import LATEST, ControlEvent, Invocation
+from shared.protocol import LATEST, ControlEvent
 from shared.settings import Settings
 from shared.store import Store
 from shared.tokens import InvokeGrant
@@ -55,10 +55,12 @@ class Gateway:
     # Verifies invoke tokens; empty = none accepted.
     token_secret: bytes = field(default=b"", repr=False)
     _auth_cache: dict[str, tuple[Tenant, float]] = field(default_factory=dict)
-    accepted: AcceptedInvocations = field(init=False)
+    # Async invocations are accepted (recorded, then published with a confirm) here, as
+    # the dispatcher's destinations and the trigger adapters accept theirs.
+    acceptor: Acceptor = field(init=False)
 
     def __post_init__(self) -> None:
-        self.accepted = AcceptedInvocations(self.invoke_exchange)
+        self.acceptor = Acceptor(self.store, self.invoke_exchange)
 
     async def authenticate(self, header: str | None) -> tuple[Tenant, InvokeGrant | None]:
         """The caller's tenant, and its grant when the credential is an invoke token."""
@@ -102,26 +104,6 @@ class Gateway:
         """Tell every process (this one included) that metadata changed."""
         self.catalog.invalidate(event)
         await control.publish(self.control_channel, self.topo, event)
-
-    async def enqueue(self, inv: Invocation, refused: str) -> None:
-        """Publish async work persistently and wait for the broker's confirm.
-
-        If the broker cannot take it, the invocation's record says so (`refused`) and the
-        caller gets 503: nothing is accepted that is not persisted.
-        """
-        try:
-            await self.accepted.publish(inv)
-        except BROKER_ERRORS as e:
-            await self.store.record_outcome(
-                inv.tenant,
-                inv.id,
-                status="Failed",
-                attempt=0,
-                result=b"",
-                error_type="ServiceUnavailable",
-                error_message=refused,
-            )
-            raise Unavailable(f"cannot enqueue the invocation: {type(e).__name__}: {e}") from e
 
 
 GATEWAY_KEY = web.AppKey("gateway", Gateway)

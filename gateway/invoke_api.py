@@ -23,7 +23,6 @@ from gateway.http import (
 from shared import telemetry
 from shared.errors import BadRequest, InvocationNotFound, PayloadTooLarge, PyfcError
 from shared.logs import request_id_var
-from shared.models import InvocationRecord
 from shared.protocol import LATEST, Invocation, Lineage, Outcome
 from shared.tokens import InvokeGrant
 
@@ -166,19 +165,9 @@ async def invoke(request: web.Request) -> web.Response:
 
 
 async def _accept_async(request: web.Request, inv: Invocation) -> web.Response:
-    """Record, then publish with a broker confirm: 202 means the invocation is persisted."""
-    gw = gateway_of(request)
-    await gw.store.record_accepted(
-        InvocationRecord(
-            request_id=inv.id,
-            tenant=inv.tenant,
-            service_name=inv.service,
-            qualifier=inv.qualifier,
-            function_name=inv.function,
-            version=inv.version,
-        )
-    )
-    await gw.enqueue(inv, "not accepted: broker unavailable")
+    """Record, then publish with a broker confirm: 202 means the invocation is persisted.
+    If the broker cannot take it, its record says so and the caller gets 503."""
+    await gateway_of(request).acceptor.accept(inv, refused="not accepted: broker unavailable")
     return web.Response(
         status=202, headers={"X-Fc-Request-Id": inv.id, VERSION_HEADER: inv.version}
     )

@@ -73,6 +73,7 @@ class Acceptor:
             service_name=inv.service,
             qualifier=inv.qualifier,
             function_name=inv.function,
+            version=inv.version,
             origin=inv.lineage.origin,
             created_time=iso_millis(inv.created_at) if inv.created_at else "",
         )
