@@ -59,6 +59,7 @@ LEAD_SECONDS = 1.5
 LATE_WARNING_SECONDS = 0.05
 MAX_CLAIM_BATCH = 500
 CLAIM_ATTEMPTS = 3
+COMPACT_AFTER = 1000
 # The loop timer is re-armed at least this often, so a wall-clock step is noticed.
 MAX_SLEEP = 30.0
 
@@ -124,6 +125,9 @@ class TimerSource:
         # (it does not schedule the next fire).
         self._heap: list[tuple[float, int, str, int, bool]] = []
         self._seq = itertools.count()
+        # Heap entries left by removed or changed timers (dropped when popped, or all at
+        # once by `_compact` when they outnumber the live ones).
+        self._stale = 0
         self._generations = itertools.count(1)
         self._armed: asyncio.TimerHandle | None = None
         self._armed_for = 0.0
@@ -170,8 +174,11 @@ class TimerSource:
 
     async def sync(self, changed: list[ActiveTrigger], removed: list[str]) -> None:
         """Schedule new and changed timers (missed runs per their policy); drop removed."""
+        self._stale += sum(1 for a in changed if a.trigger_id in self._timers)
         for trigger_id in removed:
-            self._timers.pop(trigger_id, None)
+            self._stale += self._timers.pop(trigger_id, None) is not None
+        if self._stale > len(self._timers) + COMPACT_AFTER:
+            self._compact()
         last: dict[str, int] = {}
         ids = [a.trigger_id for a in changed]
         for i in range(0, len(ids), MAX_CLAIM_BATCH):
@@ -200,6 +207,20 @@ class TimerSource:
                 self._spawn(self._every(SWEEP_SECONDS, self._sweep)),
                 self._spawn(self._every(PRUNE_SECONDS, self._prune)),
             ]
+
+    def _compact(self) -> None:
+        """Drop the entries of removed and changed timers (otherwise each stays until its
+        time comes, a year for a yearly schedule)."""
+        self._heap = [
+            entry
+            for entry in self._heap
+            if (timer := self._timers.get(entry[2])) is not None and timer.generation == entry[3]
+        ]
+        heapq.heapify(self._heap)
+        self._stale = 0
+        if self._armed is not None:
+            self._armed.cancel()
+            self._armed = None
 
     def _push(self, due: float, timer: _Timer, *, regular: bool) -> None:
         heapq.heappush(
