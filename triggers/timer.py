@@ -411,7 +411,9 @@ class TimerSource:
     async def _sweep(self) -> None:
         """Take over claims whose owner died (lease lapsed) and complete them."""
         now = self._clock()
-        taken = await self._store.take_over_lapsed(self._owner, now, now + self._lease)
+        taken = await self._store.take_over_lapsed(
+            self._owner, now, now + self._lease, limit=MAX_CLAIM_BATCH
+        )
         if not taken:
             return
         self._metrics.taken_over.labels(KIND).inc(len(taken))
