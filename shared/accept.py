@@ -21,7 +21,7 @@ from aiormq.exceptions import ChannelInvalidStateError
 
 from shared import codec
 from shared.batching import MAX_BATCH_BYTES, Batcher
-from shared.broker import invocation_headers, persistent_invocation
+from shared.broker import PUBLISH_TIMEOUT, invocation_headers, persistent_invocation
 from shared.errors import AlreadyExists, Unavailable
 from shared.models import InvocationRecord
 from shared.protocol import Invocation, InvocationBatch, invocation_bytes
@@ -29,9 +29,8 @@ from shared.rows import iso_millis
 from shared.store import Store
 from shared.topology import MSG_INVOKE_BATCH, invoke_routing_key
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"pyfc.{__name__}")
 
-PUBLISH_TIMEOUT = 10.0
 # What a publish raises when the broker cannot take the message.
 BROKER_ERRORS: tuple[type[BaseException], ...] = (
     AMQPError,

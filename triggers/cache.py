@@ -19,7 +19,7 @@ from shared.protocol import ControlEvent
 from shared.store import Store
 from triggers.adapter import ActiveTrigger, Source
 
-log = logging.getLogger("pyfc.triggers")
+log = logging.getLogger(f"pyfc.{__name__}")
 
 FunctionKey = tuple[str, str, str]
 

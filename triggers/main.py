@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from shared import logs, telemetry
@@ -14,7 +15,7 @@ from shared.store import Store
 from triggers.kinds import KINDS
 from triggers.runtime import TriggerRuntime
 
-log = logging.getLogger("pyfc.triggers")
+log = logging.getLogger(f"pyfc.{__name__}")
 
 
 def main(kind: str, settings: Settings | None = None) -> int:
@@ -25,33 +26,34 @@ def main(kind: str, settings: Settings | None = None) -> int:
     tracing = telemetry.setup(f"trigger-{kind}", settings.otel_exporter)
 
     async def serve(stop: asyncio.Event) -> None:
-        store = await Store.open(settings.effective_database_url)
-        await store.migrate()
-        connection = await connect(settings.amqp_url, f"pyfc-trigger-{kind}@{settings.namespace}")
-        runtime = await TriggerRuntime.open(settings, store, connection, kind)
-        metrics_runner = None
         try:
-            if settings.trigger_metrics_port:
-                metrics_runner = await serve_metrics(
-                    runtime.metrics.registry,
-                    f"trigger-{kind}",
-                    settings.http_host,
-                    settings.trigger_metrics_port,
-                    settings.metrics_token,
+            async with contextlib.AsyncExitStack() as stack:
+                store = await Store.open(settings.effective_database_url)
+                stack.push_async_callback(store.close)
+                await store.migrate()
+                connection = await connect(
+                    settings.amqp_url, f"pyfc-trigger-{kind}@{settings.namespace}"
                 )
-            log.info(
-                "%s triggers ready: %d served (namespace %s)",
-                kind,
-                len(runtime.cache.active),
-                settings.namespace,
-            )
-            await stop.wait()
+                stack.push_async_callback(connection.close)
+                runtime = await TriggerRuntime.open(settings, store, connection, kind)
+                stack.push_async_callback(runtime.close)
+                if settings.trigger_metrics_port:
+                    metrics_runner = await serve_metrics(
+                        runtime.metrics.registry,
+                        f"trigger-{kind}",
+                        settings.http_host,
+                        settings.trigger_metrics_port,
+                        settings.metrics_token,
+                    )
+                    stack.push_async_callback(metrics_runner.cleanup)
+                log.info(
+                    "%s triggers ready: %d served (namespace %s)",
+                    kind,
+                    len(runtime.cache.active),
+                    settings.namespace,
+                )
+                await stop.wait()
         finally:
-            if metrics_runner is not None:
-                await metrics_runner.cleanup()
-            await runtime.close()
-            await connection.close()
-            await store.close()
             if tracing is not None:
                 tracing.shutdown()
             log.info("%s triggers stopped", kind)

@@ -21,7 +21,7 @@ from triggers.cache import TriggerCache
 from triggers.kinds import KINDS
 from triggers.metrics import TriggerMetrics
 
-log = logging.getLogger("pyfc.triggers")
+log = logging.getLogger(f"pyfc.{__name__}")
 
 # A full reload this often repairs a lost control notice (a broker blip).
 RESYNC_SECONDS = 30.0

@@ -44,7 +44,7 @@ from triggers.adapter import ActiveTrigger, Emitter, event_id, iso_utc
 from triggers.metrics import TriggerMetrics
 from triggers.timer_policy import LATE_GRACE_SECONDS, catch_up, first_due, overlap_verdict
 
-log = logging.getLogger("pyfc.triggers")
+log = logging.getLogger(f"pyfc.{__name__}")
 
 KIND = "timer"
 LEASE_SECONDS = 5.0
