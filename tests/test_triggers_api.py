@@ -104,7 +104,7 @@ async def test_crud_and_partial_update(client: Client) -> None:
         ({**timer(), "extra": 1}, 400, "extra"),
         ({**timer(), "triggerName": "no spaces"}, 400, "triggerName"),
         ({**timer(), "qualifier": "bad.qualifier"}, 400, "qualifier"),
-        ({**timer(), "qualifier": "7"}, 404, "qualifier"),
+        ({**timer(), "qualifier": "7"}, 404, "7"),  # no such version (or alias)
         ({"triggerType": "timer"}, 400, "triggerName"),
     ],
 )
