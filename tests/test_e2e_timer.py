@@ -29,7 +29,7 @@ RECORD = (
     "    e = json.loads(event)\n"
     "    time.sleep(float(os.environ.get('SLEEP', '0')))\n"
     "    line = json.dumps({**e, 'requestId': context.request_id, 'started': started,\n"
-    "                       'ended': time.time()})\n"
+    "                       'ended': time.time(), 'mark': os.environ.get('MARK', '')})\n"
     "    with open(os.environ['RUNS'], 'a') as f:\n"
     "        f.write(line + '\\n')\n"
     "    return 'ok'\n"
@@ -138,6 +138,53 @@ async def test_every_second_end_to_end_then_disable_enable_delete(
     await asyncio.sleep(3)
     late = [epoch(r["triggerTime"]) for r in runs(path) if epoch(r["triggerTime"]) > deleted_at]
     assert all(t <= deleted_at + 1 for t in late), late
+
+
+async def test_a_timer_on_an_alias_runs_the_aliased_version(
+    fresh_stack: StartStack, session: aiohttp.ClientSession
+) -> None:
+    """The trigger's qualifier is resolved like any invocation's: alias prod -> version 1
+    runs version 1's config while LATEST has moved on."""
+    stack = fresh_stack(workers=1)
+    stack.start_timers()
+    _, key = stack.create_tenant()
+    client = Client(session, stack.url, key)
+    runs_file = open_dir("timer") / f"{unique('runs')}.jsonl"
+    service, function = await deploy(
+        client,
+        {"index.py": RECORD},
+        environmentVariables={"RUNS": str(runs_file), "MARK": "v1"},
+    )
+    status, _, raw = await client.call("POST", f"/v1/services/{service}/versions", json={})
+    assert status == 201 and json.loads(raw)["versionId"] == "1", raw
+    status, _, raw = await client.call(
+        "POST", f"/v1/services/{service}/aliases", json={"aliasName": "prod", "versionId": "1"}
+    )
+    assert status == 201, raw
+    status, _, raw = await client.call(
+        "PUT",
+        f"/v1/services/{service}/functions/{function}",
+        json={"environmentVariables": {"RUNS": str(runs_file), "MARK": "latest"}},
+    )
+    assert status == 200, raw
+    body = {
+        "triggerName": "onprod",
+        "triggerType": "timer",
+        "qualifier": "prod",
+        "triggerConfig": {"cronExpression": "@every 1s"},
+    }
+    status, _, raw = await client.call(
+        "POST", f"/v1/services/{service}/functions/{function}/triggers", json=body
+    )
+    assert status == 201 and json.loads(raw)["qualifier"] == "prod", raw
+    wait_until(lambda: len(runs(runs_file)) >= 3, 20, "three runs")
+    assert {r["mark"] for r in runs(runs_file)} == {"v1"}
+    status, _, raw = await client.call(
+        "GET",
+        f"/v1/services/{service}/functions/{function}/invocations/"
+        f"{runs(runs_file)[0]['requestId']}",
+    )
+    assert status == 200 and json.loads(raw)["qualifier"] == "prod", raw
 
 
 async def test_two_replicas_one_sigkilled_no_double_no_miss(
