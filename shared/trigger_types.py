@@ -8,13 +8,15 @@ one `TriggerType` entry to `TRIGGER_TYPES` (see docs/architecture.md "Triggers")
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import msgspec
 
-from shared import cron
+from shared import cron, s3events
 from shared.errors import BadRequest, PayloadTooLarge
 from shared.protocol import Source
 
@@ -39,11 +41,80 @@ class TimerConfig(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_f
         return cron.parse(self.cron_expression, self.timezone)
 
 
+class KeyFilter(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    prefix: str = ""
+    suffix: str = ""
+
+
+class ObjectFilter(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """FC's OSS trigger filter: `{"key": {"prefix", "suffix"}}` on the decoded key."""
+
+    key: KeyFilter = msgspec.field(default_factory=KeyFilter)
+
+
+class _Credentials(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fields=True):
+    endpoint_url: str = ""
+    region: str = "us-east-1"
+    access_key_id: str = ""
+    secret_access_key: str = ""
+
+
+class SqsSource(_Credentials, tag="sqs", tag_field="type"):
+    """AWS S3 (or any S3 endpoint) notifying an SQS queue, polled with long polling; the
+    S3 API at `endpointUrl` configures the bucket's notification and answers HEADs."""
+
+    queue_url: str
+    # How long a received message stays invisible to other pollers; an adapter killed
+    # before deleting it has its events delivered again after this.
+    visibility_timeout_seconds: int = 30
+
+
+class MinioAmqpSource(_Credentials, tag="minio-amqp", tag_field="type"):
+    """MinIO's AMQP notification target on the platform's broker. `exchange` "" is the
+    deployment's (`{namespace}.s3-events`); the credentials, optional, configure the bucket."""
+
+    exchange: str = ""
+    routing_key: str = "#"
+    # MinIO's ARN of its AMQP target, for the bucket's notification configuration.
+    queue_arn: str = "arn:minio:sqs::PRIMARY:amqp"
+
+
+class WebhookSource(msgspec.Struct, tag="webhook", tag_field="type", forbid_unknown_fields=True):
+    """An endpoint on the gateway (`/v1/triggers/s3/{triggerId}/events`) authenticated by
+    the trigger's token, for MinIO's webhook target or any S3-shaped sender."""
+
+
+ObjectSource = SqsSource | MinioAmqpSource | WebhookSource
+EventFormat = Literal["s3", "oss"]
+
+
+class S3Config(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fields=True):
+    """`s3` (FC's `oss`): object events of one bucket, filtered by event name and key."""
+
+    bucket: str
+    events: list[str]
+    filter: ObjectFilter = msgspec.field(default_factory=ObjectFilter)
+    event_format: EventFormat = "s3"
+    source: ObjectSource = msgspec.field(default_factory=MinioAmqpSource)
+
+    def takes(self, event: s3events.ObjectEvent) -> bool:
+        """Whether this trigger runs its function for `event`."""
+        return s3events.matches(
+            event,
+            bucket=self.bucket,
+            events=self.events,
+            prefix=self.filter.key.prefix,
+            suffix=self.filter.key.suffix,
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
     """What a config is checked against beyond its own fields."""
 
     max_event_bytes: int
+    # The deployment's namespace: its own exchanges are not event sources.
+    namespace: str = "pyfc"
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,16 +137,83 @@ def _check_timer(config: TimerConfig, limits: Limits) -> None:
         )
 
 
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_EXCHANGE = re.compile(r"^[A-Za-z0-9_.:-]{1,255}$")
+
+
+def _check_url(field: str, url: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise BadRequest(f"triggerConfig.{field}: {url!r} is not an http(s) URL")
+
+
+def _check_s3(config: S3Config, limits: Limits) -> None:
+    if not _BUCKET.match(config.bucket) or ".." in config.bucket:
+        raise BadRequest(
+            f"triggerConfig.bucket: {config.bucket!r} is not a bucket name (3-63 characters: "
+            "lower-case letters, digits, '.', '-')"
+        )
+    if not config.events:
+        raise BadRequest("triggerConfig.events: give at least one event, e.g. s3:ObjectCreated:*")
+    for event in config.events:
+        if s3events.s3_name(event) not in s3events.S3_EVENTS:
+            raise BadRequest(
+                f"triggerConfig.events: unknown event {event!r} (e.g. s3:ObjectCreated:*, "
+                "s3:ObjectCreated:Put, s3:ObjectRemoved:*, oss:ObjectCreated:PutObject)"
+            )
+    for name in ("prefix", "suffix"):
+        if len(getattr(config.filter.key, name)) > 1024:
+            raise BadRequest(f"triggerConfig.filter.key.{name}: longer than 1024 characters")
+    source = config.source
+    if isinstance(source, SqsSource | MinioAmqpSource):
+        if source.endpoint_url:
+            _check_url("source.endpointUrl", source.endpoint_url)
+        if bool(source.access_key_id) != bool(source.secret_access_key):
+            raise BadRequest(
+                "triggerConfig.source: give both accessKeyId and secretAccessKey, or neither"
+            )
+    if isinstance(source, SqsSource):
+        _check_url("source.queueUrl", source.queue_url)
+        if not 1 <= source.visibility_timeout_seconds <= 43200:
+            raise BadRequest("triggerConfig.source.visibilityTimeoutSeconds: 1 to 43200")
+    if isinstance(source, MinioAmqpSource) and source.exchange:
+        if not _EXCHANGE.match(source.exchange):
+            raise BadRequest(f"triggerConfig.source.exchange: {source.exchange!r} is not valid")
+        own = f"{limits.namespace}."
+        if source.exchange.startswith(own) and source.exchange != events_exchange(limits.namespace):
+            raise BadRequest(
+                f"triggerConfig.source.exchange: {source.exchange!r} is the platform's own"
+            )
+
+
+def events_exchange(namespace: str) -> str:
+    """The exchange the deployment's MinIO publishes bucket events to (deploy/)."""
+    return f"{namespace}.s3-events"
+
+
+S3 = TriggerType("s3", S3Config, "s3", _check_s3)
 TRIGGER_TYPES: dict[str, TriggerType] = {
     "timer": TriggerType("timer", TimerConfig, "cron", _check_timer),
 }
+# Other names of a type (Function Compute's): stored under the type's own name.
+TYPE_ALIASES = {"oss": "s3"}
+# Config fields never shown by the API (GET shows "" in their place).
+SECRET_FIELDS = frozenset({"secretAccessKey"})
+
+
+def public_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored config as the API shows it: secrets blanked, at any depth."""
+    return {
+        k: "" if k in SECRET_FIELDS and v else public_config(v) if isinstance(v, Mapping) else v
+        for k, v in config.items()
+    }
 
 
 def trigger_type(name: str) -> TriggerType:
-    """The registered type called `name`; 400 naming `triggerType` otherwise."""
-    found = TRIGGER_TYPES.get(name)
+    """The registered type called `name` (or an alias of it); 400 naming `triggerType`."""
+    found = TRIGGER_TYPES.get(TYPE_ALIASES.get(name, name))
     if found is None:
-        known = ", ".join(sorted(TRIGGER_TYPES))
+        known = ", ".join(sorted([*TRIGGER_TYPES, *TYPE_ALIASES]))
         raise BadRequest(f"triggerType: unknown trigger type {name!r} (supported: {known})")
     return found
 
