@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -121,14 +122,26 @@ http.createServer((req, res) => {
 """
 
 
+def open_root() -> Path:
+    """A stack root every uid may traverse (pytest's tmp tree is 0700, which would refuse an
+    instance uid whatever mode pyfc gives the data dir): only pyfc's own mode guards it."""
+    root = Path(tempfile.mkdtemp(prefix="pyfc-isolation-"))
+    root.chmod(0o755)
+    for parent in (root, *root.parents):
+        assert parent.stat().st_mode & 0o005 == 0o005, f"{parent} is not open to others"
+    return root
+
+
 @pytest.fixture(scope="module")
-def isolated_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    s = Stack(tmp_path_factory.mktemp("isolation"))
+def isolated_stack() -> Iterator[Stack]:
+    root = open_root()
+    s = Stack(root)
     try:
         s.start()
         yield s
     finally:
         s.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture

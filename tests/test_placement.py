@@ -49,9 +49,21 @@ def test_place(
 
 
 def _random_case(rng: random.Random) -> tuple[dict[str, int], dict[str, int]]:
-    targets = {f"t/s.LATEST/f{i}": rng.randint(0, 12) for i in range(rng.randint(0, 6))}
-    capacity = {f"w-{i:02x}": rng.randint(0, 10) for i in range(rng.randint(0, 6))}
+    """Some function wants instances and some worker has room: every seed places something.
+    (No target or no room at all are rows of the table above.)"""
+    targets = {f"t/s.LATEST/f{i}": rng.randint(0, 12) for i in range(rng.randint(1, 6))}
+    targets[rng.choice(sorted(targets))] = rng.randint(1, 12)
+    capacity = {f"w-{i:02x}": rng.randint(0, 10) for i in range(rng.randint(1, 6))}
+    capacity[rng.choice(sorted(capacity))] = rng.randint(1, 10)
     return targets, capacity
+
+
+def _wide_targets(rng: random.Random, workers: int) -> dict[str, int]:
+    """Targets where one function wants at least one instance per worker (and one more), so a
+    fair share gives every worker some of it."""
+    targets = {f"f{i}": rng.randint(1, 8) for i in range(rng.randint(1, 4))}
+    targets[rng.choice(sorted(targets))] = rng.randint(workers + 1, workers + 8)
+    return targets
 
 
 @pytest.mark.parametrize("seed", range(200))
@@ -59,6 +71,7 @@ def test_place_invariants(seed: int) -> None:
     rng = random.Random(seed)
     targets, capacity = _random_case(rng)
     placed = place(targets, capacity)
+    assert placed, "every seed places something"
     # every worker computes the same answer, whatever order it learned things in
     shuffled_t = dict(rng.sample(sorted(targets.items()), len(targets)))
     shuffled_c = dict(rng.sample(sorted(capacity.items()), len(capacity)))
@@ -72,13 +85,25 @@ def test_place_invariants(seed: int) -> None:
     assert sum(per_function.values()) == min(sum(targets.values()), sum(capacity.values()))
 
 
+def test_the_random_cases_cover_both_limits() -> None:
+    """Over the seeds above, room and targets each run out first often enough to matter."""
+    cases = [_random_case(random.Random(seed)) for seed in range(200)]
+    room_short = sum(sum(c.values()) < sum(t.values()) for t, c in cases)
+    targets_short = sum(sum(t.values()) < sum(c.values()) for t, c in cases)
+    several = sum(len(c) > 1 and len(t) > 1 for t, c in cases)
+    assert min(room_short, targets_short, several) >= 40, (room_short, targets_short, several)
+
+
 @pytest.mark.parametrize("seed", range(100))
 def test_place_spreads_when_there_is_room(seed: int) -> None:
     rng = random.Random(seed)
-    targets, _ = _random_case(rng)
-    workers = [f"w-{i}" for i in range(rng.randint(1, 5))]
+    workers = [f"w-{i}" for i in range(rng.randint(2, 5))]
+    targets = _wide_targets(rng, len(workers))
     ample = dict.fromkeys(workers, sum(targets.values()))
-    for share in place(targets, ample).values():
+    placed = place(targets, ample)
+    # the widest function is on every worker, none holding more than its share
+    assert sorted(placed) == workers
+    for share in placed.values():
         for key, n in share.items():
             assert n <= math.ceil(targets[key] / len(workers))
 
@@ -87,26 +112,30 @@ def test_place_spreads_when_there_is_room(seed: int) -> None:
 def test_a_lost_worker_moves_only_its_share(seed: int) -> None:
     """Survivors keep what they had (ample room): only the lost worker's instances move."""
     rng = random.Random(seed)
-    targets = {f"f{i}": rng.randint(1, 8) for i in range(rng.randint(1, 4))}
     workers = [f"w-{i}" for i in range(rng.randint(2, 5))]
+    targets = _wide_targets(rng, len(workers))
     before = place(targets, dict.fromkeys(workers, 100))
     lost = rng.choice(workers)
+    assert before[lost], "the lost worker held instances"
     after = place(targets, {w: 100 for w in workers if w != lost})
     for worker, share in before.items():
         if worker != lost:
             for key, n in share.items():
                 assert after[worker][key] >= n
     assert lost not in after
+    # its instances moved to the survivors: nothing lost with it
+    assert sum(map(sum, (s.values() for s in after.values()))) == sum(targets.values())
 
 
 @pytest.mark.parametrize("seed", range(100))
 def test_a_joining_worker_takes_only_from_the_others(seed: int) -> None:
     """With room for all, a newcomer's share comes off the others; none of them gains."""
     rng = random.Random(seed)
-    targets = {f"f{i}": rng.randint(1, 8) for i in range(rng.randint(1, 4))}
     workers = [f"w-{i}" for i in range(rng.randint(1, 4))]
+    targets = _wide_targets(rng, len(workers) + 1)
     before = place(targets, dict.fromkeys(workers, 100))
     after = place(targets, dict.fromkeys([*workers, "w-new"], 100))
+    assert after.get("w-new"), "the newcomer takes a share"
     for worker, share in after.items():
         if worker != "w-new":
             for key, n in share.items():
