@@ -34,7 +34,7 @@ def main(settings: Settings | None = None) -> int:
                     settings.amqp_url, f"pyfc-dispatcher@{settings.namespace}"
                 )
                 stack.push_async_callback(connection.close)
-                topo = Topology(settings.namespace)
+                topo = Topology(settings.namespace, settings.queue_type)
                 dispatcher = await Dispatcher.open(
                     connection,
                     store,

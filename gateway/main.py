@@ -38,7 +38,7 @@ def main(settings: Settings | None = None) -> int:
         await store.migrate()
         blobs = open_blob_store(settings.effective_blob_url)
         connection = await connect(settings.amqp_url, f"pyfc-gateway@{settings.namespace}")
-        topo = Topology(settings.namespace)
+        topo = Topology(settings.namespace, settings.queue_type)
         rpc_channel = await connection.channel(publisher_confirms=False)
         await declare_all(rpc_channel, topo)
         rpc = await RpcClient.open(rpc_channel, await declare_invoke(rpc_channel, topo))

@@ -177,7 +177,7 @@ async def _notify_tenant_changed(settings: Settings, name: str) -> bool:
         async with connection:
             await control.publish(
                 await connection.channel(),
-                Topology(settings.namespace),
+                Topology(settings.namespace, settings.queue_type),
                 ControlEvent(kind="tenant-changed", tenant=name),
             )
     except (OSError, AMQPError, TimeoutError):

@@ -47,7 +47,9 @@ async def preflight(settings: Settings) -> str | None:
     """Check the broker, migrate the store, make the default tenant; return its new key."""
     connection = await connect(settings.amqp_url, "pyfc-up")
     try:
-        await declare_all(await connection.channel(), Topology(settings.namespace))
+        await declare_all(
+            await connection.channel(), Topology(settings.namespace, settings.queue_type)
+        )
     finally:
         await connection.close()
     store = await Store.open(settings.effective_database_url)

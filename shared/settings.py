@@ -11,6 +11,7 @@ import tempfile
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal
 
 import msgspec
 
@@ -82,6 +83,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     blob_url: str = ""
     # Prefix of every exchange and queue: several stacks (or tests) share one broker.
     namespace: str = "pyfc"
+    # The type of every durable queue: `classic` (one broker node holds each) or `quorum`
+    # (replicated over a RabbitMQ cluster; deploy/ sets it). All roles must agree.
+    queue_type: Literal["classic", "quorum"] = "classic"
     http_host: str = "127.0.0.1"
     http_port: int = 9000
     log_level: str = "INFO"

@@ -7,16 +7,21 @@ Invocations and their completions enter through one consistent-hash exchange key
 tenant, so every message of a tenant lands on the same dispatcher shard queue; each shard
 has a single active consumer, which therefore holds that tenant's counters alone, and the
 broker hands the shard to another dispatcher replica when that consumer goes away.
+
+Every durable queue is declared by `declare_durable`, with the topology's queue type
+(`PYFC_QUEUE_TYPE`): `classic` (one node holds it) or `quorum` (Raft-replicated over a
+cluster's nodes: a node lost loses none of it; docs/high-availability.md).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import aio_pika
 import aiormq
-from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue, FieldValue
 
 from shared.errors import Unavailable
 
@@ -51,6 +56,11 @@ DISPATCH_SHARDS = 4
 AFFINITY_EXPIRES_MS = 600_000
 
 
+# classic: a queue lives on one node; quorum: replicated (Raft) over the cluster's nodes.
+QueueType = Literal["classic", "quorum"]
+QUEUE_TYPES: tuple[str, ...] = get_args(QueueType)
+
+
 def invoke_routing_key(tenant: str) -> str:
     """Routing key on the invoke exchange: the tenant, hashed onto a dispatcher shard."""
     return tenant
@@ -59,6 +69,12 @@ def invoke_routing_key(tenant: str) -> str:
 @dataclass(frozen=True, slots=True)
 class Topology:
     namespace: str = "pyfc"
+    # The type of every durable queue (`declare_durable`).
+    queue_type: QueueType = "classic"
+
+    def __post_init__(self) -> None:
+        if self.queue_type not in QUEUE_TYPES:
+            raise ValueError(f"queue type {self.queue_type!r} is not one of {QUEUE_TYPES}")
 
     @property
     def invoke_exchange(self) -> str:
@@ -119,6 +135,52 @@ class Topology:
         ]
 
 
+def durable_arguments(
+    queue_type: QueueType, arguments: Mapping[str, FieldValue] | None = None
+) -> dict[str, FieldValue]:
+    """The declare arguments of a durable pyfc queue of `queue_type`.
+
+    A quorum queue dead-letters at most once unless told otherwise: a message expiring out
+    of it while the target's leader is down would be dropped. At-least-once dead-lettering
+    keeps it until the target confirms, and requires the `reject-publish` overflow (which
+    only acts on a length limit; pyfc sets none).
+    """
+    args: dict[str, FieldValue] = {"x-queue-type": queue_type, **(arguments or {})}
+    if queue_type == "quorum" and "x-dead-letter-exchange" in args:
+        args["x-dead-letter-strategy"] = "at-least-once"
+        args["x-overflow"] = "reject-publish"
+    return args
+
+
+async def declare_durable(
+    channel: AbstractChannel,
+    topo: Topology,
+    name: str,
+    arguments: Mapping[str, FieldValue] | None = None,
+) -> AbstractQueue:
+    """Declare the durable queue `name` with the topology's queue type: the one place pyfc
+    declares a queue that outlives its consumers.
+
+    A queue's type (or arguments) cannot change in place: a queue left by a deployment with
+    another `PYFC_QUEUE_TYPE` is refused with what to do, not silently used.
+    """
+    args = durable_arguments(topo.queue_type, arguments)
+    try:
+        return await channel.declare_queue(name, durable=True, arguments=args)
+    except aiormq.exceptions.ChannelPreconditionFailed as e:
+        if "x-queue-type" in str(e):
+            raise Unavailable(
+                f"queue {name!r} exists with another type than PYFC_QUEUE_TYPE="
+                f"{topo.queue_type} ({e}); a queue's type cannot change in place: stop the "
+                f"roles, let the queue drain, delete it (`rabbitmqctl delete_queue {name}`) "
+                f"and start them again, or keep the type it has"
+            ) from e
+        raise Unavailable(
+            f"queue {name!r} exists with other arguments (left by another pyfc version or "
+            f"setting?): delete it with `rabbitmqctl delete_queue {name}` once drained ({e})"
+        ) from e
+
+
 async def declare_invoke(channel: AbstractChannel, topo: Topology) -> AbstractExchange:
     """The invoke exchange and the dispatcher shard queues behind it.
 
@@ -142,16 +204,14 @@ async def declare_invoke(channel: AbstractChannel, topo: Topology) -> AbstractEx
             f"{topo.invoke_exchange}` or choose another PYFC_NAMESPACE ({e})"
         ) from e
     for name in topo.shard_queues:
-        queue = await channel.declare_queue(
-            name, durable=True, arguments={"x-single-active-consumer": True}
-        )
+        queue = await declare_durable(channel, topo, name, {"x-single-active-consumer": True})
         # The binding key of a consistent-hash exchange is the shard's weight.
         await queue.bind(exchange, routing_key="1")
     return exchange
 
 
 async def declare_work(channel: AbstractChannel, topo: Topology) -> AbstractQueue:
-    return await channel.declare_queue(topo.work_queue, durable=True)
+    return await declare_durable(channel, topo, topo.work_queue)
 
 
 async def declare_affinity(
@@ -161,23 +221,17 @@ async def declare_affinity(
     after which work the worker did not take (busy, or dead: a dead consumer's unacked
     deliveries return here and keep their original expiry) is dead-lettered to the shared
     work queue, and deleted once unused for `AFFINITY_EXPIRES_MS`."""
-    name = topo.affinity_queue(worker_id)
-    try:
-        return await channel.declare_queue(
-            name,
-            durable=True,
-            arguments={
-                "x-message-ttl": ttl_ms,
-                "x-dead-letter-exchange": "",
-                "x-dead-letter-routing-key": topo.work_queue,
-                "x-expires": AFFINITY_EXPIRES_MS,
-            },
-        )
-    except aiormq.exceptions.ChannelPreconditionFailed as e:
-        raise Unavailable(
-            f"queue {name!r} exists with other arguments (another affinity TTL under the "
-            f"same worker id?): delete it with `rabbitmqctl delete_queue {name}` ({e})"
-        ) from e
+    return await declare_durable(
+        channel,
+        topo,
+        topo.affinity_queue(worker_id),
+        {
+            "x-message-ttl": ttl_ms,
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": topo.work_queue,
+            "x-expires": AFFINITY_EXPIRES_MS,
+        },
+    )
 
 
 async def declare_retries(
@@ -192,10 +246,11 @@ async def declare_retries(
         topo.retry_exchange, aio_pika.ExchangeType.HEADERS, durable=True
     )
     for ms in delays_ms:
-        queue = await channel.declare_queue(
+        queue = await declare_durable(
+            channel,
+            topo,
             topo.delay_queue(ms),
-            durable=True,
-            arguments={"x-message-ttl": ms, "x-dead-letter-exchange": topo.invoke_exchange},
+            {"x-message-ttl": ms, "x-dead-letter-exchange": topo.invoke_exchange},
         )
         await queue.bind(exchange, arguments={"x-match": "all", HDR_DELAY: str(ms)})
     return exchange

@@ -47,7 +47,7 @@ class TriggerRuntime:
     ) -> TriggerRuntime:
         """Declare the topology, start the kind's source and load its triggers."""
         factory = KINDS[kind]
-        topo = Topology(settings.namespace)
+        topo = Topology(settings.namespace, settings.queue_type)
         # on_return_raises: an unroutable publish is an error, not an accepted invocation.
         confirmed = await connection.channel(publisher_confirms=True, on_return_raises=True)
         await declare_all(confirmed, topo)

@@ -3,7 +3,8 @@ the dispatchers about them (they choose: dispatcher/affinity.py).
 
 * The queue `{ns}.work.<worker id>` (`shared.topology.declare_affinity`) is consumed on the
   same channel as the shared work queue under one prefetch for both (`global` QoS), so
-  the worker never holds more work than its slots, from either queue. Work it does not
+  the worker never holds more work than its slots, from either queue (on quorum queues,
+  which refuse global QoS, a prefetch of its slots each). Work it does not
   take within the queue's TTL (it is busy, or dead: a dead consumer's unacked deliveries
   return to the queue and keep their original expiry) is dead-lettered to the shared queue.
 * A sync call must never run twice. A sync message that expired out of another worker's

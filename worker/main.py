@@ -75,7 +75,7 @@ def main(settings: Settings | None = None) -> int:
                         settings.http_host, settings.worker_metrics_port, settings.metrics_token
                     )
                     stack.push_async_callback(metrics_runner.cleanup)
-                topo = Topology(settings.namespace)
+                topo = Topology(settings.namespace, settings.queue_type)
                 affinity = None
                 if settings.worker_affinity_ttl_ms > 0:
                     affinity = AffinityQueue(

@@ -166,8 +166,11 @@ class Worker:
         """Open the worker's channels and declare what it uses (`consume` starts it)."""
         consume = await connection.channel()
         # One unacked message per slot: a full worker takes nothing it cannot start. Global:
-        # one limit for the shared queue and this worker's affinity queue together.
-        await consume.set_qos(prefetch_count=slots, global_=True)
+        # one limit for the shared queue and this worker's affinity queue together. Quorum
+        # queues refuse a channel-wide limit (the broker closes the connection), so there
+        # each of the two consumers has its own: the worker may then hold up to twice its
+        # slots, the extra waiting in its pool for a slot (docs/high-availability.md).
+        await consume.set_qos(prefetch_count=slots, global_=topo.queue_type == "classic")
         confirmed = await connection.channel(publisher_confirms=True, on_return_raises=True)
         fast = await connection.channel(publisher_confirms=False)
         await declare_all(consume, topo)
