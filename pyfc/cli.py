@@ -1,103 +1,88 @@
-"""`pyfc` command line: readable output for people, `--json` for scripts."""
+"""`pyfc` command line (click): readable output for people, `--json` for scripts.
+
+The root group and the commands that run pyfc's own processes live here; the commands
+that talk to the gateway live in their area's module and are registered below.
+"""
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import json
 import sys
-from pathlib import Path
 
-from pyfc import trigger_cli
+import click
+
+from pyfc import client_commands, release_client, trigger_cli
+from pyfc.console import Context, pass_context, run
 from shared.errors import PyfcError
 from shared.settings import Settings
-from shared.trigger_types import TRIGGER_TYPES
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pyfc", description="pyfc function platform")
-    p.add_argument("--data-dir", help="state directory (PYFC_DATA_DIR)")
-    sub = p.add_subparsers(dest="command", required=True)
+@click.group(
+    name="pyfc",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    help="pyfc function platform",
+)
+@click.option("--data-dir", help="state directory (PYFC_DATA_DIR)")
+@click.pass_context
+def cli(ctx: click.Context, data_dir: str | None) -> None:
+    ctx.obj = Context(data_dir)
 
-    up = sub.add_parser("up", help="run the whole local stack in the foreground")
-    up.add_argument("--workers", type=int, default=1)
-    up.add_argument("--port", type=int, help="gateway HTTP port (PYFC_HTTP_PORT)")
-    for role in ("gateway", "dispatcher", "worker"):
-        sub.add_parser(role, help=f"run one {role} process")
 
-    tenant = sub.add_parser("tenant", help="manage tenants")
-    tsub = tenant.add_subparsers(dest="action", required=True)
-    create = tsub.add_parser("create", help="create a tenant and print its API key")
-    create.add_argument("name")
-    create.add_argument("--concurrency", type=int)
-    create.add_argument("--json", action="store_true")
-    tupdate = tsub.add_parser("update", help="change a tenant's concurrency cap or chain depth")
-    tupdate.add_argument("name")
-    tupdate.add_argument("--concurrency", type=int)
-    tupdate.add_argument("--max-chain-depth", type=int)
-    tupdate.add_argument("--json", action="store_true")
+@cli.command(help="run the whole local stack in the foreground")
+@click.option("--workers", type=int, default=1, show_default=True)
+@click.option("--port", type=int, help="gateway HTTP port (PYFC_HTTP_PORT)")
+@pass_context
+def up(ctx: Context, workers: int, port: int | None) -> int:
+    import uvloop
 
-    def connection_options(c: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        c.add_argument("--endpoint", help="gateway URL (PYFC_ENDPOINT)")
-        c.add_argument("--api-key", help="API key (PYFC_API_KEY)")
-        return c
+    from pyfc.up import up as run_up
 
-    def client(name: str, help: str) -> argparse.ArgumentParser:
-        return connection_options(sub.add_parser(name, help=help))
+    return uvloop.run(run_up(ctx.settings(http_port=port), workers))
 
-    dep = client("deploy", "deploy a function from a folder")
-    dep.add_argument("folder", type=Path)
-    dep.add_argument("--service", required=True)
-    dep.add_argument("--function", required=True)
-    dep.add_argument("--handler", default="index.handler")
-    dep.add_argument("--runtime", default="python3.11")
-    dep.add_argument("--timeout", type=float)
-    dep.add_argument("--memory", type=int)
-    dep.add_argument("--initializer")
-    dep.add_argument("--env", action="append", default=[], metavar="KEY=VALUE")
 
-    inv = client("invoke", "invoke a function: SERVICE[.QUALIFIER]/FUNCTION")
-    inv.add_argument("target")
-    inv.add_argument("--data", help="event as a string")
-    inv.add_argument("--file", help="event from a file, or - for stdin")
-    inv.add_argument("--async", dest="is_async", action="store_true")
-    inv.add_argument("--log", action="store_true", help="print the log tail to stderr")
+def _role(name: str) -> click.Command:
+    @pass_context
+    def run_role(ctx: Context) -> int:
+        settings = ctx.settings()
+        if name == "gateway":
+            from gateway.main import main as role_main
+        elif name == "dispatcher":
+            from dispatcher.main import main as role_main
+        else:
+            from worker.main import main as role_main
+        return role_main(settings)
 
-    res = client("result", "status and result of an async invocation")
-    res.add_argument("target")
-    res.add_argument("request_id")
-    res.add_argument("--wait", type=float, default=0.0, metavar="SECONDS")
+    return click.Command(name, callback=run_role, help=f"run one {name} process")
 
-    trigger = sub.add_parser("trigger", help="run a trigger process, or manage triggers")
-    trsub = trigger.add_subparsers(dest="action", required=True)
-    for kind in TRIGGER_TYPES:
-        trsub.add_parser(kind, help=f"run one process of the {kind} trigger role")
-    trigger_cli.add_actions(trsub, connection_options)
 
-    from pyfc.release_client import add_commands
+for _name in ("gateway", "dispatcher", "worker"):
+    cli.add_command(_role(_name))
 
-    add_commands(sub, connection_options)
 
-    dlq = sub.add_parser("dlq", help="dead letters: async invocations given up on")
-    dsub = dlq.add_subparsers(dest="action", required=True)
+@cli.group(help="manage tenants")
+def tenant() -> None:
+    pass
 
-    def dlq_action(name: str, help: str, filters: bool = True) -> argparse.ArgumentParser:
-        a = connection_options(dsub.add_parser(name, help=help))
-        if filters:
-            a.add_argument("--service", default="", help="only this service's")
-            a.add_argument("--function", default="", help="only this function's")
-        a.add_argument("--json", action="store_true")
-        return a
 
-    dlist = dlq_action("list", "list dead letters")
-    dlist.add_argument("--limit", type=int, default=100)
-    dlist.add_argument("--start-key", default="")
-    dlq_action("show", "show one dead letter with its payload", filters=False).add_argument("id")
-    redrive = dlq_action("redrive", "run dead letters again: one ID, or --all matching")
-    redrive.add_argument("id", nargs="?")
-    redrive.add_argument("--all", action="store_true")
-    dlq_action("purge", "delete all matching dead letters")
-    return p
+@tenant.command("create", help="create a tenant and print its API key")
+@click.argument("name")
+@click.option("--concurrency", type=int)
+@click.option("--json", "as_json", is_flag=True, help="print JSON for scripts")
+@pass_context
+def tenant_create(ctx: Context, name: str, concurrency: int | None, as_json: bool) -> int:
+    return run(_tenant_create(ctx.settings(), name, concurrency, as_json))
+
+
+@tenant.command("update", help="change a tenant's concurrency cap or chain depth")
+@click.argument("name")
+@click.option("--concurrency", type=int)
+@click.option("--max-chain-depth", type=int)
+@click.option("--json", "as_json", is_flag=True, help="print JSON for scripts")
+@pass_context
+def tenant_update(
+    ctx: Context, name: str, concurrency: int | None, max_chain_depth: int | None, as_json: bool
+) -> int:
+    return run(_tenant_update(ctx.settings(), name, concurrency, max_chain_depth, as_json))
 
 
 async def _tenant_create(
@@ -185,86 +170,26 @@ async def _notify_tenant_changed(settings: Settings, name: str) -> bool:
     return True
 
 
-def _client_call(args: argparse.Namespace, settings: Settings) -> int:
-    import os
-
-    from pyfc import client
-
-    endpoint = (
-        args.endpoint
-        or os.environ.get("PYFC_ENDPOINT")
-        or (f"http://{settings.http_host}:{settings.http_port}")
-    )
-    api = client.Api(endpoint, client.api_key(args.api_key, settings.data_dir))
-    if args.command == "deploy":
-        options: dict[str, object] = {"handler": args.handler, "runtime": args.runtime}
-        for flag, field in (
-            ("timeout", "timeout"),
-            ("memory", "memorySize"),
-            ("initializer", "initializer"),
-        ):
-            if getattr(args, flag) is not None:
-                options[field] = getattr(args, flag)
-        if args.env:
-            try:
-                options["environmentVariables"] = dict(kv.split("=", 1) for kv in args.env)
-            except ValueError:
-                print("error: --env takes KEY=VALUE", file=sys.stderr)
-                return 2
-        return asyncio.run(client.deploy(api, args.folder, args.service, args.function, options))
-    if args.command == "invoke":
-        data = client.read_data(args.data, args.file)
-        return asyncio.run(client.invoke(api, args.target, data, args.is_async, args.log))
-    if args.command == "dlq":
-        return asyncio.run(client.dlq(api, args))
-    if args.command in ("publish", "versions", "alias"):
-        from pyfc import release_client
-
-        if args.command == "publish":
-            return asyncio.run(
-                release_client.publish(api, args.service, args.description, args.json)
-            )
-        if args.command == "versions":
-            return asyncio.run(release_client.versions(api, args.service, args.json))
-        return asyncio.run(release_client.alias(api, args))
-    if args.command == "trigger":
-        return asyncio.run(trigger_cli.run(api, args))
-    return asyncio.run(client.result(api, args.target, args.request_id, args.wait))
+# The commands over the gateway's API, one module per area.
+for _command in (
+    *client_commands.COMMANDS,
+    trigger_cli.trigger,
+    *release_client.COMMANDS,
+):
+    cli.add_command(_command)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
     try:
-        settings = Settings.from_env(data_dir=args.data_dir, http_port=getattr(args, "port", None))
-        if args.command == "up":
-            import uvloop
-
-            from pyfc.up import up
-
-            return uvloop.run(up(settings, args.workers))
-        if args.command == "gateway":
-            from gateway.main import main as role_main
-        elif args.command == "dispatcher":
-            from dispatcher.main import main as role_main
-        elif args.command == "worker":
-            from worker.main import main as role_main
-        elif args.command == "trigger" and args.action in TRIGGER_TYPES:
-            from triggers.main import main as trigger_main
-
-            return trigger_main(args.action, settings)
-        elif args.command == "tenant" and args.action == "update":
-            return asyncio.run(
-                _tenant_update(
-                    settings, args.name, args.concurrency, args.max_chain_depth, args.json
-                )
-            )
-        elif args.command == "tenant":
-            return asyncio.run(_tenant_create(settings, args.name, args.concurrency, args.json))
-        else:
-            return _client_call(args, settings)
-        return role_main(settings)
+        code = cli.main(args=argv, prog_name="pyfc", standalone_mode=False)
+    except click.exceptions.Abort:
+        return 130
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
     except PyfcError as e:
         print(f"pyfc: {e.code}: {e.message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    return code if isinstance(code, int) else 0

@@ -3,7 +3,6 @@ and look after dead letters."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import io
@@ -153,59 +152,63 @@ async def result(api: Api, target: str, request_id: str, wait: float) -> int:
     return 0 if rec["status"] == "Succeeded" else 1
 
 
-async def dlq(api: Api, args: argparse.Namespace) -> int:
+async def dlq(
+    api: Api,
+    action: str,
+    *,
+    service: str = "",
+    function: str = "",
+    letter_id: str = "",
+    redrive_all: bool = False,
+    limit: int = 100,
+    start_key: str = "",
+    as_json: bool = False,
+) -> int:
     """`pyfc dlq list|show|redrive|purge`: readable lines, or the API's JSON with --json."""
-    filters = {
-        k: v
-        for k, v in (
-            ("serviceName", getattr(args, "service", "")),
-            ("functionName", getattr(args, "function", "")),
-        )
-        if v
-    }
+    filters = {k: v for k, v in (("serviceName", service), ("functionName", function)) if v}
     async with aiohttp.ClientSession() as s:
-        if args.action == "list":
-            query = {**filters, "limit": str(args.limit)}
-            if args.start_key:
-                query["startKey"] = args.start_key
+        if action == "list":
+            query = {**filters, "limit": str(limit)}
+            if start_key:
+                query["startKey"] = start_key
             status, _, raw = await api.request(s, "GET", "/v1/dlq?" + urlencode(query))
             if status != 200:
                 return _fail(status, raw)
             page = json.loads(raw)
-            if args.json:
+            if as_json:
                 print(json.dumps(page, indent=2))
             else:
                 _print_dead_letters(page)
             return 0
-        if args.action == "show":
-            status, _, raw = await api.request(s, "GET", f"/v1/dlq/{args.id}")
+        if action == "show":
+            status, _, raw = await api.request(s, "GET", f"/v1/dlq/{letter_id}")
             if status != 200:
                 return _fail(status, raw)
             letter = json.loads(raw)
-            print(json.dumps(letter, indent=2) if args.json else _dead_letter_text(letter))
+            print(json.dumps(letter, indent=2) if as_json else _dead_letter_text(letter))
             return 0
-        if args.action == "purge":
+        if action == "purge":
             status, _, raw = await api.request(s, "DELETE", "/v1/dlq?" + urlencode(filters))
             if status != 200:
                 return _fail(status, raw)
             purged = json.loads(raw)["purged"]
-            print(json.dumps({"purged": purged}) if args.json else f"purged {purged} dead letters")
+            print(json.dumps({"purged": purged}) if as_json else f"purged {purged} dead letters")
             return 0
-        if args.id and not args.all:
-            status, _, raw = await api.request(s, "POST", f"/v1/dlq/{args.id}/redrive")
+        if letter_id and not redrive_all:
+            status, _, raw = await api.request(s, "POST", f"/v1/dlq/{letter_id}/redrive")
             if status != 202:
                 return _fail(status, raw)
-            if args.json:
+            if as_json:
                 print(raw.decode())
             else:
-                print(f"redriven: request id {args.id}")
-                print(f"  status: pyfc dlq list, or pyfc result SERVICE/FUNCTION {args.id}")
+                print(f"redriven: request id {letter_id}")
+                print(f"  status: pyfc dlq list, or pyfc result SERVICE/FUNCTION {letter_id}")
             return 0
-        if not args.all or args.id:
+        if not redrive_all or letter_id:
             usage = "give one dead letter ID, or --all (with --service/--function)"
             print(f"error: {usage}", file=sys.stderr)
             return 2
-        return await _redrive_all(api, s, filters, args.json)
+        return await _redrive_all(api, s, filters, as_json)
 
 
 async def _redrive_all(

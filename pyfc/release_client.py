@@ -3,17 +3,18 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from typing import Any
 from urllib.parse import quote, urlencode
 
 import aiohttp
+import click
 
 from pyfc.client import Api, _fail
+from pyfc.console import api_command, json_option, run
 
 
-def _weights(specs: list[str]) -> dict[str, float]:
+def _weights(specs: tuple[str, ...]) -> dict[str, float]:
     """`--weight 2=0.1` -> {"2": 0.1}; SystemExit with a clear line for a bad one."""
     out: dict[str, float] = {}
     for spec in specs:
@@ -83,98 +84,141 @@ async def versions(api: Api, service: str, as_json: bool) -> int:
     return 0
 
 
-async def alias(api: Api, args: argparse.Namespace) -> int:
-    base = f"/v1/services/{quote(args.service)}/aliases"
+async def alias(
+    api: Api,
+    action: str,
+    service: str,
+    name: str = "",
+    *,
+    as_json: bool = False,
+    version: str = "",
+    weight: tuple[str, ...] = (),
+    description: str | None = None,
+    auto_rollback: float | None = None,
+    window: int = 60,
+    min_invocations: int = 20,
+    no_auto_rollback: bool = False,
+) -> int:
+    base = f"/v1/services/{quote(service)}/aliases"
     async with aiohttp.ClientSession() as s:
-        if args.action == "list":
+        if action == "list":
             status, _, raw = await api.request(s, "GET", base)
             if status != 200:
                 return _fail(status, raw)
             page = json.loads(raw)
-            if args.json:
+            if as_json:
                 print(json.dumps(page, indent=2))
-            for a in [] if args.json else page["aliases"]:
+            for a in [] if as_json else page["aliases"]:
                 print(_alias_line(a))
-            if not args.json and not page["aliases"]:
-                print(f"no aliases in {args.service}")
+            if not as_json and not page["aliases"]:
+                print(f"no aliases in {service}")
             return 0
-        path = f"{base}/{quote(args.name)}"
-        if args.action == "delete":
+        path = f"{base}/{quote(name)}"
+        if action == "delete":
             status, _, raw = await api.request(s, "DELETE", path)
             if status != 204:
                 return _fail(status, raw)
-            print(f"deleted alias {args.name}")
+            print(f"deleted alias {name}")
             return 0
-        if args.action == "get":
+        if action == "get":
             status, _, raw = await api.request(s, "GET", path)
         else:  # set: create, or update when it exists
             body: dict[str, Any] = {
-                "versionId": args.version,
-                "additionalVersionWeight": _weights(args.weight),
+                "versionId": version,
+                "additionalVersionWeight": _weights(weight),
             }
-            if args.description is not None:
-                body["description"] = args.description
-            if args.no_auto_rollback:
+            if description is not None:
+                body["description"] = description
+            if no_auto_rollback:
                 body["autoRollback"] = None
-            elif args.auto_rollback is not None:
+            elif auto_rollback is not None:
                 body["autoRollback"] = {
-                    "maxErrorRate": args.auto_rollback,
-                    "windowSeconds": args.window,
-                    "minInvocations": args.min_invocations,
+                    "maxErrorRate": auto_rollback,
+                    "windowSeconds": window,
+                    "minInvocations": min_invocations,
                 }
-            status, _, raw = await api.request(
-                s, "POST", base, json={"aliasName": args.name, **body}
-            )
+            status, _, raw = await api.request(s, "POST", base, json={"aliasName": name, **body})
             if status == 409:
                 status, _, raw = await api.request(s, "PUT", path, json=body)
         if status not in (200, 201):
             return _fail(status, raw)
-    print(raw.decode() if args.json else _alias_line(json.loads(raw)))
+    print(raw.decode() if as_json else _alias_line(json.loads(raw)))
     return 0
 
 
-def add_commands(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser],
-    connection_options: Any,
-) -> None:
-    """The release commands on the `pyfc` parser."""
-    pub = connection_options(sub.add_parser("publish", help="publish LATEST as a new version"))
-    pub.add_argument("service")
-    pub.add_argument("--description", default="")
-    pub.add_argument("--json", action="store_true")
-    ver = connection_options(sub.add_parser("versions", help="list a service's versions"))
-    ver.add_argument("service")
-    ver.add_argument("--json", action="store_true")
-    al = sub.add_parser("alias", help="aliases: a version and a weighted share to another")
-    asub = al.add_subparsers(dest="action", required=True)
+@click.command("publish", help="publish LATEST as a new version")
+@api_command
+@click.argument("service")
+@click.option("--description", default="")
+@json_option
+def publish_command(api: Api, service: str, description: str, as_json: bool) -> int:
+    return run(publish(api, service, description, as_json))
 
-    def action(name: str, help: str, named: bool = True) -> argparse.ArgumentParser:
-        a: argparse.ArgumentParser = connection_options(asub.add_parser(name, help=help))
-        if named:
-            a.add_argument("name")
-        a.add_argument("--service", required=True)
-        a.add_argument("--json", action="store_true")
-        return a
 
-    aset = action("set", "create or update an alias (gray release with --weight)")
-    aset.add_argument("--version", required=True, help="the version the alias names")
-    aset.add_argument(
-        "--weight",
-        action="append",
-        default=[],
-        metavar="VERSION=WEIGHT",
-        help="send this share (0..1) of calls to another version; omit to send none",
-    )
-    aset.add_argument("--description")
-    aset.add_argument(
-        "--auto-rollback",
-        type=float,
-        metavar="MAX_ERROR_RATE",
-        help="take the weighted version's share away when its error rate passes this",
-    )
-    aset.add_argument("--window", type=int, default=60, help="auto-rollback window (s)")
-    aset.add_argument("--min-invocations", type=int, default=20)
-    aset.add_argument("--no-auto-rollback", action="store_true")
-    action("get", "show an alias (and its last automatic rollback)")
-    action("delete", "delete an alias")
-    action("list", "list a service's aliases", named=False)
+@click.command("versions", help="list a service's versions")
+@api_command
+@click.argument("service")
+@json_option
+def versions_command(api: Api, service: str, as_json: bool) -> int:
+    return run(versions(api, service, as_json))
+
+
+@click.group("alias", help="aliases: a version and a weighted share to another")
+def alias_group() -> None:
+    pass
+
+
+def _alias_options(f: click.decorators.FC) -> click.decorators.FC:
+    f = json_option(f)
+    return click.option("--service", required=True)(f)
+
+
+@alias_group.command("set", help="create or update an alias (gray release with --weight)")
+@api_command
+@click.argument("name")
+@_alias_options
+@click.option("--version", required=True, help="the version the alias names")
+@click.option(
+    "--weight",
+    multiple=True,
+    metavar="VERSION=WEIGHT",
+    help="send this share (0..1) of calls to another version; omit to send none",
+)
+@click.option("--description")
+@click.option(
+    "--auto-rollback",
+    type=float,
+    metavar="MAX_ERROR_RATE",
+    help="take the weighted version's share away when its error rate passes this",
+)
+@click.option("--window", type=int, default=60, show_default=True, help="auto-rollback window (s)")
+@click.option("--min-invocations", type=int, default=20, show_default=True)
+@click.option("--no-auto-rollback", is_flag=True)
+def alias_set(api: Api, name: str, service: str, as_json: bool, **options: Any) -> int:
+    return run(alias(api, "set", service, name, as_json=as_json, **options))
+
+
+@alias_group.command("get", help="show an alias (and its last automatic rollback)")
+@api_command
+@click.argument("name")
+@_alias_options
+def alias_get(api: Api, name: str, service: str, as_json: bool) -> int:
+    return run(alias(api, "get", service, name, as_json=as_json))
+
+
+@alias_group.command("delete", help="delete an alias")
+@api_command
+@click.argument("name")
+@_alias_options
+def alias_delete(api: Api, name: str, service: str, as_json: bool) -> int:
+    return run(alias(api, "delete", service, name, as_json=as_json))
+
+
+@alias_group.command("list", help="list a service's aliases")
+@api_command
+@_alias_options
+def alias_list(api: Api, service: str, as_json: bool) -> int:
+    return run(alias(api, "list", service, as_json=as_json))
+
+
+COMMANDS = (publish_command, versions_command, alias_group)

@@ -1,56 +1,61 @@
-"""`pyfc trigger create|list|get|update|delete`: the trigger API from the command line."""
+"""`pyfc trigger <kind>` runs a trigger process; `pyfc trigger create|list|get|update|delete`
+is the trigger API from the command line."""
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from typing import Any
 from urllib.parse import quote, urlencode
 
 import aiohttp
+import click
 
 from pyfc.client import Api, _fail
-
-ACTIONS = ("create", "list", "get", "update", "delete")
-
-
-def add_actions(tsub: Any, connection_options: Any) -> None:
-    """The client actions under `pyfc trigger`."""
-
-    def action(name: str, help: str, named: bool = True) -> argparse.ArgumentParser:
-        a: argparse.ArgumentParser = connection_options(tsub.add_parser(name, help=help))
-        a.add_argument("target", metavar="SERVICE/FUNCTION")
-        if named:
-            a.add_argument("name", metavar="TRIGGER")
-        a.add_argument("--json", action="store_true")
-        return a
-
-    def config_options(a: argparse.ArgumentParser) -> None:
-        a.add_argument("--cron", help="timer: cronExpression (6 or 5 fields, @every 30s)")
-        a.add_argument("--timezone", help="timer: IANA zone, e.g. Asia/Shanghai")
-        a.add_argument("--payload", help="timer: the payload string the function gets")
-        a.add_argument("--missed-runs", choices=("skip", "once", "all"))
-        a.add_argument("--overlap", choices=("allow", "skip", "queue"))
-        a.add_argument("--config", help="the whole triggerConfig as JSON")
-        a.add_argument("--qualifier", help="version or alias (default LATEST)")
-
-    create = action("create", "create a trigger on SERVICE/FUNCTION")
-    create.add_argument("--type", default="timer", dest="trigger_type")
-    create.add_argument("--disabled", action="store_true", help="create it disabled")
-    config_options(create)
-    action("list", "list a function's triggers", named=False)
-    action("get", "show one trigger")
-    update = action("update", "change a trigger (only what is given)")
-    config_options(update)
-    state = update.add_mutually_exclusive_group()
-    state.add_argument("--enable", dest="enabled", action="store_true", default=None)
-    state.add_argument("--disable", dest="enabled", action="store_false")
-    action("delete", "delete a trigger")
+from pyfc.console import Context, api_command, json_option, pass_context, run
+from shared.trigger_types import TRIGGER_TYPES
 
 
-def _config(args: argparse.Namespace) -> dict[str, Any]:
-    config: dict[str, Any] = json.loads(args.config) if args.config else {}
+@click.group(help="run a trigger process, or manage triggers")
+def trigger() -> None:
+    pass
+
+
+def _trigger_process(kind: str) -> click.Command:
+    @pass_context
+    def run_process(ctx: Context) -> int:
+        from triggers.main import main as trigger_main
+
+        return trigger_main(kind, ctx.settings())
+
+    return click.Command(kind, callback=run_process, help=f"run one process of the {kind} role")
+
+
+for _kind in TRIGGER_TYPES:
+    trigger.add_command(_trigger_process(_kind))
+
+
+def _config_options(f: click.decorators.FC) -> click.decorators.FC:
+    for option in reversed(
+        (
+            click.option("--cron", help="timer: cronExpression (6 or 5 fields, @every 30s)"),
+            click.option("--timezone", help="timer: IANA zone, e.g. Asia/Shanghai"),
+            click.option("--payload", help="timer: the payload string the function gets"),
+            click.option("--missed-runs", type=click.Choice(("skip", "once", "all"))),
+            click.option("--overlap", type=click.Choice(("allow", "skip", "queue"))),
+            click.option("--config", "config_json", help="the whole triggerConfig as JSON"),
+            click.option("--qualifier", help="version or alias (default LATEST)"),
+        )
+    ):
+        f = option(f)
+    return f
+
+
+def _config(options: dict[str, Any]) -> dict[str, Any]:
+    raw = options.get("config_json")
+    try:
+        config: dict[str, Any] = json.loads(raw) if raw else {}
+    except ValueError as e:
+        raise click.BadParameter(f"not JSON: {e}", param_hint="--config") from None
     for flag, field in (
         ("cron", "cronExpression"),
         ("timezone", "timezone"),
@@ -58,55 +63,112 @@ def _config(args: argparse.Namespace) -> dict[str, Any]:
         ("missed_runs", "missedRuns"),
         ("overlap", "overlap"),
     ):
-        if getattr(args, flag) is not None:
-            config[field] = getattr(args, flag)
+        if options.get(flag) is not None:
+            config[field] = options[flag]
     return config
 
 
-async def run(api: Api, args: argparse.Namespace) -> int:
-    service, _, function = args.target.partition("/")
+def _target(target: str) -> str:
+    service, _, function = target.partition("/")
     if not service or not function:
-        print("error: target is SERVICE/FUNCTION", file=sys.stderr)
-        return 2
-    base = f"/v1/services/{quote(service)}/functions/{quote(function)}/triggers"
+        raise click.BadParameter("SERVICE/FUNCTION", param_hint="target")
+    return f"/v1/services/{quote(service)}/functions/{quote(function)}/triggers"
+
+
+@trigger.command("create", help="create a trigger on SERVICE/FUNCTION")
+@api_command
+@click.argument("target", metavar="SERVICE/FUNCTION")
+@click.argument("name", metavar="TRIGGER")
+@click.option("--type", "trigger_type", default="timer", show_default=True)
+@click.option("--disabled", is_flag=True, help="create it disabled")
+@_config_options
+@json_option
+def create(
+    api: Api, target: str, name: str, trigger_type: str, disabled: bool, as_json: bool, **opts: Any
+) -> int:
+    body: dict[str, Any] = {
+        "triggerName": name,
+        "triggerType": trigger_type,
+        "triggerConfig": _config(opts),
+        "enabled": not disabled,
+    }
+    if opts.get("qualifier"):
+        body["qualifier"] = opts["qualifier"]
+    return run(_call(api, "POST", _target(target), body, as_json))
+
+
+@trigger.command("list", help="list a function's triggers")
+@api_command
+@click.argument("target", metavar="SERVICE/FUNCTION")
+@json_option
+def list_(api: Api, target: str, as_json: bool) -> int:
+    return run(_list(api, _target(target), as_json))
+
+
+@trigger.command("get", help="show one trigger")
+@api_command
+@click.argument("target", metavar="SERVICE/FUNCTION")
+@click.argument("name", metavar="TRIGGER")
+@json_option
+def get(api: Api, target: str, name: str, as_json: bool) -> int:
+    return run(_call(api, "GET", f"{_target(target)}/{quote(name)}", None, as_json))
+
+
+@trigger.command("update", help="change a trigger (only what is given)")
+@api_command
+@click.argument("target", metavar="SERVICE/FUNCTION")
+@click.argument("name", metavar="TRIGGER")
+@_config_options
+@click.option("--enable/--disable", "enabled", default=None)
+@json_option
+def update(
+    api: Api, target: str, name: str, enabled: bool | None, as_json: bool, **opts: Any
+) -> int:
+    body: dict[str, Any] = {}
+    if config := _config(opts):
+        body["triggerConfig"] = config
+    if enabled is not None:
+        body["enabled"] = enabled
+    if opts.get("qualifier"):
+        body["qualifier"] = opts["qualifier"]
+    return run(_call(api, "PUT", f"{_target(target)}/{quote(name)}", body, as_json))
+
+
+@trigger.command("delete", help="delete a trigger")
+@api_command
+@click.argument("target", metavar="SERVICE/FUNCTION")
+@click.argument("name", metavar="TRIGGER")
+@json_option
+def delete(api: Api, target: str, name: str, as_json: bool) -> int:
+    return run(_call(api, "DELETE", f"{_target(target)}/{quote(name)}", None, as_json, name))
+
+
+async def _list(api: Api, base: str, as_json: bool) -> int:
     async with aiohttp.ClientSession() as s:
-        if args.action == "list":
-            status, _, raw = await api.request(s, "GET", base + "?" + urlencode({"limit": "100"}))
-            if status != 200:
-                return _fail(status, raw)
-            page = json.loads(raw)
-            if args.json:
-                print(json.dumps(page, indent=2))
-            for t in [] if args.json else page["triggers"]:
-                print(_line(t))
-            return 0
-        path = base + "/" + quote(args.name) if args.action != "create" else base
-        body: dict[str, Any] | None = None
-        if args.action == "create":
-            body = {
-                "triggerName": args.name,
-                "triggerType": args.trigger_type,
-                "triggerConfig": _config(args),
-                "enabled": not args.disabled,
-            }
-        elif args.action == "update":
-            body = {}
-            if config := _config(args):
-                body["triggerConfig"] = config
-            if args.enabled is not None:
-                body["enabled"] = args.enabled
-        if body is not None and args.qualifier:
-            body["qualifier"] = args.qualifier
-        method = {"create": "POST", "get": "GET", "update": "PUT", "delete": "DELETE"}
-        status, _, raw = await api.request(s, method[args.action], path, json=body)
-        if status >= 300:
-            return _fail(status, raw)
-        if args.action == "delete":
-            print(f"deleted trigger {args.name}" if not args.json else "{}")
-            return 0
-        trigger = json.loads(raw)
-        print(json.dumps(trigger, indent=2) if args.json else _line(trigger))
+        status, _, raw = await api.request(s, "GET", base + "?" + urlencode({"limit": "100"}))
+    if status != 200:
+        return _fail(status, raw)
+    page = json.loads(raw)
+    if as_json:
+        print(json.dumps(page, indent=2))
+    for t in [] if as_json else page["triggers"]:
+        print(_line(t))
+    return 0
+
+
+async def _call(
+    api: Api, method: str, path: str, body: dict[str, Any] | None, as_json: bool, name: str = ""
+) -> int:
+    async with aiohttp.ClientSession() as s:
+        status, _, raw = await api.request(s, method, path, json=body)
+    if status >= 300:
+        return _fail(status, raw)
+    if method == "DELETE":
+        print(f"deleted trigger {name}" if not as_json else "{}")
         return 0
+    trigger = json.loads(raw)
+    print(json.dumps(trigger, indent=2) if as_json else _line(trigger))
+    return 0
 
 
 def _line(t: dict[str, Any]) -> str:

@@ -173,3 +173,24 @@ def test_publish_versions_aliases_and_invoking_an_alias(stack: Stack, tmp_path: 
     assert out.stdout == b"one"
     missing = stack.cli("invoke", "relsvc.nope/f", *base, check=False)
     assert missing.returncode == 1 and b"AliasNotFound" in missing.stderr
+
+
+def test_dlq_commands_and_usage_errors(stack: Stack) -> None:
+    _, key = stack.create_tenant()
+    base = ["--endpoint", stack.url, "--api-key", key]
+    out = stack.cli("dlq", "list", "--service", "nosuch", "--json", *base)
+    assert json.loads(out.stdout)["deadLetters"] == []
+    assert stack.cli("dlq", "list", *base).stdout == b"no dead letters\n"
+    out = stack.cli("dlq", "purge", "--service", "nosuch", "--json", *base)
+    assert json.loads(out.stdout) == {"purged": 0}
+    bad = stack.cli("dlq", "redrive", *base, check=False)
+    assert bad.returncode == 2 and b"give one dead letter ID, or --all" in bad.stderr
+    missing = stack.cli("dlq", "show", "nosuch", *base, check=False)
+    assert missing.returncode == 1 and b"error 404" in missing.stderr
+    usage = stack.cli("invoke", *base, check=False)
+    assert usage.returncode == 2 and b"Missing argument 'TARGET'" in usage.stderr
+    usage = stack.cli("trigger", "list", "nofunction", *base, check=False)
+    assert usage.returncode == 2 and b"SERVICE/FUNCTION" in usage.stderr
+    usage = stack.cli("deploy", ".", "--service", "s", "--function", "f", "--env", "X", *base,
+                      check=False)  # fmt: skip
+    assert usage.returncode == 2 and b"KEY=VALUE" in usage.stderr

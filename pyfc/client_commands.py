@@ -1,0 +1,145 @@
+"""`pyfc deploy FOLDER`, `pyfc invoke`, `pyfc result` and `pyfc dlq`: click commands over
+the functions in `pyfc.client`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from pyfc import client
+from pyfc.client import Api
+from pyfc.console import api_command, json_option, run
+
+
+@click.command(help="deploy a function from a folder")
+@api_command
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("--service", required=True)
+@click.option("--function", required=True)
+@click.option("--handler", default="index.handler", show_default=True)
+@click.option("--runtime", default="python3.11", show_default=True)
+@click.option("--timeout", type=float)
+@click.option("--memory", type=int)
+@click.option("--initializer")
+@click.option("--env", multiple=True, metavar="KEY=VALUE")
+def deploy(
+    api: Api,
+    folder: Path,
+    service: str,
+    function: str,
+    handler: str,
+    runtime: str,
+    timeout: float | None,
+    memory: int | None,
+    initializer: str | None,
+    env: tuple[str, ...],
+) -> int:
+    options: dict[str, object] = {"handler": handler, "runtime": runtime}
+    for value, field in (
+        (timeout, "timeout"),
+        (memory, "memorySize"),
+        (initializer, "initializer"),
+    ):
+        if value is not None:
+            options[field] = value
+    if env:
+        if any("=" not in kv for kv in env):
+            raise click.UsageError("--env takes KEY=VALUE")
+        options["environmentVariables"] = dict(kv.split("=", 1) for kv in env)
+    return run(client.deploy(api, folder, service, function, options))
+
+
+@click.command(help="invoke a function: SERVICE[.QUALIFIER]/FUNCTION")
+@api_command
+@click.argument("target")
+@click.option("--data", help="event as a string")
+@click.option("--file", help="event from a file, or - for stdin")
+@click.option("--async", "is_async", is_flag=True, help="queue it; print the request id")
+@click.option("--log", is_flag=True, help="print the log tail to stderr")
+def invoke(
+    api: Api, target: str, data: str | None, file: str | None, is_async: bool, log: bool
+) -> int:
+    return run(client.invoke(api, target, client.read_data(data, file), is_async, log))
+
+
+@click.command(help="status and result of an async invocation")
+@api_command
+@click.argument("target")
+@click.argument("request_id")
+@click.option("--wait", type=float, default=0.0, metavar="SECONDS")
+def result(api: Api, target: str, request_id: str, wait: float) -> int:
+    return run(client.result(api, target, request_id, wait))
+
+
+@click.group(help="dead letters: async invocations given up on")
+def dlq() -> None:
+    pass
+
+
+def _filters(f: click.decorators.FC) -> click.decorators.FC:
+    f = click.option("--function", default="", help="only this function's")(f)
+    return click.option("--service", default="", help="only this service's")(f)
+
+
+@dlq.command("list", help="list dead letters")
+@api_command
+@_filters
+@click.option("--limit", type=int, default=100)
+@click.option("--start-key", default="")
+@json_option
+def dlq_list(
+    api: Api, service: str, function: str, limit: int, start_key: str, as_json: bool
+) -> int:
+    return run(
+        client.dlq(
+            api,
+            "list",
+            service=service,
+            function=function,
+            limit=limit,
+            start_key=start_key,
+            as_json=as_json,
+        )
+    )
+
+
+@dlq.command("show", help="show one dead letter with its payload")
+@api_command
+@click.argument("letter_id", metavar="ID")
+@json_option
+def dlq_show(api: Api, letter_id: str, as_json: bool) -> int:
+    return run(client.dlq(api, "show", letter_id=letter_id, as_json=as_json))
+
+
+@dlq.command("redrive", help="run dead letters again: one ID, or --all matching")
+@api_command
+@click.argument("letter_id", metavar="[ID]", required=False, default="")
+@click.option("--all", "redrive_all", is_flag=True)
+@_filters
+@json_option
+def dlq_redrive(
+    api: Api, letter_id: str, redrive_all: bool, service: str, function: str, as_json: bool
+) -> int:
+    return run(
+        client.dlq(
+            api,
+            "redrive",
+            service=service,
+            function=function,
+            letter_id=letter_id,
+            redrive_all=redrive_all,
+            as_json=as_json,
+        )
+    )
+
+
+@dlq.command("purge", help="delete all matching dead letters")
+@api_command
+@_filters
+@json_option
+def dlq_purge(api: Api, service: str, function: str, as_json: bool) -> int:
+    return run(client.dlq(api, "purge", service=service, function=function, as_json=as_json))
+
+
+COMMANDS = (deploy, invoke, result, dlq)
