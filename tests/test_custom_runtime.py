@@ -1,23 +1,18 @@
-"""Runtime custom: a Node.js `bootstrap` serving FC's HTTP invoke protocol, run by the pool
-and through the whole stack."""
+"""Runtime custom: a `bootstrap` serving FC's HTTP invoke protocol (a shell script starting a
+Python server: tests/bootstraps.py), run by the pool and through the whole stack."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import io
 import json
-import shutil
-import uuid
-import zipfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from shared.codepkg import unpack
 from shared.protocol import Outcome
+from tests.bootstraps import BOOTSTRAP, ECHO, Member, members, unpacked, zip_code
 from tests.conftest import Client
 from tests.helpers import deploy, invoke
 from tests.instances import make_inv, make_spec, process_gone
@@ -26,78 +21,7 @@ from worker.custom_protocol import error_from_response
 from worker.limits import detect_worker_group
 from worker.pool import InstancePool
 
-needs_node = pytest.mark.skipif(shutil.which("node") is None, reason="node is not on PATH")
-
-BOOTSTRAP = b"#!/bin/sh\nexec node server.js\n"
-SERVER = rb"""
-const http = require('http');
-let initialized = 0, calls = 0, active = 0, peak = 0;
-const json = (res, status, value) => {
-  res.writeHead(status, {'content-type': 'application/json'});
-  res.end(JSON.stringify(value));
-};
-http.createServer((req, res) => {
-  const chunks = [];
-  req.on('data', (c) => chunks.push(c));
-  req.on('end', () => {
-    const body = Buffer.concat(chunks), event = body.toString();
-    const rid = req.headers['x-fc-request-id'];
-    if (req.method !== 'POST') return json(res, 405, {errorType: 'BadMethod'});
-    if (req.url === '/initialize') {
-      initialized += 1;
-      console.log(`initialize ${rid}`);
-      if (process.env.FAIL_INIT) {
-        return json(res, 500, {errorType: 'ConfigError', errorMessage: 'no config'});
-      }
-      return res.end('ok');
-    }
-    if (req.url !== '/invoke') return json(res, 404, {errorType: 'NotFound'});
-    calls += 1;
-    console.log(`invoke ${rid} ${event.slice(0, 20)}`);
-    if (event === 'env') {
-      return json(res, 200, {env: process.env, headers: req.headers, cwd: process.cwd()});
-    }
-    if (event === 'state') return json(res, 200, {initialized, calls, pid: process.pid});
-    if (event.startsWith('sleep ')) {
-      active += 1;
-      peak = Math.max(peak, active);
-      return setTimeout(() => { active -= 1; res.end(String(peak)); }, 1000 * event.slice(6));
-    }
-    if (event === 'fail') {
-      console.error('about to fail');
-      return json(res, 500, {errorType: 'TypeError', errorMessage: 'bad input',
-                             stackTrace: ['at handler (server.js:1)']});
-    }
-    if (event === 'teapot') { res.writeHead(418); return res.end('short and stout'); }
-    if (event.startsWith('hog ')) {
-      const hog = Buffer.alloc(Number(event.slice(4)) * 1024 * 1024, 1);
-      return res.end(String(hog.length));
-    }
-    if (event === 'exit') { console.log('bye'); process.exit(3); }
-    res.end(body);
-  });
-}).listen(Number(process.env.FC_SERVER_PORT), process.env.FC_SERVER_HOST);
-"""
-
-Member = tuple[str, bytes, int]
-NODE_FILES: list[Member] = [("bootstrap", BOOTSTRAP, 0o755), ("server.js", SERVER, 0o644)]
-
-
-def zip_with_modes(members: list[Member]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, content, mode in members:
-            info = zipfile.ZipInfo(name)
-            info.external_attr = (0o100000 | mode) << 16
-            zf.writestr(info, content)
-    return buf.getvalue()
-
-
-def node_code(root: Path, members: list[Member] = NODE_FILES) -> Path:
-    """The package unpacked as workers do (modes come from the zip)."""
-    code = root / f"code-{uuid.uuid4().hex[:8]}"
-    unpack(zip_with_modes(members), code)
-    return code
+FILES = members(ECHO)
 
 
 def body(outcome: Outcome) -> Any:
@@ -126,9 +50,8 @@ def test_error_from_response(status: int, raw: bytes, expected: tuple[str, str, 
     assert error_from_response(status, raw) == expected
 
 
-@needs_node
 async def test_echo_is_warm_and_logs_tail(tmp_path: Path, pool: InstancePool) -> None:
-    spec, code = make_spec(runtime="custom"), node_code(tmp_path)
+    spec, code = make_spec(runtime="custom"), unpacked(tmp_path)
     event = b"\x00\xffhello custom\n"
     first, second = make_inv(event), make_inv(b"state")
     echoed = await pool.invoke(spec, code, first)
@@ -144,15 +67,14 @@ async def test_echo_is_warm_and_logs_tail(tmp_path: Path, pool: InstancePool) ->
     assert process_gone(pid)
 
 
-@needs_node
 async def test_error_status_is_an_unhandled_error(tmp_path: Path, pool: InstancePool) -> None:
-    spec, code = make_spec(runtime="custom"), node_code(tmp_path)
+    spec, code = make_spec(runtime="custom"), unpacked(tmp_path)
     failed = await pool.invoke(spec, code, make_inv(b"fail"))
     assert (failed.status, failed.error_type) == ("function_error", "UnhandledInvocationError")
     assert body(failed) == {
         "errorType": "TypeError",
         "errorMessage": "bad input",
-        "stackTrace": ["at handler (server.js:1)"],
+        "stackTrace": ["at handler (server.py:1)"],
     }
     assert b"about to fail" in failed.log_tail
     teapot = await pool.invoke(spec, code, make_inv(b"teapot"))
@@ -162,11 +84,10 @@ async def test_error_status_is_an_unhandled_error(tmp_path: Path, pool: Instance
     assert not after.cold_start and body(after)["calls"] == 3
 
 
-@needs_node
 async def test_oversized_answer_is_refused(
     tmp_path: Path, pool: InstancePool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    spec, code = make_spec(runtime="custom"), node_code(tmp_path)
+    spec, code = make_spec(runtime="custom"), unpacked(tmp_path)
     monkeypatch.setattr("worker.custom_protocol.MAX_FRAME_BYTES", 10)
     big = await pool.invoke(spec, code, make_inv(b"x" * 100))
     assert (big.status, body(big)["errorType"]) == ("function_error", "ResponseTooLarge")
@@ -175,9 +96,8 @@ async def test_oversized_answer_is_refused(
     assert not after.cold_start and body(after)["calls"] == 2
 
 
-@needs_node
 async def test_timeout_kills_it_and_the_next_call_works(tmp_path: Path, pool: InstancePool) -> None:
-    spec, code = make_spec(runtime="custom", timeout=0.5), node_code(tmp_path)
+    spec, code = make_spec(runtime="custom", timeout=0.5), unpacked(tmp_path)
     pid = body(await pool.invoke(spec, code, make_inv(b"state")))["pid"]
     slow = await pool.invoke(spec, code, make_inv(b"sleep 30"))
     assert (slow.status, slow.http_status) == ("function_error", 504)
@@ -187,9 +107,8 @@ async def test_timeout_kills_it_and_the_next_call_works(tmp_path: Path, pool: In
     assert after.cold_start and body(after)["pid"] != pid
 
 
-@needs_node
 async def test_process_death_mid_request_is_a_crash(tmp_path: Path, pool: InstancePool) -> None:
-    spec, code = make_spec(runtime="custom"), node_code(tmp_path)
+    spec, code = make_spec(runtime="custom"), unpacked(tmp_path)
     died = await pool.invoke(spec, code, make_inv(b"exit"))
     assert (died.status, died.http_status) == ("function_error", 502)
     assert body(died) == {
@@ -200,11 +119,10 @@ async def test_process_death_mid_request_is_a_crash(tmp_path: Path, pool: Instan
     assert (await pool.invoke(spec, code, make_inv(b"x"))).body == b"x"
 
 
-@needs_node
 async def test_memory_size_is_enforced(tmp_path: Path, pool: InstancePool) -> None:
     if detect_worker_group() is None:
         pytest.skip("no writable cgroup v1 memory controller: memorySize is not enforced")
-    spec, code = make_spec(runtime="custom", memory_size=128), node_code(tmp_path)
+    spec, code = make_spec(runtime="custom", memory_size=128), unpacked(tmp_path)
     hog = await pool.invoke(spec, code, make_inv(b"hog 400"))
     assert (hog.status, hog.http_status) == ("function_error", 502)
     assert body(hog)["errorType"] == "OutOfMemory"
@@ -212,7 +130,6 @@ async def test_memory_size_is_enforced(tmp_path: Path, pool: InstancePool) -> No
     assert small.body == str(16 * 1024 * 1024).encode()
 
 
-@needs_node
 async def test_environment_is_clean_and_fc_shaped(
     tmp_path: Path, pool: InstancePool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -223,7 +140,7 @@ async def test_environment_is_clean_and_fc_shaped(
         memory_size=256,
         timeout=7,
     )
-    code = node_code(tmp_path)
+    code = unpacked(tmp_path)
     inv = make_inv(b"env")
     seen = body(await pool.invoke(spec, code, inv))
     env, headers = seen["env"], seen["headers"]
@@ -241,9 +158,8 @@ async def test_environment_is_clean_and_fc_shaped(
     assert (headers["x-fc-service-name"], headers["x-fc-qualifier"]) == ("svc", "LATEST")
 
 
-@needs_node
 async def test_initializer_runs_once_per_instance(tmp_path: Path, pool: InstancePool) -> None:
-    spec, code = make_spec(runtime="custom", initializer="index.init"), node_code(tmp_path)
+    spec, code = make_spec(runtime="custom", initializer="index.init"), unpacked(tmp_path)
     first = await pool.invoke(spec, code, make_inv(b"state"))
     assert first.cold_start and body(first) == {
         "initialized": 1,
@@ -261,9 +177,8 @@ async def test_initializer_runs_once_per_instance(tmp_path: Path, pool: Instance
     assert pool.stats.start_failures == 1 and pool.instances_alive == 1
 
 
-@needs_node
 async def test_instance_concurrency_shares_one_process(tmp_path: Path, pool: InstancePool) -> None:
-    spec, code = make_spec(runtime="custom", instance_concurrency=3), node_code(tmp_path)
+    spec, code = make_spec(runtime="custom", instance_concurrency=3), unpacked(tmp_path)
     await pool.invoke(spec, code, make_inv(b"x"))  # warm one, so the three pack onto it
     results = await asyncio.gather(
         *(pool.invoke(spec, code, make_inv(b"sleep 0.5")) for _ in "abc")
@@ -276,8 +191,8 @@ async def test_instance_concurrency_shares_one_process(tmp_path: Path, pool: Ins
 @pytest.mark.parametrize(
     ("members", "message"),
     [
-        ([("bootstrap", BOOTSTRAP, 0o644), ("server.js", SERVER, 0o644)], "not executable"),
-        ([("server.js", SERVER, 0o644)], "not executable"),
+        ([("bootstrap", BOOTSTRAP, 0o644), FILES[1]], "not executable"),
+        ([FILES[1]], "not executable"),
         ([("bootstrap", b"no shebang, no ELF\n", 0o755)], "cannot run bootstrap"),
     ],
 )
@@ -285,23 +200,22 @@ async def test_bootstrap_that_cannot_run_fails_the_start(
     tmp_path: Path, pool: InstancePool, members: list[Member], message: str
 ) -> None:
     outcome = await pool.invoke(
-        make_spec(runtime="custom"), node_code(tmp_path, members), make_inv()
+        make_spec(runtime="custom"), unpacked(tmp_path, members), make_inv()
     )
     assert body(outcome)["errorType"] == "InstanceStartFailed"
     assert message in body(outcome)["errorMessage"]
 
 
-@needs_node
 async def test_not_listening_in_time_is_an_initialization_timeout(
     tmp_path: Path, pool: InstancePool
 ) -> None:
     members: list[Member] = [("bootstrap", b"#!/bin/sh\necho starting\nexec sleep 30\n", 0o755)]
     spec = make_spec(runtime="custom", initialization_timeout=0.5)
-    outcome = await pool.invoke(spec, node_code(tmp_path, members), make_inv())
+    outcome = await pool.invoke(spec, unpacked(tmp_path, members), make_inv())
     assert body(outcome)["errorType"] == "InitializationTimeout"
     assert b"starting" in outcome.log_tail
     exits: list[Member] = [("bootstrap", b"#!/bin/sh\necho oops >&2\nexit 7\n", 0o755)]
-    outcome = await pool.invoke(make_spec(runtime="custom"), node_code(tmp_path, exits), make_inv())
+    outcome = await pool.invoke(make_spec(runtime="custom"), unpacked(tmp_path, exits), make_inv())
     assert body(outcome)["errorType"] == "InstanceCrashed"
     assert "exited with code 7" in body(outcome)["errorMessage"]
     assert outcome.log_tail == b"oops\n"
@@ -321,17 +235,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         s.stop()
 
 
-def zip_code(members: list[Member]) -> dict[str, str]:
-    return {"zipFile": base64.b64encode(zip_with_modes(members)).decode()}
-
-
-@needs_node
-async def test_node_function_answers_http_invoke(client: Client) -> None:
+async def test_custom_function_answers_http_invoke(client: Client) -> None:
     service, function = await deploy(
-        client, runtime="custom", code=zip_code(NODE_FILES), initializer="index.init"
+        client, runtime="custom", code=zip_code(FILES), initializer="index.init"
     )
-    status, headers, answer = await invoke(client, service, function, b"hello node")
-    assert (status, answer) == (200, b"hello node"), answer
+    status, headers, answer = await invoke(client, service, function, b"hello custom")
+    assert (status, answer) == (200, b"hello custom"), answer
     status, headers, answer = await invoke(client, service, function, b"state")
     assert status == 200 and json.loads(answer)["initialized"] == 1
     status, headers, answer = await invoke(client, service, function, b"fail")
@@ -345,7 +254,7 @@ async def test_deploy_without_bootstrap_is_refused(client: Client) -> None:
     payload = {
         "functionName": "nobs",
         "runtime": "custom",
-        "code": zip_code([("server.js", SERVER, 0o644)]),
+        "code": zip_code([FILES[1]]),
     }
     status, _, answer = await client.call("POST", "/v1/services/nobs/functions", json=payload)
     assert status == 400, answer

@@ -3,9 +3,7 @@ the lineage it carries across the HTTP hop."""
 
 from __future__ import annotations
 
-import base64
 import json
-import shutil
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,6 +14,7 @@ import aiohttp
 import pytest
 
 from shared import tokens
+from tests import bootstraps
 from tests.conftest import Client, StartStack
 from tests.helpers import deploy, invoke, wait_result
 from tests.stack import Stack
@@ -274,53 +273,29 @@ async def test_a_function_calling_itself_is_stopped_at_the_chain_limit(
     assert json.loads(body) == {"code": "RecursiveLoopDetected", "status": 508, "stoppedBelow": 2}
 
 
-NODE_BOOTSTRAP = b"#!/bin/sh\nexec node server.js\n"
-NODE_CALLER = rb"""
-require('http').createServer((req, res) => {
-  const chunks = [];
-  req.on('data', (c) => chunks.push(c));
-  req.on('end', async () => {
-    const target = JSON.parse(Buffer.concat(chunks).toString());
-    const url = `${process.env.FC_GATEWAY_URL}/v1/services/${target.service}` +
-                `/functions/${target.function}/invocations`;
-    const r = await fetch(url, {method: 'POST', body: 'from node', headers: {
-      'authorization': `Bearer ${req.headers['x-fc-security-token']}`,
-      'x-fc-lineage': req.headers['x-fc-lineage'],
-    }});
-    res.end(JSON.stringify({status: r.status, lineage: req.headers['x-fc-lineage'],
-                            callee: await r.text()}));
-  });
-}).listen(Number(process.env.FC_SERVER_PORT), process.env.FC_SERVER_HOST);
-"""
-
-
-@pytest.mark.skipif(shutil.which("node") is None, reason="node is not on PATH")
 async def test_custom_runtime_invokes_with_its_headers(
     client: Client, pair: tuple[str, ...]
 ) -> None:
-    from tests.test_custom_runtime import zip_with_modes
-
     _, _, b_svc, b_fn = pair
-    members = [("bootstrap", NODE_BOOTSTRAP, 0o755), ("server.js", NODE_CALLER, 0o644)]
-    code = {"zipFile": base64.b64encode(zip_with_modes(members)).decode()}
+    code = bootstraps.zip_code(bootstraps.members(bootstraps.CALLER))
     n_svc, n_fn = await deploy(client, runtime="custom", code=code, timeout=30)
     status, _, body = await invoke(
         client,
         n_svc,
         n_fn,
         json.dumps({"service": b_svc, "function": b_fn}).encode(),
-        X_Fc_Lineage="trace-node/5/test",
+        X_Fc_Lineage="trace-custom/5/test",
     )
     assert status == 200, body
     seen = json.loads(body)
     assert seen["status"] == 200, seen
-    assert seen["lineage"] == f"trace-node/6/function:{n_svc}/{n_fn}"
+    assert seen["lineage"] == f"trace-custom/6/function:{n_svc}/{n_fn}"
     callee = json.loads(seen["callee"])
     assert callee == {
-        "trace": "trace-node",
+        "trace": "trace-custom",
         "hops": 7,
         "origin": f"function:{n_svc}/{n_fn}",
-        "event": "from node",
+        "event": "from python",
     }
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests import bootstraps
 from tests.conftest import Client
 from tests.helpers import deploy, invoke
 from tests.stack import Stack
@@ -90,35 +91,6 @@ def handler(event, context):
         out["other_workdir_list"] = _try(lambda: os.listdir(os.path.dirname(req["other_home"])))
         out["other_signal"] = _try(lambda: os.kill(req["other_pid"], signal.SIGCONT))
     return out
-"""
-
-# Node's view of the same (custom runtime): its uid and what it can read.
-NODE_SERVER = rb"""
-const fs = require('fs');
-const http = require('http');
-const attempt = (fn) => { try { return {ok: true, value: fn()}; }
-                          catch (e) { return {ok: false, error: e.code}; } };
-http.createServer((req, res) => {
-  const chunks = [];
-  req.on('data', (c) => chunks.push(c));
-  req.on('end', () => {
-    if (req.url !== '/invoke') return res.end('ok');
-    const ev = JSON.parse(Buffer.concat(chunks).toString() || '{}');
-    const out = {
-      uid: process.getuid(), gid: process.getgid(), groups: process.getgroups(),
-      home: process.env.HOME,
-      home_write: attempt(() => {
-        fs.writeFileSync(process.env.HOME + '/probe.txt', 'mine');
-        return fs.readFileSync(process.env.HOME + '/probe.txt').toString();
-      }),
-      worker_environ: attempt(() => fs.readFileSync(`/proc/${ev.worker_pid}/environ`).toString()),
-      db: attempt(() => fs.readFileSync(ev.data_dir + '/pyfc.db').length),
-      data_dir_list: attempt(() => fs.readdirSync(ev.data_dir)),
-    };
-    res.writeHead(200, {'content-type': 'application/json'});
-    res.end(JSON.stringify(out));
-  });
-}).listen(Number(process.env.FC_SERVER_PORT), process.env.FC_SERVER_HOST);
 """
 
 
@@ -220,17 +192,13 @@ async def test_tenants_get_uids_of_their_own_and_cannot_reach_each_other(
     assert seen_a2["other_signal"]["ok"]
 
 
-@pytest.mark.skipif(shutil.which("node") is None, reason="node is not on PATH")
 async def test_a_custom_runtime_runs_as_its_tenant(
     isolated_stack: Stack, clients: tuple[Client, Client]
 ) -> None:
-    from tests.test_custom_runtime import zip_code
-
     a, _ = clients
-    members = [("bootstrap", b"#!/bin/sh\nexec node server.js\n", 0o755)]
-    members.append(("server.js", NODE_SERVER, 0o644))
     python_fn = await deploy(a, {"index.py": PROBE})
-    service, function = await deploy(a, runtime="custom", code=zip_code(members))
+    custom = bootstraps.zip_code(bootstraps.members(bootstraps.PROBE))
+    service, function = await deploy(a, runtime="custom", code=custom)
     data_dir = str(isolated_stack.root / "data")
     seen = await probe(
         a, service, function, worker_pid=worker_pid(isolated_stack), data_dir=data_dir

@@ -4,7 +4,6 @@ invoke token, and what a Python or custom instance receives with each invocation
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,6 +16,7 @@ from shared import tokens
 from shared.errors import BadRequest
 from shared.protocol import Lineage
 from shared.tokens import InvokeGrant
+from tests import bootstraps
 from tests.instances import make_inv, make_spec, write_code
 from worker.credentials import TOKEN_GRACE_SECONDS, TokenIssuer
 from worker.custom_protocol import credential_headers
@@ -145,22 +145,10 @@ async def test_no_issuer_no_credentials(tmp_path: Path) -> None:
     assert seen["headers"] == {"X-Fc-Lineage": "trace-1/0/function:svc/fn"}
 
 
-ENV_SERVER = rb"""
-require('http').createServer((req, res) => {
-  req.resume();
-  const gateway = process.env.FC_GATEWAY_URL;
-  req.on('end', () => res.end(JSON.stringify({headers: req.headers, gateway})));
-}).listen(Number(process.env.FC_SERVER_PORT), process.env.FC_SERVER_HOST);
-"""
-
-
-@pytest.mark.skipif(shutil.which("node") is None, reason="node is not on PATH")
 async def test_custom_runtime_gets_token_lineage_and_gateway(
     tmp_path: Path, pool: InstancePool
 ) -> None:
-    from tests.test_custom_runtime import BOOTSTRAP, node_code
-
-    code = node_code(tmp_path, [("bootstrap", BOOTSTRAP, 0o755), ("server.js", ENV_SERVER, 0o644)])
+    code = bootstraps.unpacked(tmp_path, bootstraps.members(bootstraps.ENV))
     inv = make_inv()
     inv.lineage = Lineage(trace_id="trace-c", hops=1, origin="http")
     outcome = await pool.invoke(make_spec(runtime="custom"), code, inv)

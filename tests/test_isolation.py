@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 
 from shared.settings import private_dir
+from tests import bootstraps
 from tests.instances import make_inv, make_spec, process_gone, write_code
-from tests.test_custom_runtime import node_code
 from tests.test_zygote import spare_ready
 from worker.child import isolation
 from worker.child.isolation import InstanceUser, TenantUsers, first_unreachable, may
@@ -33,7 +33,6 @@ from worker.spares import WORKDIR_ROOT_PREFIX, make_workdir, sweep_stale_workdir
 ROOT = Path(__file__).resolve().parent.parent
 BASE = 230000  # apart from the stacks' 100000 + n, so no test process shares a uid by chance
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="changing uids needs root")
-needs_node = pytest.mark.skipif(shutil.which("node") is None, reason="node is not on PATH")
 needs_cgroup = pytest.mark.skipif(
     detect_worker_group() is None, reason="no writable cgroup v1 memory controller here"
 )
@@ -328,41 +327,13 @@ def test_a_negative_process_limit_is_refused() -> None:
         TenantUsers(BASE, privileged=True, max_procs=-1)
 
 
-NODE_WHOAMI = rb"""
-const fs = require('fs');
-const http = require('http');
-http.createServer((req, res) => {
-  const chunks = [];
-  req.on('data', (c) => chunks.push(c));
-  req.on('end', () => {
-    if (Buffer.concat(chunks).toString() === 'hog') {
-      const hog = Buffer.alloc(400 * 1024 * 1024, 1);
-      return res.end(String(hog.length));
-    }
-    fs.writeFileSync(process.env.HOME + '/probe', 'mine');
-    res.end(JSON.stringify({
-      ids: [process.getuid(), process.geteuid(), process.getgid(), process.getegid()],
-      groups: process.getgroups(), home: process.env.HOME,
-      status: fs.readFileSync('/proc/self/status').toString(),
-      argv: process.argv,
-    }));
-  });
-}).listen(Number(process.env.FC_SERVER_PORT), process.env.FC_SERVER_HOST);
-"""
-NODE_FILES = [
-    ("bootstrap", b"#!/bin/sh\nexec node server.js\n", 0o755),
-    ("server.js", NODE_WHOAMI, 0o644),
-]
-
-
 @root_only
-@needs_node
 async def test_a_custom_runtime_runs_as_its_tenant(
     open_dir: Path, started: list[Instance | CustomInstance]
 ) -> None:
     users = TenantUsers(BASE, privileged=True)
     spec = make_spec(runtime="custom", tenant_number=43, memory_size=128)
-    code = node_code(open_dir, NODE_FILES)
+    code = bootstraps.unpacked(open_dir, bootstraps.members(bootstraps.WHOAMI))
     instance = await CustomInstance.start(spec, code, users=users)
     started.append(instance)
     seen = json.loads((await instance.invoke(make_inv(b"who"))).body)
