@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 from aiohttp import web
 
 from gateway.bodies import TriggerCreate, TriggerUpdate, parse
@@ -16,7 +17,7 @@ from gateway.http import gateway_of, json_response, list_params, page, tenant_of
 from shared.errors import BadRequest
 from shared.models import Trigger
 from shared.protocol import ControlEvent
-from shared.trigger_types import Limits, validate
+from shared.trigger_types import Limits, public_config, trigger_type, validate
 
 
 def _check_qualifier(qualifier: str) -> None:
@@ -35,7 +36,8 @@ async def create_trigger(request: web.Request) -> web.Response:
     await gw.catalog.spec(tenant, service, body.qualifier, function)
     trigger = Trigger(
         trigger_name=body.trigger_name,
-        trigger_type=body.trigger_type,
+        # FC's names of a type (`oss`) are stored as the type's own (`s3`).
+        trigger_type=trigger_type(body.trigger_type).name,
         trigger_config=config,
         qualifier=body.qualifier,
         enabled=body.enabled,
@@ -43,12 +45,12 @@ async def create_trigger(request: web.Request) -> web.Response:
     )
     created = await gw.store.create_trigger(tenant, service, function, trigger)
     await _changed(request, created)
-    return json_response(created, 201)
+    return json_response(_shown(created), 201)
 
 
 async def get_trigger(request: web.Request) -> web.Response:
     trigger = await gateway_of(request).store.get_trigger(tenant_of(request).name, *_path(request))
-    return json_response(trigger)
+    return json_response(_shown(trigger))
 
 
 async def list_triggers(request: web.Request) -> web.Response:
@@ -58,7 +60,7 @@ async def list_triggers(request: web.Request) -> web.Response:
     items = await gw.store.list_triggers(
         tenant, service, function, prefix=prefix, limit=limit + 1, start_key=start
     )
-    result = page(list(items), limit, "trigger_name")
+    result = page([_shown(t) for t in items], limit, "trigger_name")
     result["triggers"] = result.pop("items")
     return json_response(result)
 
@@ -85,7 +87,7 @@ async def update_trigger(request: web.Request) -> web.Response:
         raise BadRequest("nothing to update: give triggerConfig, qualifier, enabled or description")
     updated = await gw.store.update_trigger(tenant, service, function, name, changes)
     await _changed(request, updated)
-    return json_response(updated)
+    return json_response(_shown(updated))
 
 
 async def delete_trigger(request: web.Request) -> web.Response:
@@ -103,7 +105,13 @@ def _path(request: web.Request) -> tuple[str, str, str]:
 
 
 def _limits(request: web.Request) -> Limits:
-    return Limits(max_event_bytes=gateway_of(request).settings.max_event_bytes)
+    settings = gateway_of(request).settings
+    return Limits(max_event_bytes=settings.max_event_bytes, namespace=settings.namespace)
+
+
+def _shown(trigger: Trigger) -> Trigger:
+    """The trigger as the API shows it: secrets in its config blanked."""
+    return msgspec.structs.replace(trigger, trigger_config=public_config(trigger.trigger_config))
 
 
 async def _changed(request: web.Request, trigger: Trigger) -> None:

@@ -70,11 +70,11 @@ class SqsSource(_Credentials, tag="sqs", tag_field="type"):
 
 
 class MinioAmqpSource(_Credentials, tag="minio-amqp", tag_field="type"):
-    """MinIO's AMQP notification target on the platform's broker. `exchange` "" is the
-    deployment's (`{namespace}.s3-events`); the credentials, optional, configure the bucket."""
+    """MinIO's AMQP notification target on the platform's broker: a fanout, durable
+    `exchange` ("" is the deployment's, `{namespace}.s3-events`); the credentials, optional,
+    configure the bucket's notification."""
 
     exchange: str = ""
-    routing_key: str = "#"
     # MinIO's ARN of its AMQP target, for the bucket's notification configuration.
     queue_arn: str = "arn:minio:sqs::PRIMARY:amqp"
 
@@ -194,6 +194,7 @@ def events_exchange(namespace: str) -> str:
 S3 = TriggerType("s3", S3Config, "s3", _check_s3)
 TRIGGER_TYPES: dict[str, TriggerType] = {
     "timer": TriggerType("timer", TimerConfig, "cron", _check_timer),
+    "s3": S3,
 }
 # Other names of a type (Function Compute's): stored under the type's own name.
 TYPE_ALIASES = {"oss": "s3"}

@@ -168,6 +168,15 @@ class Stack:
         self.wait_log(name, "timer triggers ready")
         return name
 
+    def start_trigger(
+        self, kind: str, name: str = "", extra_env: dict[str, str] | None = None
+    ) -> str:
+        """A `pyfc trigger <kind>` process, once it serves its triggers."""
+        name = name or f"{kind}-1"
+        self.spawn("triggers", name, args=[kind], extra_env=extra_env)
+        self.wait_log(name, f"{kind} triggers ready")
+        return name
+
     def start_gateway(self, name: str) -> str:
         """Another gateway replica on a port of its own; returns its base URL."""
         port = free_port()

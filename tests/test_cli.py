@@ -10,6 +10,7 @@ import sys
 import urllib.request
 from pathlib import Path
 
+from shared.trigger_types import TRIGGER_TYPES
 from tests.stack import AMQP_URL, Stack, free_port, wait_until
 
 
@@ -97,7 +98,8 @@ def test_up_runs_all_roles_and_ctrl_c_leaves_no_orphans(tmp_path: Path) -> None:
         children = [
             int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
         ]
-        assert len(children) == 4  # gateway, dispatcher, worker, trigger-timer
+        # gateway, dispatcher, worker, one trigger process per kind
+        assert len(children) == 3 + len(TRIGGER_TYPES)
         assert (tmp_path / "data" / "credentials").read_text().startswith("pyfc_")
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=30)

@@ -213,3 +213,32 @@ async def test_lapsed_claims_are_taken_over_and_run_once(
     finally:
         await connection.close()
         await store.close()
+
+
+async def test_s3_trigger_oss_name_secrets_and_bad_config(client: Client) -> None:
+    service, function = await deploy(client)
+    path = base(service, function)
+    source = {
+        "type": "sqs",
+        "queueUrl": "http://127.0.0.1:1/123456789012/q",
+        "accessKeyId": "AKID",
+        "secretAccessKey": "very-secret",
+    }
+    body = {
+        "triggerName": "up",
+        "triggerType": "oss",
+        "triggerConfig": {"bucket": "images", "events": ["oss:ObjectCreated:*"], "source": source},
+    }
+    status, _, raw = await client.call("POST", path, json=body)
+    assert status == 201, raw
+    assert b"very-secret" not in raw
+    created = json.loads(raw)
+    assert created["triggerType"] == "s3"  # FC's name is stored as the type's own
+    assert created["triggerConfig"]["eventFormat"] == "s3"
+    assert created["triggerConfig"]["source"]["accessKeyId"] == "AKID"
+    for url in (f"{path}/up", path):
+        status, _, raw = await client.call("GET", url)
+        assert status == 200 and b"very-secret" not in raw, raw
+    bad = {**body, "triggerName": "bad", "triggerConfig": {"bucket": "images", "events": ["x"]}}
+    status, _, raw = await client.call("POST", path, json=bad)
+    assert status == 400 and "triggerConfig.events" in json.loads(raw)["errorMessage"], raw

@@ -8,6 +8,7 @@ from shared.settings import Settings
 from shared.store import Store
 from triggers.adapter import Emitter, Source
 from triggers.metrics import TriggerMetrics
+from triggers.s3 import ObjectSource
 from triggers.timer import TimerSource
 
 SourceFactory = Callable[[Settings, Store, Emitter, TriggerMetrics], Awaitable[Source]]
@@ -25,5 +26,11 @@ async def _timer(
     )
 
 
+async def _s3(
+    settings: Settings, store: Store, emitter: Emitter, metrics: TriggerMetrics
+) -> Source:
+    return await ObjectSource.open(settings, emitter, metrics)
+
+
 # `pyfc up` runs one process of each; `pyfc trigger <kind>` runs one.
-KINDS: dict[str, SourceFactory] = {"timer": _timer}
+KINDS: dict[str, SourceFactory] = {"timer": _timer, "s3": _s3}

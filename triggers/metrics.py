@@ -45,3 +45,16 @@ class TriggerMetrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=self.registry,
         )
+        self.object_events = Counter(
+            "pyfc_trigger_object_events",
+            "Object events per trigger of the event's bucket: received, filtered (events or "
+            "key filter), accepted, failed",
+            ["trigger", "outcome"],
+            registry=self.registry,
+        )
+        self.malformed = Counter(
+            "pyfc_trigger_malformed_messages",
+            "Messages that were not events of the kind, parked (or refused)",
+            ["kind", "source"],
+            registry=self.registry,
+        )

@@ -1,0 +1,204 @@
+"""Object storage triggers end to end: real gateway, dispatcher, worker and `pyfc trigger
+s3` processes, the real broker; events as MinIO documents them; runs counted inside the
+function."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import pytest
+
+from tests.conftest import Client
+from tests.helpers import deploy, open_dir, unique
+from tests.s3_samples import minio_body
+from tests.stack import AMQP_URL, Stack, wait_until
+
+# Appends one JSON line per run: the event and the request id.
+RECORD = (
+    "import json, os\n"
+    "def handler(event, context):\n"
+    "    line = json.dumps({'event': json.loads(event), 'requestId': context.request_id,\n"
+    "                       'mark': os.environ.get('MARK', ''),\n"
+    "                       'hops': context.lineage.hops})\n"
+    "    with open(os.environ['RUNS'], 'a') as f:\n"
+    "        f.write(line + '\\n')\n"
+    "    return 'ok'\n"
+)
+
+
+def runs(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def s3_key(run: dict[str, Any]) -> str:
+    """The decoded key of a run's event, whichever format it got."""
+    from urllib.parse import unquote_plus
+
+    event = run["event"]
+    if "events" in event:
+        return str(event["events"][0]["oss"]["object"]["key"])
+    return unquote_plus(event["Records"][0]["s3"]["object"]["key"])
+
+
+async def record_function(client: Client, mark: str = "") -> tuple[str, str, Path]:
+    runs_file = open_dir("s3") / f"{unique('runs')}.jsonl"
+    service, function = await deploy(
+        client,
+        {"index.py": RECORD},
+        environmentVariables={"RUNS": str(runs_file), "MARK": mark},
+        timeout=30,
+    )
+    return service, function, runs_file
+
+
+async def create_trigger(
+    client: Client, service: str, function: str, name: str, trigger_type: str = "s3", **config: Any
+) -> dict[str, Any]:
+    body = {"triggerName": name, "triggerType": trigger_type, "triggerConfig": config}
+    status, _, raw = await client.call(
+        "POST", f"/v1/services/{service}/functions/{function}/triggers", json=body
+    )
+    assert status == 201, raw
+    created: dict[str, Any] = json.loads(raw)
+    return created
+
+
+class MinioExchange:
+    """Publishes as MinIO's AMQP target does: persistent JSON to a fanout, durable exchange."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.namespace = stack.namespace
+        self.name = f"{stack.namespace}.s3-events"
+
+    async def __aenter__(self) -> MinioExchange:
+        self.connection = await aio_pika.connect(AMQP_URL, timeout=10)
+        self.channel = await self.connection.channel()
+        self.exchange = await self.channel.declare_exchange(
+            self.name, aio_pika.ExchangeType.FANOUT, durable=True
+        )
+        return self
+
+    async def publish(self, body: bytes) -> None:
+        message = aio_pika.Message(
+            body, content_type="application/json", delivery_mode=aio_pika.DeliveryMode.PERSISTENT
+        )
+        await self.exchange.publish(message, routing_key="")
+
+    async def parked(self) -> list[bytes]:
+        queue = await self.channel.declare_queue(
+            f"{self.namespace}.s3.{self.name}.parked", durable=True
+        )
+        bodies = []
+        while (message := await queue.get(fail=False, timeout=5)) is not None:
+            bodies.append(message.body)
+            await message.ack()
+        return bodies
+
+    async def __aexit__(self, *exc: object) -> None:
+        for queue in (
+            f"{self.namespace}.s3.{self.name}",
+            f"{self.namespace}.s3.{self.name}.parked",
+        ):
+            await self.channel.queue_delete(queue)
+        await self.channel.exchange_delete(self.name)
+        await self.connection.close()
+
+
+@pytest.fixture
+async def minio(stack: Stack) -> AsyncIterator[MinioExchange]:
+    async with MinioExchange(stack) as exchange:
+        yield exchange
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """One stack (SQLite) with an s3 trigger process for the module's tests."""
+    s = Stack(tmp_path_factory.mktemp("stack-s3"))
+    try:
+        s.start()
+        s.start_trigger("s3")
+        yield s
+    finally:
+        s.stop()
+
+
+async def test_minio_amqp_events_run_matching_triggers_once_and_park_malformed(
+    stack: Stack, client: Client, minio: MinioExchange
+) -> None:
+    bucket = unique("images").replace("_", "-")
+    service, function, path = await record_function(client)
+    await create_trigger(
+        client,
+        service,
+        function,
+        "jpgs-in",
+        bucket=bucket,
+        events=["s3:ObjectCreated:*"],
+        filter={"key": {"prefix": "in/", "suffix": ".jpg"}},
+    )
+    # FC's name for the type, FC's event names and format, overlapping the first trigger.
+    oss = await create_trigger(
+        client,
+        service,
+        function,
+        "all-oss",
+        trigger_type="oss",
+        bucket=bucket,
+        events=["oss:ObjectCreated:PutObject", "oss:ObjectRemoved:DeleteObject"],
+        eventFormat="oss",
+    )
+    assert oss["triggerType"] == "s3"
+    stack.wait_log("s3-1", f"consuming exchange {minio.name}")
+
+    keys = ["in/a b.jpg", "in/100%+ü.jpg", "in/skip.png", "out/x.jpg"]
+    for i, key in enumerate(keys):
+        await minio.publish(minio_body(bucket, key, sequencer=f"{i:016X}"))
+    await minio.publish(b"this is not an event")
+    await minio.publish(json.dumps({"Records": [{"eventName": "s3:ObjectCreated:Put"}]}).encode())
+    # Delivered twice (a sender's retry): runs once per trigger.
+    await minio.publish(minio_body(bucket, "in/twice.jpg", sequencer="T"))
+    await minio.publish(minio_body(bucket, "in/twice.jpg", sequencer="T"))
+    # Removal: only the oss trigger asked for it. Another bucket: nobody.
+    await minio.publish(
+        minio_body(bucket, "in/a b.jpg", name="s3:ObjectRemoved:Delete", sequencer="R")
+    )
+    await minio.publish(minio_body(bucket + "-x", "in/a.jpg", sequencer="X"))
+
+    # jpgs-in: a b, 100%+ü, twice (3); all-oss: all four keys, twice, removal (6).
+    wait_until(lambda: len(runs(path)) >= 9, 30, "nine runs")
+    await minio.publish(minio_body(bucket, "in/sentinel.jpg", sequencer="S"))
+    wait_until(lambda: len(runs(path)) >= 11, 30, "the sentinel's two runs")
+    seen = runs(path)
+    s3_runs = sorted(s3_key(r) for r in seen if "Records" in r["event"])
+    oss_runs = sorted(s3_key(r) for r in seen if "events" in r["event"])
+    assert s3_runs == sorted(["in/a b.jpg", "in/100%+ü.jpg", "in/twice.jpg", "in/sentinel.jpg"])
+    assert oss_runs == sorted([*keys, "in/twice.jpg", "in/a b.jpg", "in/sentinel.jpg"])
+    assert len({r["requestId"] for r in seen}) == len(seen)
+    # The s3 format is MinIO's record as sent; the oss one FC's event.
+    record = next(r["event"]["Records"][0] for r in seen if "Records" in r["event"])
+    assert record["eventSource"] == "minio:s3" and record["s3"]["bucket"]["name"] == bucket
+    removal = [r["event"]["events"][0] for r in seen if "events" in r["event"]]
+    assert {e["eventName"] for e in removal} == {
+        "ObjectCreated:PutObject",
+        "ObjectRemoved:DeleteObject",
+    }
+    assert all(e["eventSource"] == "acs:oss" for e in removal)
+    # Invocation records name the trigger.
+    status, _, raw = await client.call(
+        "GET", f"/v1/services/{service}/functions/{function}/invocations/{seen[0]['requestId']}"
+    )
+    assert status == 200 and json.loads(raw)["origin"] in ("s3:jpgs-in", "s3:all-oss"), raw
+    # The two foreign messages were parked, not retried, and nothing else.
+    parked = await minio.parked()
+    assert sorted(parked) == sorted(
+        [
+            b"this is not an event",
+            json.dumps({"Records": [{"eventName": "s3:ObjectCreated:Put"}]}).encode(),
+        ]
+    )
