@@ -7,6 +7,12 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.skips import (  # noqa: F401 (hooks: skips counted, and loud on CI)
+    pytest_configure,
+    pytest_runtest_logreport,
+    pytest_sessionfinish,
+    pytest_terminal_summary,
+)
 from tests.stack import Stack
 
 
