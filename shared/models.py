@@ -5,7 +5,7 @@ The store returns these; the gateway encodes them as the API's response bodies.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -23,8 +23,12 @@ class Tenant(msgspec.Struct, kw_only=True, frozen=True):
     number: int = 0
 
 
+# A log store's name goes into its stream's name (shared/logstore.py): "" = the service's.
+StoreName = Annotated[str, msgspec.Meta(pattern=r"^([A-Za-z0-9_][-A-Za-z0-9_]{0,127})?$")]
+
+
 class LogConfig(msgspec.Struct, kw_only=True, frozen=True, rename="camel", omit_defaults=True):
-    logstore: str = ""
+    logstore: StoreName = ""
     project: str = ""
 
 

@@ -106,6 +106,11 @@ class Outcome(msgspec.Struct, kw_only=True):
     instance_id: str = ""
     cold_start: bool = False
     attempt: int = 1
+    # The instance's peak memory so far (KB; 0 unknown), as the report line shows it.
+    max_memory_kb: int = 0
+    # Worker-local: the lines the function printed or logged, (epoch seconds, text). The
+    # worker ships them to the log store and empties this before the outcome leaves it.
+    log_lines: list[tuple[float, str]] = []
 
 
 def system_outcome(inv: Invocation, code: str, message: str, http_status: int) -> Outcome:

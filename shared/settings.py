@@ -142,6 +142,16 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     trigger_metrics_port: int = 0
     timer_catch_up_seconds: float = 3600.0
     timer_catch_up_limit: int = 100
+    # Log stores (shared/logstore.py): workers ship every line functions print or log, and
+    # the per-invocation lines, to the service's store (false: nothing is shipped). A
+    # worker flushes each store this often, and keeps at most this many characters
+    # waiting per store (beyond that lines are dropped and counted). Retention of a store:
+    # its age (RabbitMQ units: 7D, 12h, 30m) and size.
+    log_store: bool = True
+    log_flush_seconds: float = 0.2
+    log_buffer_chars: int = 4 * 1024 * 1024
+    log_max_age: str = "7D"
+    log_max_bytes: int = 1024**3
 
     @property
     def effective_database_url(self) -> str:

@@ -252,6 +252,22 @@ async def delete_namespace(namespace: str, worker_ids: Sequence[str] = ()) -> No
     async with connection:
         # The delay queues of the tests' short backoff and of the defaults (`pyfc up`).
         delays = {*backoff_steps(RETRY_BASE, RETRY_MAX), *backoff_steps(1.0, 300.0)}
-        await delete_all(
-            await connection.channel(), Topology(namespace), sorted(delays), worker_ids
-        )
+        channel = await connection.channel()
+        await delete_all(channel, Topology(namespace), sorted(delays), worker_ids)
+        for name in await asyncio.to_thread(log_streams, namespace):
+            await channel.queue_delete(name)
+
+
+def log_streams(namespace: str) -> list[str]:
+    """The log store streams of a namespace (named by tenant and store, so listed)."""
+    try:
+        out = subprocess.run(
+            ["rabbitmqctl", "list_queues", "name", "-q", "--no-table-headers"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [q for q in out.split() if q.startswith(f"{namespace}.logs.")]

@@ -12,6 +12,7 @@ from shared import logs, telemetry
 from shared.blobs import open_blob_store
 from shared.broker import connect
 from shared.errors import BadRequest
+from shared.logstore import Retention
 from shared.process import run_role
 from shared.settings import Settings, load_or_exit
 from shared.topology import Topology
@@ -20,6 +21,7 @@ from worker.child import isolation
 from worker.codecache import CodeCache, prepare_root
 from worker.credentials import TokenIssuer
 from worker.forking import Zygote
+from worker.logship import LogShipper
 from worker.metrics import WorkerMetrics
 from worker.pool import InstancePool
 from worker.provision import Provisioner
@@ -85,6 +87,21 @@ def main(settings: Settings | None = None) -> int:
                         settings.worker_affinity_ttl_ms,
                         pool.snapshot,
                     )
+                logs = None
+                if settings.log_store:
+                    retention = Retention(
+                        max_age=settings.log_max_age, max_bytes=settings.log_max_bytes
+                    )
+                    logs = await LogShipper.open(
+                        connection,
+                        settings.namespace,
+                        retention,
+                        flush_seconds=settings.log_flush_seconds,
+                        buffer_chars=settings.log_buffer_chars,
+                        metrics=metrics,
+                    )
+                    # Closed after the worker: the lines of the last runs are shipped.
+                    stack.push_async_callback(logs.close)
                 worker = await Worker.open(
                     connection,
                     topo,
@@ -96,6 +113,7 @@ def main(settings: Settings | None = None) -> int:
                     worker_id=settings.worker_id,
                     affinity=affinity,
                     stop_grace=settings.worker_stop_grace_seconds,
+                    logs=logs,
                 )
                 stack.push_async_callback(worker.close)
                 await worker.consume()

@@ -93,6 +93,17 @@ class WorkerMetrics:
             buckets=INIT_BUCKETS,
             registry=self.registry,
         )
+        self.log_shipped = Counter(
+            "pyfc_worker_log_records_shipped",
+            "Log records confirmed by their log store's stream",
+            registry=self.registry,
+        )
+        self.log_dropped = Counter(
+            "pyfc_worker_log_records_dropped",
+            "Log records dropped: their store's buffer on this worker was full",
+            FUNCTION_LABELS,
+            registry=self.registry,
+        )
         self._pool = pool
         self.registry.register(_InstanceGauges(pool))
 

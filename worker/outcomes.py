@@ -35,6 +35,8 @@ def from_result(inv: Invocation, instance_id: str, result: Result, *, cold: bool
         instance_id=instance_id,
         cold_start=cold,
         attempt=inv.attempt,
+        max_memory_kb=result.max_rss_kb,
+        log_lines=result.lines,
     )
     if not result.ok:
         outcome.status = "function_error"

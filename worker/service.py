@@ -69,6 +69,7 @@ from shared.topology import (
 )
 from worker.affinity import AffinityQueue
 from worker.codecache import CodeCache
+from worker.logship import LogShipper
 from worker.metrics import WorkerMetrics
 from worker.pool import InstancePool
 
@@ -123,8 +124,11 @@ class Worker:
         worker_id: str,
         affinity: AffinityQueue | None,
         stop_grace: float,
+        logs: LogShipper | None,
     ) -> None:
         self._topo = topo
+        # Where the functions' lines go (None: log stores off).
+        self._logs = logs
         self._pool = pool
         self._code = code
         self._consume = consume_channel
@@ -162,6 +166,7 @@ class Worker:
         worker_id: str = "",
         affinity: AffinityQueue | None = None,
         stop_grace: float = 25.0,
+        logs: LogShipper | None = None,
     ) -> Worker:
         """Open the worker's channels and declare what it uses (`consume` starts it)."""
         consume = await connection.channel()
@@ -190,6 +195,7 @@ class Worker:
             worker_id=worker_id,
             affinity=affinity,
             stop_grace=stop_grace,
+            logs=logs,
         )
 
     async def consume(self) -> None:
@@ -360,7 +366,11 @@ class Worker:
                 "faas.version": inv.spec.version,
             },
         ) as span:
+            started = time.time()
             outcome = await self._pool.invoke(inv.spec, code_dir, inv)
+            if self._logs is not None:
+                self._logs.invocation(inv.spec, inv, outcome, started)
+            outcome.log_lines = []
             if span is not None:
                 span.set_attribute("faas.coldstart", outcome.cold_start)
                 span.set_attribute("faas.instance", outcome.instance_id)

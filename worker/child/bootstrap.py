@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import resource
 import socket
 import sys
 import threading
@@ -59,8 +60,6 @@ def _limit_address_space(limit: int) -> None:
     Address space is not memory: cap what glibc reserves without using (a 64 MB arena per
     thread, 8 MB stacks) so the limit tracks what the function allocates.
     """
-    import resource
-
     if sys.platform.startswith("linux"):
         import ctypes
 
@@ -213,6 +212,8 @@ class Runtime:
                 )
         result.duration_ms = (time.perf_counter() - started) * 1000
         result.log = capture.tail()
+        result.lines = capture.finish()
+        result.max_rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return result
 
     def pre_stop(self) -> None:

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextvars import ContextVar
 from typing import Any, TextIO
 
-from worker.child.frames import LOG_TAIL_BYTES
+from worker.child.frames import LOG_KEEP_CHARS, LOG_TAIL_BYTES, MAX_LINE_CHARS
 
 
 class LogCapture:
@@ -28,14 +28,22 @@ class LogCapture:
     encoding = "utf-8"
     errors = "replace"
 
-    def __init__(self, limit: int = LOG_TAIL_BYTES) -> None:
+    def __init__(self, limit: int = LOG_TAIL_BYTES, keep: int = LOG_KEEP_CHARS) -> None:
         self._limit = limit
         self._parts: list[str] = []
         self._chars = 0
         self.buffer = _BytesSink(self)
+        # Whole lines for the log store, (epoch seconds, text), up to `keep` chars; the
+        # rest is counted in `dropped` (a chatty request costs the worker a bounded amount).
+        self.lines: list[tuple[float, str]] = []
+        self.dropped = 0
+        self._keep = keep
+        self._partial = ""
+        self._skipping = False
 
     def write(self, text: str) -> int:
         """Append text; old output beyond what the tail needs is dropped as we go."""
+        self._lines(text)
         self._parts.append(text)
         self._chars += len(text)
         if self._chars > 16 * self._limit:
@@ -56,6 +64,54 @@ class LogCapture:
 
     def writable(self) -> bool:
         return True
+
+    def _lines(self, text: str) -> None:
+        if self._skipping:  # the rest of a line already cut and kept
+            if "\n" not in text:
+                return
+            text = text.split("\n", 1)[1]
+            self._skipping = False
+        if "\n" not in text:
+            self._partial += text
+            if len(self._partial) > MAX_LINE_CHARS:
+                self._line(self._partial)
+                self._partial = ""
+                self._skipping = True
+            return
+        first, *rest = text.split("\n")
+        self._line(self._partial + first)
+        for line in rest[:-1]:
+            self._line(line)
+        self._partial = rest[-1]
+        if len(self._partial) > MAX_LINE_CHARS:
+            self._line(self._partial)
+            self._partial = ""
+            self._skipping = True
+
+    def _line(self, line: str) -> None:
+        if len(line) > MAX_LINE_CHARS:
+            line = line[:MAX_LINE_CHARS] + f" ...[truncated {len(line) - MAX_LINE_CHARS} chars]"
+        if self._keep < len(line):
+            self.dropped += 1
+            return
+        self._keep -= len(line)
+        self.lines.append((time.time(), line))
+
+    def finish(self) -> list[tuple[float, str]]:
+        """The request's lines, a last unterminated one included, and a note of those dropped."""
+        if self._partial:
+            self._line(self._partial)
+            self._partial = ""
+        if self.dropped:
+            self.lines.append(
+                (
+                    time.time(),
+                    f"[pyfc] {self.dropped} more lines were not kept: a request keeps"
+                    f" at most {LOG_KEEP_CHARS} characters of log",
+                )
+            )
+            self.dropped = 0
+        return self.lines
 
     def tail(self) -> bytes:
         """The last `limit` bytes written, UTF-8 encoded."""

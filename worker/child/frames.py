@@ -23,6 +23,10 @@ if TYPE_CHECKING:
 # Far above any payload limit we accept at the edge; only a guard against a corrupt stream.
 MAX_FRAME_BYTES = 256 * 1024 * 1024
 LOG_TAIL_BYTES = 4096
+# What one request keeps of its output for the log store (characters), and one line's
+# most (shared.logstore.MAX_LINE_CHARS: this module imports nothing of shared).
+LOG_KEEP_CHARS = 1024 * 1024
+MAX_LINE_CHARS = 16 * 1024
 
 _HEADER = struct.Struct(">I")
 
@@ -92,6 +96,10 @@ class Result(msgspec.Struct, tag=True, kw_only=True):
     # Last LOG_TAIL_BYTES of what the handler printed or logged.
     log: bytes = b""
     duration_ms: float = 0.0
+    # Every line it printed or logged, (epoch seconds, text), for the log store.
+    lines: list[tuple[float, str]] = []
+    # The instance process's peak resident memory so far (KB), for the report line.
+    max_rss_kb: int = 0
 
 
 class Shutdown(msgspec.Struct, tag=True, kw_only=True):
