@@ -150,22 +150,23 @@ async def _tenant_update(
 
 async def _notify_tenant_changed(settings: Settings, name: str) -> bool:
     """Tell running roles to drop what they cached of the tenant; False if unreachable."""
-    import aio_pika
     from aio_pika.exceptions import AMQPError
 
     from shared import control
+    from shared.broker import connect
+    from shared.errors import Unavailable
     from shared.protocol import ControlEvent
     from shared.topology import Topology
 
     try:
-        connection = await aio_pika.connect(settings.amqp_url, timeout=5)
+        connection = await connect(settings.amqp_url, "pyfc-cli", timeout=5)
         async with connection:
             await control.publish(
                 await connection.channel(),
                 Topology(settings.namespace, settings.queue_type),
                 ControlEvent(kind="tenant-changed", tenant=name),
             )
-    except (OSError, AMQPError, TimeoutError):
+    except (OSError, AMQPError, TimeoutError, Unavailable):
         return False
     return True
 

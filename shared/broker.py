@@ -7,7 +7,6 @@ import logging
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
-from urllib.parse import urlsplit
 
 import aio_pika
 import aiormq
@@ -16,6 +15,7 @@ from aiormq.abc import DeliveredMessage
 from pamqp.commands import Basic
 
 from shared import codec
+from shared.cluster import ClusterConnection, node_urls, redact
 from shared.errors import BadRequest, Unavailable
 from shared.parts import Part
 from shared.protocol import Invocation
@@ -32,33 +32,37 @@ PUBLISH_TIMEOUT = 10.0
 T = TypeVar("T")
 
 
-def redact(url: str) -> str:
-    """The URL without its password, for messages a person reads."""
-    parts = urlsplit(url)
-    host = parts.hostname or "?"
-    port = f":{parts.port}" if parts.port else ""
-    user = f"{parts.username}@" if parts.username else ""
-    return f"{parts.scheme}://{user}{host}{port}{parts.path}"
-
-
 async def connect(
     url: str, name: str, timeout: float = CONNECT_TIMEOUT
 ) -> AbstractRobustConnection:
-    """A robust (auto-reconnecting) connection, or `Unavailable` saying where we tried."""
+    """A robust (auto-reconnecting) connection, or `Unavailable` saying where we tried.
+
+    `url` names one RabbitMQ node or several (a cluster, comma-separated): the first that
+    answers is used, and a reconnect goes to the next (`shared.cluster`).
+    """
     try:
-        # Retry every second (aio-pika's default is 5 s): a broker restart costs callers
-        # about as long as the restart itself.
-        return await aio_pika.connect_robust(
-            url,
-            timeout=timeout,
+        urls = node_urls(url)
+    except BadRequest as e:
+        raise Unavailable(e.message) from e
+    failures = []
+    for start in range(len(urls)):
+        # Retry every second (aio-pika's default is 5 s): a broker restart or a node lost
+        # costs callers about as long as the restart or the failover itself.
+        connection = ClusterConnection(
+            [*urls[start:], *urls[:start]],
             reconnect_interval=RECONNECT_INTERVAL,
             client_properties={"connection_name": name},
         )
-    except (TimeoutError, OSError, aio_pika.exceptions.AMQPError) as e:
-        raise Unavailable(
-            f"cannot reach RabbitMQ at {redact(url)} ({type(e).__name__}: {e}); "
-            "is it running? start it with `rabbitmq-server -detached` or set PYFC_AMQP_URL"
-        ) from e
+        try:
+            await connection.connect(timeout=timeout)
+            return connection
+        except (TimeoutError, OSError, aio_pika.exceptions.AMQPError) as e:
+            await connection.close()
+            failures.append(f"{redact(urls[start])} ({type(e).__name__}: {e})")
+    raise Unavailable(
+        f"cannot reach RabbitMQ at {'; '.join(failures)}; is it running? start it with "
+        "`rabbitmq-server -detached` or set PYFC_AMQP_URL"
+    )
 
 
 def invocation_headers(inv: Invocation) -> dict[str, FieldValue]:

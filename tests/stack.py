@@ -240,9 +240,12 @@ class Stack:
 
 
 def on_shared_broker(url: str) -> bool:
-    """Whether `url` reaches the machine's shared node (as guest or a user of a test's)."""
-    parts = urllib.parse.urlsplit(url)
-    return (parts.hostname, parts.port or 5672) == ("127.0.0.1", 5672)
+    """Whether `url` (or one of its comma-separated node URLs) reaches the machine's shared
+    node (as guest or a user of a test's)."""
+    return any(
+        (parts.hostname, parts.port or 5672) == ("127.0.0.1", 5672)
+        for parts in map(urllib.parse.urlsplit, url.split(","))
+    )
 
 
 async def delete_namespace(namespace: str, worker_ids: Sequence[str] = ()) -> None:
