@@ -112,3 +112,43 @@ async def enqueue(amqp_url: str, namespace: str, inv: Invocation) -> None:
         await exchange.publish(
             persistent_invocation(inv), routing_key=invoke_routing_key(inv.tenant)
         )
+
+
+async def same_shard_names(count: int, prefix: str = "tenant", amqp_url: str = "") -> list[str]:
+    """`count` fresh tenant names that the invoke exchange hashes onto one dispatcher shard.
+
+    RabbitMQ's consistent-hash exchange picks a bucket by jump consistent hash of the
+    routing key over the bucket count, buckets numbered in binding order (weight each): the
+    queues' names play no part. So a private exchange with DISPATCH_SHARDS queues bound as
+    `declare_invoke` binds the shards (weight "1", in order) maps names as every stack does.
+    """
+    from shared.topology import CONSISTENT_HASH, DISPATCH_SHARDS
+    from tests.stack import AMQP_URL
+
+    connection = await aio_pika.connect(amqp_url or AMQP_URL)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        exchange = await channel.declare_exchange(
+            unique("shard-probe"),
+            CONSISTENT_HASH,
+            auto_delete=True,  # type: ignore[arg-type]
+        )
+        queues = []
+        for _ in range(DISPATCH_SHARDS):
+            queue = await channel.declare_queue(exclusive=True)
+            await queue.bind(exchange, routing_key="1")
+            queues.append(queue)
+        candidates = [f"{prefix}-{uuid.uuid4().hex[:8]}" for _ in range(8 * count)]
+        for name in candidates:
+            await exchange.publish(aio_pika.Message(name.encode()), routing_key=name)
+        by_shard: list[list[str]] = []
+        for queue in queues:
+            names = []
+            while (message := await queue.get(no_ack=True, fail=False)) is not None:
+                names.append(message.body.decode())
+            by_shard.append(names)
+        await exchange.delete()
+    assert sum(map(len, by_shard)) == len(candidates), by_shard
+    fullest = max(by_shard, key=len)
+    assert len(fullest) >= count, by_shard
+    return fullest[:count]

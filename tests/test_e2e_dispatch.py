@@ -19,7 +19,7 @@ from shared import codec
 from shared.protocol import Invocation, InvocationBatch, Lineage
 from shared.topology import MSG_INVOKE_BATCH, Topology, invoke_routing_key
 from tests.conftest import Client, StartStack
-from tests.helpers import deploy, invoke, open_dir, unique, wait_result
+from tests.helpers import deploy, invoke, open_dir, same_shard_names, unique, wait_result
 from tests.stack import AMQP_URL, Stack
 
 # Counts runs and concurrent runs across all instances and workers (flock on one file);
@@ -90,8 +90,10 @@ class Probe:
         raise TimeoutError(f"probe never reached {what}: {self.state()}")
 
 
-def tenant_client(stack: Stack, session: aiohttp.ClientSession, concurrency: int) -> Client:
-    name = f"tenant-{uuid.uuid4().hex[:8]}"
+def tenant_client(
+    stack: Stack, session: aiohttp.ClientSession, concurrency: int, name: str = ""
+) -> Client:
+    name = name or f"tenant-{uuid.uuid4().hex[:8]}"
     out = json.loads(
         stack.cli("tenant", "create", name, "--concurrency", str(concurrency), "--json").stdout
     )
@@ -197,7 +199,9 @@ async def test_a_flooding_tenant_does_not_delay_another(
     fresh_stack: StartStack, session: aiohttp.ClientSession
 ) -> None:
     stack = fresh_stack(workers=1, worker_slots=8)
-    quiet = tenant_client(stack, session, concurrency=10)
+    # On one dispatcher shard, so head-of-line blocking there would show in every run.
+    quiet_name, noisy_name = await same_shard_names(2)
+    quiet = tenant_client(stack, session, concurrency=10, name=quiet_name)
     q_service, q_function = await deploy(quiet)
 
     async def quiet_latencies(n: int) -> list[float]:
@@ -211,7 +215,7 @@ async def test_a_flooding_tenant_does_not_delay_another(
 
     await quiet_latencies(3)  # warm
     baseline = await quiet_latencies(20)
-    noisy = tenant_client(stack, session, concurrency=4)
+    noisy = tenant_client(stack, session, concurrency=4, name=noisy_name)
     probe = Probe()
     n_service, n_function = await deploy(
         noisy, {"index.py": PROBE}, environmentVariables=probe.env(SLEEP="0.5"), timeout=30
@@ -404,14 +408,16 @@ async def test_an_async_flood_does_not_hold_up_another_tenants_async_work(
     # One worker with 4 slots: async work may take 3 of them (one is kept for sync calls).
     stack = fresh_stack(workers=1, worker_slots=4)
     stack.wait_log("dispatcher", "async work limited to 3 slots")
-    noisy = tenant_client(stack, session, concurrency=100)
+    # On one dispatcher shard, so head-of-line blocking there would show in every run.
+    noisy_name, quiet_name = await same_shard_names(2)
+    noisy = tenant_client(stack, session, concurrency=100, name=noisy_name)
     probe = Probe()
     n_service, n_function = await deploy(
         noisy, {"index.py": PROBE}, environmentVariables=probe.env(SLEEP="0.5"), timeout=30
     )
     flood = await fire_async(noisy, n_service, n_function, 40)  # ~7 s of work for 3 slots
     await probe.wait(lambda s: s["now"] == 3, what="the flood running")
-    quiet = tenant_client(stack, session, concurrency=10)
+    quiet = tenant_client(stack, session, concurrency=10, name=quiet_name)
     q_service, q_function = await deploy(quiet)
     # A sync call finds the slot kept free at once.
     started = time.monotonic()

@@ -71,3 +71,28 @@ async def test_a_role_says_so_in_one_line_and_exits(tmp_path: Path) -> None:
     assert proc.returncode == 1
     last = err.decode().strip().splitlines()[-1]
     assert last.startswith("pyfc: exchange") and "delete_exchange" in last, err.decode()
+
+
+async def test_names_chosen_for_one_shard_land_on_one_shard_of_a_stack() -> None:
+    """tests.helpers.same_shard_names predicts the shard queue of a real declared topology
+    (the fairness tests rely on it to put two tenants on one shard every run)."""
+    from tests.helpers import same_shard_names
+
+    names = await same_shard_names(3)
+    topo = Topology(f"t{uuid.uuid4().hex[:10]}")
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        exchange = await declare_invoke(channel, topo)
+        try:
+            for name in names:
+                await exchange.publish(aio_pika.Message(name.encode()), routing_key=name)
+            counts = []
+            for name in topo.shard_queues:
+                queue = await channel.declare_queue(name, durable=True, passive=True)
+                counts.append(queue.declaration_result.message_count)
+            assert sorted(counts) == [0] * (len(counts) - 1) + [3], counts
+        finally:
+            for name in topo.shard_queues:
+                await channel.queue_delete(name)
+            await channel.exchange_delete(topo.invoke_exchange)
