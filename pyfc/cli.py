@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import sys
+import traceback
 
 import click
 
-from pyfc import client_commands, release_client, trigger_cli
-from pyfc.console import Context, pass_context, run
+from pyfc import client_commands, profiles, release_client, trigger_cli
+from pyfc.client import EXIT_FAILED, Api, CliError, _fail, exit_code_for
+from pyfc.console import Context, json_option, pass_context, run
 from shared.errors import PyfcError
 from shared.settings import Settings
 
@@ -23,9 +25,50 @@ from shared.settings import Settings
     help="pyfc function platform",
 )
 @click.option("--data-dir", help="state directory (PYFC_DATA_DIR)")
+@click.option("--profile", help="the saved endpoint and key to use (PYFC_PROFILE; `pyfc login`)")
+@click.option("--debug", is_flag=True, help="show the traceback of an error")
+@click.version_option(package_name="pyfc", prog_name="pyfc")
 @click.pass_context
-def cli(ctx: click.Context, data_dir: str | None) -> None:
-    ctx.obj = Context(data_dir)
+def cli(ctx: click.Context, data_dir: str | None, profile: str | None, debug: bool) -> None:
+    ctx.obj = Context(data_dir, profile, debug)
+
+
+@cli.command(help="save an endpoint and API key as a profile (default: `default`)")
+@click.option("--endpoint", required=True, help="the gateway's URL, e.g. https://fc.example.com")
+@click.option("--api-key", required=True, help="a tenant's API key")
+@click.option("--profile", "name", default=profiles.DEFAULT_PROFILE, show_default=True)
+@click.option("--check/--no-check", default=True, show_default=True, help="try the key first")
+@json_option
+def login(endpoint: str, api_key: str, name: str, check: bool, as_json: bool) -> int:
+    path = profiles.config_path()
+    if check:
+        run(_check_login(Api(endpoint, api_key, "from --endpoint")))
+    profiles.save(path, profiles.Profile(name, endpoint, api_key))
+    if as_json:
+        print(json.dumps({"profile": name, "endpoint": endpoint, "config": str(path)}))
+    else:
+        print(f"profile {name!r} saved in {path}: {endpoint}")
+    return 0
+
+
+async def _check_login(api: Api) -> None:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as s:
+        status, _, raw = await api.request(s, "GET", "/v1/services?limit=1")
+    if status != 200:
+        _fail(status, raw)
+
+
+@cli.command(help='print the shell completion script: eval "$(pyfc completion bash)"')
+@click.argument("shell", type=click.Choice(("bash", "zsh", "fish")))
+def completion(shell: str) -> int:
+    from click.shell_completion import get_completion_class
+
+    cls = get_completion_class(shell)
+    assert cls is not None  # the three choices are click's own
+    print(cls(cli, {}, "pyfc", "_PYFC_COMPLETE").source())
+    return 0
 
 
 @cli.command(help="run the whole local stack in the foreground")
@@ -181,16 +224,30 @@ for _command in (
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; every error is one line on stderr and an exit code (see
+    `pyfc.client`), its traceback only with `--debug`."""
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args[: args.index("--")] if "--" in args else "--debug" in args
     try:
-        code = cli.main(args=argv, prog_name="pyfc", standalone_mode=False)
+        code = cli.main(args=args, prog_name="pyfc", standalone_mode=False)
     except click.exceptions.Abort:
         return 130
     except click.ClickException as e:
         e.show()
         return e.exit_code
+    except CliError as e:
+        return _error(e.message, e.exit_code, debug)
     except PyfcError as e:
-        print(f"pyfc: {e.code}: {e.message}", file=sys.stderr)
-        return 2
+        return _error(f"{e.code}: {e.message}", exit_code_for(e.status), debug)
     except KeyboardInterrupt:
         return 130
+    except Exception as e:  # a bug or an unforeseen failure: still one line
+        return _error(f"{type(e).__name__}: {e} (--debug shows where)", EXIT_FAILED, debug)
     return code if isinstance(code, int) else 0
+
+
+def _error(message: str, exit_code: int, debug: bool) -> int:
+    if debug:
+        traceback.print_exc()
+    print(f"pyfc: {message}", file=sys.stderr)
+    return exit_code

@@ -23,6 +23,7 @@ from pyfc.console import api_command, json_option, run
 @click.option("--memory", type=int)
 @click.option("--initializer")
 @click.option("--env", multiple=True, metavar="KEY=VALUE")
+@json_option
 def deploy(
     api: Api,
     folder: Path,
@@ -34,6 +35,7 @@ def deploy(
     memory: int | None,
     initializer: str | None,
     env: tuple[str, ...],
+    as_json: bool,
 ) -> int:
     options: dict[str, object] = {"handler": handler, "runtime": runtime}
     for value, field in (
@@ -47,7 +49,7 @@ def deploy(
         if any("=" not in kv for kv in env):
             raise click.UsageError("--env takes KEY=VALUE")
         options["environmentVariables"] = dict(kv.split("=", 1) for kv in env)
-    return run(client.deploy(api, folder, service, function, options))
+    return run(client.deploy(api, folder, service, function, options, as_json))
 
 
 @click.command(help="invoke a function: SERVICE[.QUALIFIER]/FUNCTION")
@@ -57,19 +59,28 @@ def deploy(
 @click.option("--file", help="event from a file, or - for stdin")
 @click.option("--async", "is_async", is_flag=True, help="queue it; print the request id")
 @click.option("--log", is_flag=True, help="print the log tail to stderr")
+@json_option
 def invoke(
-    api: Api, target: str, data: str | None, file: str | None, is_async: bool, log: bool
+    api: Api,
+    target: str,
+    data: str | None,
+    file: str | None,
+    is_async: bool,
+    log: bool,
+    as_json: bool,
 ) -> int:
-    return run(client.invoke(api, target, client.read_data(data, file), is_async, log))
+    event = client.read_data(data, file)
+    return run(client.invoke(api, target, event, is_async, log, as_json))
 
 
 @click.command(help="status and result of an async invocation")
 @api_command
 @click.argument("target")
 @click.argument("request_id")
-@click.option("--wait", type=float, default=0.0, metavar="SECONDS")
-def result(api: Api, target: str, request_id: str, wait: float) -> int:
-    return run(client.result(api, target, request_id, wait))
+@click.option("--wait", type=float, default=0.0, metavar="SECONDS", help="until it finishes")
+@json_option
+def result(api: Api, target: str, request_id: str, wait: float, as_json: bool) -> int:
+    return run(client.result(api, target, request_id, wait, as_json))
 
 
 @click.group(help="dead letters: async invocations given up on")

@@ -2,7 +2,13 @@
 
 A command module defines click commands and registers them in `pyfc.cli`; a command that
 talks to the gateway takes `@api_command` and receives the `Api` as its first argument.
-Commands return their exit code.
+Commands return their exit code; errors are raised as `CliError` (one line, an exit code)
+and printed by `pyfc.cli.main`.
+
+Where the gateway and the key come from, first found wins: `--endpoint`/`--api-key`,
+`PYFC_ENDPOINT`/`PYFC_API_KEY`, the profile (`--profile`, `PYFC_PROFILE`, else `default`
+if saved), then the local stack (`PYFC_HTTP_HOST`/`PYFC_HTTP_PORT` and the key `pyfc up`
+saved in the data directory).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from typing import Any, TypeVar
 
 import click
 
+from pyfc import profiles
 from pyfc.client import Api, api_key
 from shared.settings import Settings
 
@@ -26,8 +33,12 @@ F = TypeVar("F", bound=Callable[..., Any])
 class Context:
     """The root group's options; the settings are built on first use (once)."""
 
-    def __init__(self, data_dir: str | None) -> None:
+    def __init__(
+        self, data_dir: str | None, profile: str | None = None, debug: bool = False
+    ) -> None:
         self.data_dir = data_dir
+        self.profile = profile
+        self.debug = debug
         self._settings: Settings | None = None
 
     def settings(self, **overrides: object) -> Settings:
@@ -37,6 +48,12 @@ class Context:
 
 
 pass_context = click.make_pass_decorator(Context, ensure=False)
+
+
+def current() -> Context:
+    ctx = click.get_current_context(silent=True)
+    found = ctx.find_object(Context) if ctx else None
+    return found or Context(None)
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
@@ -51,8 +68,8 @@ def json_option(f: F) -> F:
 def api_command(f: Callable[..., int]) -> Callable[..., int]:
     """`--endpoint` and `--api-key` on a command; it gets the `Api` as first argument."""
 
-    @click.option("--endpoint", help="gateway URL (PYFC_ENDPOINT)")
-    @click.option("--api-key", help="API key (PYFC_API_KEY)")
+    @click.option("--endpoint", help="gateway URL (PYFC_ENDPOINT, or the profile's)")
+    @click.option("--api-key", help="API key (PYFC_API_KEY, or the profile's)")
     @functools.wraps(f)
     def wrapper(*args: Any, endpoint: str | None, api_key: str | None, **kwargs: Any) -> int:
         return f(make_api(endpoint, api_key), *args, **kwargs)
@@ -61,11 +78,18 @@ def api_command(f: Callable[..., int]) -> Callable[..., int]:
 
 
 def make_api(endpoint: str | None, key: str | None) -> Api:
-    ctx = click.get_current_context().find_object(Context)
-    settings = (ctx or Context(None)).settings()
-    url = (
-        endpoint
-        or os.environ.get("PYFC_ENDPOINT")
-        or f"http://{settings.http_host}:{settings.http_port}"
-    )
-    return Api(url, api_key(key, Path(settings.data_dir)))
+    ctx = current()
+    name = ctx.profile or os.environ.get("PYFC_PROFILE") or None
+    profile = profiles.select(profiles.config_path(), name)
+    settings = ctx.settings()
+    if endpoint:
+        url, source = endpoint, "from --endpoint"
+    elif os.environ.get("PYFC_ENDPOINT"):
+        url, source = os.environ["PYFC_ENDPOINT"], "from PYFC_ENDPOINT"
+    elif profile and profile.endpoint:
+        url, source = profile.endpoint, f"from profile {profile.name!r}"
+    else:
+        url = f"http://{settings.http_host}:{settings.http_port}"
+        source = "the local stack's address: PYFC_HTTP_HOST/PYFC_HTTP_PORT"
+    key = key or os.environ.get("PYFC_API_KEY") or (profile.api_key if profile else None)
+    return Api(url, api_key(key, Path(settings.data_dir)), source)

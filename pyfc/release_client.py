@@ -10,12 +10,12 @@ from urllib.parse import quote, urlencode
 import aiohttp
 import click
 
-from pyfc.client import Api, _fail
+from pyfc.client import EXIT_USAGE, Api, CliError, _fail
 from pyfc.console import api_command, json_option, run
 
 
 def _weights(specs: tuple[str, ...]) -> dict[str, float]:
-    """`--weight 2=0.1` -> {"2": 0.1}; SystemExit with a clear line for a bad one."""
+    """`--weight 2=0.1` -> {"2": 0.1}; a usage error for a bad one."""
     out: dict[str, float] = {}
     for spec in specs:
         version, sep, weight = spec.partition("=")
@@ -24,8 +24,8 @@ def _weights(specs: tuple[str, ...]) -> dict[str, float]:
                 raise ValueError
             out[version.strip()] = float(weight)
         except ValueError:
-            msg = f"pyfc: --weight takes VERSION=WEIGHT (e.g. 2=0.1), got {spec!r}"
-            raise SystemExit(msg) from None
+            msg = f"--weight takes VERSION=WEIGHT (e.g. 2=0.1), got {spec!r}"
+            raise CliError(msg, EXIT_USAGE) from None
     return out
 
 

@@ -90,6 +90,8 @@ class Stack:
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("PYFC_")},
             "PYFC_DATA_DIR": str(root / "data"),
+            # CLI profiles of the test's own (never the user's ~/.config/pyfc).
+            "PYFC_CONFIG": str(root / "cli-config.toml"),
             "PYFC_AMQP_URL": amqp_url,
             "PYFC_NAMESPACE": self.namespace,
             "PYFC_HTTP_PORT": str(self.port),

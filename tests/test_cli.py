@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,7 +20,7 @@ def test_tenant_create_json_and_duplicate(stack: Stack) -> None:
     out = json.loads(stack.cli("tenant", "create", name, "--concurrency", "7", "--json").stdout)
     assert out["tenant"] == name and out["apiKey"].startswith("pyfc_")
     dup = stack.cli("tenant", "create", name, "--json", check=False)
-    assert dup.returncode == 2 and b"AlreadyExists" in dup.stderr
+    assert dup.returncode == 5 and b"AlreadyExists" in dup.stderr  # 5: conflict
     bad = stack.cli("tenant", "create", "Bad Name!", check=False)
     assert bad.returncode == 2 and b"InvalidArgument" in bad.stderr
 
@@ -38,9 +39,12 @@ def test_deploy_folder_and_invoke(stack: Stack, tmp_path: Path) -> None:
     out = stack.cli("deploy", str(folder), "--service", "clisvc", "--function", "echo", *base)
     assert b"revision 2" in out.stdout
     out = stack.cli("invoke", "clisvc/echo", "--async", *base)
-    request_id = out.stdout.split(b"request id ")[1].split()[0].decode()
-    out = stack.cli("result", "clisvc/echo", request_id, "--wait", "30", *base)
+    request_id = out.stdout.decode().removesuffix("\n")  # the id alone, for $(...)
+    assert re.fullmatch(r"[0-9a-f-]{16,64}", request_id), out.stdout
+    out = stack.cli("result", "clisvc/echo", request_id, "--wait", "30", "--json", *base)
     assert json.loads(out.stdout)["result"] == "cli:"
+    out = stack.cli("result", "clisvc/echo", request_id, *base)
+    assert out.stdout.decode().startswith(f"Succeeded  request {request_id}\n")
 
 
 def test_trigger_commands(stack: Stack, tmp_path: Path) -> None:
@@ -64,7 +68,7 @@ def test_trigger_commands(stack: Stack, tmp_path: Path) -> None:
     out = stack.cli("trigger", "get", "trsvc/echo", "tick", "--json", *base)
     assert json.loads(out.stdout)["triggerConfig"]["payload"] == "ping"
     bad = stack.cli("trigger", "create", "trsvc/echo", "t2", "--cron", "nope", *base, check=False)
-    assert bad.returncode == 1 and b"cronExpression" in bad.stderr
+    assert bad.returncode == 2 and b"cronExpression" in bad.stderr  # 400: invalid input
     out = stack.cli("trigger", "delete", "trsvc/echo", "tick", *base)
     assert b"deleted trigger tick" in out.stdout
     assert stack.cli("trigger", "list", "trsvc/echo", *base).stdout == b""
@@ -143,7 +147,7 @@ def test_publish_versions_aliases_and_invoking_an_alias(stack: Stack, tmp_path: 
         out = stack.cli("publish", "relsvc", "--description", tag, *base)
         assert out.stdout.decode().startswith("published relsvc version "), out
     again = stack.cli("publish", "relsvc", *base, check=False)
-    assert again.returncode == 1 and b"VersionExists" in again.stderr
+    assert again.returncode == 2 and b"VersionExists" in again.stderr
     out = stack.cli("versions", "relsvc", "--json", *base)
     assert [v["versionId"] for v in json.loads(out.stdout)["versions"]] == ["2", "1"]
     out = stack.cli("versions", "relsvc", *base)
@@ -162,19 +166,19 @@ def test_publish_versions_aliases_and_invoking_an_alias(stack: Stack, tmp_path: 
         "alias", "set", "prod", "--service", "relsvc", "--version", "1", "--weight", "2=3",
         *base, check=False,
     )  # fmt: skip
-    assert bad.returncode == 1 and b"0..1" in bad.stderr
+    assert bad.returncode == 2 and b"0..1" in bad.stderr
     bad = stack.cli(
         "alias", "set", "prod", "--service", "relsvc", "--version", "1", "--weight", "2", *base,
         check=False,
     )  # fmt: skip
-    assert b"VERSION=WEIGHT" in bad.stderr
+    assert bad.returncode == 2 and b"VERSION=WEIGHT" in bad.stderr
     stack.cli("alias", "set", "prod", "--service", "relsvc", "--version", "2", *base)
     out = stack.cli("invoke", "relsvc.prod/f", *base)
     assert out.stdout == b"two" and b"version 2 ran" in out.stderr
     out = stack.cli("invoke", "relsvc.1/f", *base)
     assert out.stdout == b"one"
     missing = stack.cli("invoke", "relsvc.nope/f", *base, check=False)
-    assert missing.returncode == 1 and b"AliasNotFound" in missing.stderr
+    assert missing.returncode == 4 and b"AliasNotFound" in missing.stderr
 
 
 def test_dlq_commands_and_usage_errors(stack: Stack) -> None:
@@ -188,7 +192,7 @@ def test_dlq_commands_and_usage_errors(stack: Stack) -> None:
     bad = stack.cli("dlq", "redrive", *base, check=False)
     assert bad.returncode == 2 and b"give one dead letter ID, or --all" in bad.stderr
     missing = stack.cli("dlq", "show", "nosuch", *base, check=False)
-    assert missing.returncode == 1 and b"error 404" in missing.stderr
+    assert missing.returncode == 4 and b"error 404" in missing.stderr
     usage = stack.cli("invoke", *base, check=False)
     assert usage.returncode == 2 and b"Missing argument 'TARGET'" in usage.stderr
     usage = stack.cli("trigger", "list", "nofunction", *base, check=False)
