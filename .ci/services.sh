@@ -31,6 +31,13 @@ if ! grep -qs rabbitmq_consistent_hash_exchange "$plugins_file" \
   rabbitmq-plugins enable rabbitmq_consistent_hash_exchange >/dev/null || {
     echo "services: cannot enable rabbitmq_consistent_hash_exchange" >&2; exit 1; }
 fi
+# A root worker keeps function instances off the platform's network with nftables
+# (worker/netpolicy.py); the nft command is Debian's nftables package.
+if [ "$(id -u)" = 0 ] && ! command -v nft >/dev/null; then
+  echo "services: installing nftables"
+  { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nftables; } \
+    >/dev/null || { echo "services: cannot install nftables" >&2; exit 1; }
+fi
 # A root worker runs function instances under per-tenant uids (100000 + n), which must
 # reach the interpreter: pyenv installs it under /root (0700). Let others search (o+x,
 # not list) the directories in the way, as a system-wide Python install would be.

@@ -109,6 +109,17 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     # Worker: a root worker runs each tenant's instances as uid and gid this + the tenant's
     # number, without supplementary groups; 0 = as the worker's own uid (no isolation).
     instance_uid_base: int = 100000
+    # Worker: how many instance uids from the base (tenant numbers 0..count - 1; a tenant
+    # past them gets no instance): the network policy below holds exactly these uids.
+    instance_uid_count: int = 1_000_000
+    # Worker: "restricted" installs the instance network policy at start (worker/netpolicy.py:
+    # instances cannot connect to this host, link-local addresses, the broker, database and
+    # blob store, but reach the gateway and the outside world), and refuses to run if it
+    # cannot; "open" skips it (trusted code only). Extra destinations, comma-separated
+    # `address[/prefix][:port]` (`[v6]:port`): allowed ones win over the default denials.
+    instance_network: str = "restricted"
+    instance_network_allow: str = ""
+    instance_network_deny: str = ""
     # Worker: under isolation, the most processes and threads one tenant's instances may
     # have on this host together (RLIMIT_NPROC of its uid); 0 = no limit.
     instance_max_procs: int = 2048
@@ -203,6 +214,11 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
             settings = msgspec.convert(values, cls, strict=False, dec_hook=_decode_path)
         except msgspec.ValidationError as e:
             raise BadRequest(f"invalid PYFC_* setting: {e}") from e
+        if settings.instance_network not in ("restricted", "open"):
+            raise BadRequest(
+                "PYFC_INSTANCE_NETWORK must be restricted or open, "
+                f"got {settings.instance_network!r}"
+            )
         if settings.secret and len(settings.secret) < MIN_SECRET_CHARS:
             raise BadRequest(f"PYFC_SECRET must be at least {MIN_SECRET_CHARS} characters")
         if not settings.worker_id:

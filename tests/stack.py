@@ -10,6 +10,8 @@ import base64
 import io
 import json
 import os
+import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -102,6 +104,7 @@ class Stack:
             "PYFC_RETRY_MAX_SECONDS": str(RETRY_MAX),
             # Below stop()'s 15 s before SIGKILL.
             "PYFC_WORKER_STOP_GRACE_SECONDS": "10",
+            **instance_uids(),
         }
         if self.pg:
             self.env["PYFC_DATABASE_URL"] = self.pg.url
@@ -239,6 +242,21 @@ class Stack:
             asyncio.run(delete_namespace(self.namespace, list(self.worker_ids.values())))
         if self.pg:
             self.pg.close()
+        remove_network_policy(self.env)
+
+
+def instance_uids() -> dict[str, str]:
+    """A uid range of the stack's own (the workers' network policy holds exactly it), so
+    stacks running at once on this host, in this run or another, never share a policy."""
+    base = 1_000_000 + secrets.randbelow(40_000) * 100_000
+    return {"PYFC_INSTANCE_UID_BASE": str(base), "PYFC_INSTANCE_UID_COUNT": "10000"}
+
+
+def remove_network_policy(env: dict[str, str]) -> None:
+    """Remove the table a stack's workers installed (a worker leaves it on purpose)."""
+    if os.geteuid() == 0 and shutil.which("nft"):
+        table = f"pyfc_{env['PYFC_INSTANCE_UID_BASE']}"
+        subprocess.run(["nft", "delete", "table", "inet", table], capture_output=True, check=False)
 
 
 def on_shared_broker(url: str) -> bool:

@@ -12,7 +12,14 @@ import urllib.request
 from pathlib import Path
 
 from shared.trigger_types import TRIGGER_TYPES
-from tests.stack import AMQP_URL, Stack, free_port, wait_until
+from tests.stack import (
+    AMQP_URL,
+    Stack,
+    free_port,
+    instance_uids,
+    remove_network_policy,
+    wait_until,
+)
 
 
 def test_tenant_create_json_and_duplicate(stack: Stack) -> None:
@@ -82,6 +89,7 @@ def test_up_runs_all_roles_and_ctrl_c_leaves_no_orphans(tmp_path: Path) -> None:
         "PYFC_NAMESPACE": f"up{port}",
         "PYFC_HTTP_PORT": str(port),
         "PYFC_AMQP_URL": AMQP_URL,
+        **instance_uids(),
     }
     log = tmp_path / "up.log"
     with log.open("wb") as out:
@@ -120,6 +128,7 @@ def test_up_runs_all_roles_and_ctrl_c_leaves_no_orphans(tmp_path: Path) -> None:
         from tests.stack import delete_namespace
 
         asyncio.run(delete_namespace(f"up{port}"))
+        remove_network_policy(env)
 
 
 def test_up_says_clearly_when_rabbitmq_is_unreachable(tmp_path: Path) -> None:

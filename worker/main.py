@@ -16,6 +16,7 @@ from shared.logstore import Retention
 from shared.process import run_role
 from shared.settings import Settings, load_or_exit
 from shared.topology import Topology
+from worker import netpolicy
 from worker.affinity import AffinityQueue
 from worker.child import isolation
 from worker.codecache import CodeCache, prepare_root
@@ -43,7 +44,10 @@ def main(settings: Settings | None = None) -> int:
             sys.executable,
             [code_root, tempfile.gettempdir()],
             settings.instance_max_procs,
+            settings.instance_uid_count,
         )
+        # Before any instance (a spare, a zygote's child) exists.
+        netpolicy.for_this_worker(settings, users)
         issuer = TokenIssuer(settings.token_secret(), settings.effective_gateway_url)
     except BadRequest as e:
         raise SystemExit(f"pyfc: {e.message}") from None

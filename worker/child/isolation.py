@@ -39,6 +39,8 @@ _PR_SET_NO_NEW_PRIVS = 38
 MAX_ID = 2**32 - 2  # (uid_t)-1 means "unchanged" to the kernel
 # Checked at start: the namespace must hold at least this many instance uids.
 MAPPED_TENANTS = 10000
+# Instance uids from the base by default (PYFC_INSTANCE_UID_COUNT).
+UID_COUNT = 1_000_000
 
 Prctl = Callable[[int, int, int, int, int], int]
 
@@ -55,9 +57,14 @@ class InstanceUser(NamedTuple):
 class TenantUsers:
     """Tenant number → the user its instances run as; None means the worker's own uid."""
 
-    def __init__(self, uid_base: int, *, privileged: bool, max_procs: int = 0) -> None:
+    def __init__(
+        self, uid_base: int, *, privileged: bool, max_procs: int = 0, count: int = UID_COUNT
+    ) -> None:
         if not 0 <= uid_base <= MAX_ID:
             raise ValueError(f"PYFC_INSTANCE_UID_BASE must be in 0..{MAX_ID}, got {uid_base}")
+        if count < 1:
+            raise ValueError(f"PYFC_INSTANCE_UID_COUNT must be 1 or more, got {count}")
+        self.count = min(count, MAX_ID - uid_base + 1)  # no uid past MAX_ID
         if max_procs < 0:
             raise ValueError(
                 f"PYFC_INSTANCE_MAX_PROCS must be 0 (no limit) or more, got {max_procs}"
@@ -68,15 +75,20 @@ class TenantUsers:
         self.enabled = privileged and uid_base > 0
 
     @classmethod
-    def for_worker(cls, uid_base: int, max_procs: int = 0) -> TenantUsers:
-        return cls(uid_base, privileged=os.geteuid() == 0, max_procs=max_procs)
+    def for_worker(cls, uid_base: int, max_procs: int = 0, count: int = UID_COUNT) -> TenantUsers:
+        return cls(uid_base, privileged=os.geteuid() == 0, max_procs=max_procs, count=count)
+
+    @property
+    def last_uid(self) -> int:
+        """The highest uid an instance may get (the network policy holds them all)."""
+        return self.uid_base + self.count - 1
 
     def user(self, tenant_number: int) -> InstanceUser | None:
         """Who `tenant_number`'s instances run as; ValueError past the uid range."""
         if not self.enabled:
             return None
         uid = self.uid_base + tenant_number
-        if not 0 < uid <= MAX_ID or tenant_number < 0:
+        if not 0 < uid <= self.last_uid or tenant_number < 0:
             raise ValueError(f"tenant number {tenant_number} is outside the instance uid range")
         return InstanceUser(uid, uid, self.max_procs)
 
@@ -212,7 +224,11 @@ def runtime_paths(python: str) -> list[str]:
 
 
 def for_this_worker(
-    uid_base: int, python: str, passed: Iterable[str | Path], max_procs: int = 0
+    uid_base: int,
+    python: str,
+    passed: Iterable[str | Path],
+    max_procs: int = 0,
+    count: int = UID_COUNT,
 ) -> TenantUsers:
     """The worker's users, checked once at start.
 
@@ -221,7 +237,7 @@ def for_this_worker(
     saying what to open up: no instance would start. Not root (or a base of 0): one
     warning, and this process (the worker) is made non-dumpable, as the zygote makes itself.
     """
-    users = TenantUsers.for_worker(uid_base, max_procs)
+    users = TenantUsers.for_worker(uid_base, max_procs, count)
     if not users.enabled:
         euid = os.geteuid()
         why = "PYFC_INSTANCE_UID_BASE is 0" if euid == 0 else f"the worker runs as uid {euid}"
@@ -234,11 +250,12 @@ def for_this_worker(
         if euid != 0:
             set_dumpable(False)
         return users
+    needed = min(count, MAPPED_TENANTS)
     for kind in ("uid", "gid"):
         with open(f"/proc/self/{kind}_map") as f:
-            if not mapped(f.read(), uid_base, MAPPED_TENANTS):
+            if not mapped(f.read(), uid_base, needed):
                 raise ValueError(
-                    f"{kind}s {uid_base}..{uid_base + MAPPED_TENANTS - 1} do not exist in this "
+                    f"{kind}s {uid_base}..{uid_base + needed - 1} do not exist in this "
                     "user namespace (a rootless container?): set PYFC_INSTANCE_UID_BASE to a "
                     f"mapped range (see /proc/self/{kind}_map), or 0 (no tenant isolation)"
                 )
