@@ -33,6 +33,11 @@ MARKED = (
 )
 # Time a worker takes to notice a silent peer (3 missed 2 s beats + 1 s) plus a start.
 TAKEOVER_BOUND = 20.0
+# A worker unheard for 3 beats (2 s) + 1 s is dropped from the fleet (worker/provision.py);
+# a clean stop announces leaving, so its share moves well before that: measured 0.07-0.42 s
+# (SIGTERM to the survivor's 2 more instances ready, 2 cores shared by several stacks).
+HANDOVER_FALLBACK = 7.0
+HANDOVER_BOUND = 4.0
 
 
 def live_instances(markers: Path) -> dict[int, str]:
@@ -189,7 +194,16 @@ async def test_workers_share_a_target_and_take_over(fresh_stack: StartStack, mar
         print(f"worker joins -> 2 + 2 after {took * 1000:.0f} ms; fewest ready meanwhile {lowest}")
         assert lowest >= 4
 
-        # A worker stopping cleanly says so: the other takes over without waiting for beats.
-        stack.kill(workers[1][0], signal.SIGTERM)
-        took = await until(lambda: shares([4]), 10, "the survivor keeping 4 again")
+        # A worker stopping cleanly says so: the other takes over without waiting for beats
+        # (the fallback, a worker unheard for 3 beats + 1 s, would take HANDOVER_FALLBACK).
+        (leaving, _), (survivor, survivor_port) = workers[1], workers[2]
+        stack.procs[leaving].send_signal(signal.SIGTERM)
+
+        async def survivor_keeps_4() -> bool:
+            return await provisioned_on(session, survivor_port, function) == 4
+
+        took = await until(survivor_keeps_4, HANDOVER_BOUND, "the survivor keeping 4 again")
         print(f"worker SIGTERM -> the other keeps all 4 after {took * 1000:.0f} ms")
+        assert f"fleet: worker {stack.worker_ids[leaving]} left" in stack.logs(survivor)
+        stack.procs[leaving].wait(timeout=30)
+        await until(lambda: shares([4]), 10, "the leaving worker's instances gone")
