@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from functools import cache
 from typing import Any
 
@@ -34,39 +35,139 @@ from shared.trigger_types import TimerConfig
 
 REF = "#/components/schemas/{name}"
 
+# Every error is {"errorCode", "errorMessage"}; these are the statuses any authenticated
+# route can answer with, on top of its own (see `_op(errors=...)`).
+COMMON_ERRORS = {
+    "400": "bad input: the message names the field and the reason",
+    "401": "missing or unknown API key",
+    "403": "the credential may not use this route (an invoke token outside its grant)",
+    "503": "a platform dependency (broker, store) is unavailable; retry",
+}
+ERROR_TEXT = {
+    "404": "the resource (or its service, function or qualifier) does not exist",
+    "409": "conflict: the name exists, or the resource is in use",
+    "413": "the body is over the limit",
+    "429": "throttled: the tenant's or function's concurrency is exhausted",
+    "504": "the function did not answer within its timeout",
+}
+
+# The path parameters of every route, by their name in the document.
+NAME_PATTERN = r"^[A-Za-z_][-A-Za-z0-9_]{0,127}$"
+PATH_PARAMS: dict[str, dict[str, Any]] = {
+    "service": {
+        "description": "service name; on invocation, async-config and provision-config routes "
+        "`service.qualifier` (a version id, an alias or LATEST) is accepted too",
+        "schema": {"type": "string", "pattern": NAME_PATTERN},
+    },
+    "function": {
+        "description": "function name",
+        "schema": {"type": "string", "pattern": NAME_PATTERN},
+    },
+    "trigger": {
+        "description": "trigger name",
+        "schema": {"type": "string", "pattern": NAME_PATTERN},
+    },
+    "alias": {"description": "alias name", "schema": {"type": "string", "pattern": NAME_PATTERN}},
+    "version": {
+        "description": "version id",
+        "schema": {"type": "string", "pattern": r"^[1-9][0-9]{0,9}$"},
+    },
+    "requestId": {"description": "request id", "schema": {"type": "string", "minLength": 1}},
+}
+
+INVOKE_HEADERS = [
+    {
+        "name": "X-Fc-Invocation-Type",
+        "in": "header",
+        "required": False,
+        "schema": {"type": "string", "enum": ["Sync", "Async", "sync", "async"]},
+    },
+    {
+        "name": "X-Fc-Log-Type",
+        "in": "header",
+        "required": False,
+        "schema": {"type": "string", "enum": ["Tail", "None"]},
+    },
+]
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": REF.format(name=name)}
+
+
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"application/json": {"schema": schema}}
+
+
+def _page_of(key: str, item: str) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": {
+            key: {"type": "array", "items": _ref(item)},
+            "nextToken": {"type": "string"},
+        },
+        "required": [key],
+    }
+
 
 def _op(
     summary: str,
     request: str | None = None,
-    response: str | None = None,
+    response: str | dict[str, Any] | None = None,
     status: str = "200",
     raw: bool = False,
     query: tuple[str, ...] = (),
+    errors: tuple[str, ...] = ("404",),
+    media: str = "application/json",
 ) -> dict[str, Any]:
     op: dict[str, Any] = {"summary": summary, "responses": {}}
     if query:
         op["parameters"] = [
-            {"name": name, "in": "query", "required": False, "schema": {"type": "string"}}
+            {"name": name, "in": "query", "required": False, "schema": _query_schema(name)}
             for name in query
         ]
     if request:
-        op["requestBody"] = {
-            "required": True,
-            "content": {"application/json": {"schema": {"$ref": REF.format(name=request)}}},
-        }
+        op["requestBody"] = {"required": True, "content": _json(_ref(request))}
+        errors = (*errors, "413")
     if raw:
         op["requestBody"] = {
             "content": {"application/octet-stream": {"schema": {"type": "string"}}}
         }
     ok: dict[str, Any] = {"description": "OK"}
-    if response:
-        ok["content"] = {"application/json": {"schema": {"$ref": REF.format(name=response)}}}
+    if isinstance(response, str):
+        ok["content"] = _json(_ref(response))
+    elif response is not None:
+        ok["content"] = {media: {"schema": response}}
     op["responses"][status] = ok
-    op["responses"]["default"] = {
-        "description": "error",
-        "content": {"application/json": {"schema": {"$ref": REF.format(name="Error")}}},
-    }
+    for code, text in sorted({**COMMON_ERRORS, **{e: ERROR_TEXT[e] for e in errors}}.items()):
+        op["responses"][code] = {"description": text, "content": _json(_ref("Error"))}
     return op
+
+
+def _query_schema(name: str) -> dict[str, Any]:
+    if name == "limit":
+        return {"type": "integer", "minimum": 1, "maximum": 100}
+    return {"type": "string"}
+
+
+def _with_path_params(paths: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Declare each `{name}` of a path once, at the path level (OpenAPI 3.1 requires it)."""
+    for path, item in paths.items():
+        names = re.findall(r"{(\w+)}", path)
+        if names:
+            item["parameters"] = [
+                {"name": name, "in": "path", "required": True, **PATH_PARAMS[name]}
+                for name in names
+            ]
+        for method, op in item.items():
+            if method != "parameters":
+                op.setdefault("operationId", _operation_id(method, path))
+    return paths
+
+
+def _operation_id(method: str, path: str) -> str:
+    words = [w for w in re.split(r"[/{}-]+", path.removeprefix("/v1")) if w]
+    return method + "".join(w[:1].upper() + w[1:] for w in words)
 
 
 @cache
@@ -105,30 +206,71 @@ def build() -> dict[str, Any]:
         "type": "object",
         "properties": {"errorCode": {"type": "string"}, "errorMessage": {"type": "string"}},
         "required": ["errorCode", "errorMessage"],
+        "examples": [{"errorCode": "ServiceNotFound", "errorMessage": "service demo not found"}],
+    }
+    components["InvocationStatus"] = {
+        "type": "object",
+        "properties": {
+            "requestId": {"type": "string"},
+            "serviceName": {"type": "string"},
+            "qualifier": {"type": "string"},
+            "version": {"type": "string"},
+            "functionName": {"type": "string"},
+            "status": {"type": "string"},
+            "attempt": {"type": "integer"},
+            "createdTime": {"type": "string"},
+            "finishedTime": {"type": "string"},
+            "origin": {"type": "string"},
+            "errorType": {"type": "string"},
+            "errorMessage": {"type": "string"},
+            "result": {"type": "string"},
+            "resultEncoding": {"type": "string", "enum": ["utf-8", "base64"]},
+        },
+        "required": ["requestId", "serviceName", "functionName", "status", "attempt"],
     }
     svc = "/v1/services/{service}"
     fn = svc + "/functions/{function}"
     dlq_filters = ("serviceName", "functionName")
+    listing = ("prefix", "limit", "startKey")
+    public = {"security": []}
     paths = {
         "/v1/services": {
-            "post": _op("create a service", "ServiceCreate", "Service", "201"),
-            "get": _op("list services"),
+            "post": _op("create a service", "ServiceCreate", "Service", "201", errors=("409",)),
+            "get": _op("list services", response=_page_of("services", "Service"), query=listing),
         },
         svc: {
             "get": _op("get a service", response="Service"),
             "put": _op("update a service (partial)", "ServiceUpdate", "Service"),
-            "delete": _op("delete an empty service", status="204"),
+            "delete": _op(
+                "delete an empty service (409 while it has functions)",
+                status="204",
+                errors=("404", "409"),
+            ),
         },
         svc + "/functions": {
-            "post": _op("create a function", "FunctionCreate", "Function", "201"),
-            "get": _op("list functions"),
+            "post": _op(
+                "create a function (code: a base64 zip)",
+                "FunctionCreate",
+                "Function",
+                "201",
+                errors=("404", "409"),
+            ),
+            "get": _op("list functions", response=_page_of("functions", "Function"), query=listing),
         },
         fn: {
             "get": _op("get a function", response="Function"),
             "put": _op("update a function (partial)", "FunctionUpdate", "Function"),
-            "delete": _op("delete a function (409 while it has triggers)", status="204"),
+            "delete": _op(
+                "delete a function (409 while it has triggers)", status="204", errors=("404", "409")
+            ),
         },
-        fn + "/code": {"get": _op("download the code package (zip)")},
+        fn + "/code": {
+            "get": _op(
+                "download the code package",
+                response={"type": "string"},
+                media="application/zip",
+            )
+        },
         svc + "/versions": {
             "post": _op(
                 "publish LATEST as the next version (400 VersionExists when unchanged)",
@@ -142,11 +284,15 @@ def build() -> dict[str, Any]:
         },
         svc + "/versions/{version}": {
             "get": _op("get a version", response="Version"),
-            "delete": _op("delete a version (409 VersionInUse if an alias uses it)", status="204"),
+            "delete": _op(
+                "delete a version (409 VersionInUse if an alias uses it)",
+                status="204",
+                errors=("404", "409"),
+            ),
         },
         svc + "/aliases": {
-            "post": _op("create an alias", "AliasCreate", "Alias", "201"),
-            "get": _op("list aliases", response="AliasPage", query=("prefix", "limit", "startKey")),
+            "post": _op("create an alias", "AliasCreate", "Alias", "201", errors=("404", "409")),
+            "get": _op("list aliases", response="AliasPage", query=listing),
         },
         svc + "/aliases/{alias}": {
             "get": _op("get an alias (with its last automatic rollback)", response="Alias"),
@@ -159,23 +305,23 @@ def build() -> dict[str, Any]:
                 "TriggerCreate",
                 "Trigger",
                 "201",
+                errors=("404", "409"),
             ),
-            "get": _op("list the function's triggers", query=("prefix", "limit", "startKey")),
+            "get": _op(
+                "list the function's triggers",
+                response=_page_of("triggers", "Trigger"),
+                query=listing,
+            ),
         },
         fn + "/triggers/{trigger}": {
             "get": _op("get a trigger", response="Trigger"),
             "put": _op("update a trigger (partial)", "TriggerUpdate", "Trigger"),
             "delete": _op("delete a trigger", status="204"),
         },
-        fn + "/invocations": {
-            "post": _op(
-                "invoke service[.qualifier]/function (qualifier: LATEST, a version id or an "
-                "alias); X-Fc-Invocation-Type: Sync|Async, X-Fc-Log-Type: Tail; the response's "
-                "X-Fc-Invocation-Service-Version names the version that ran",
-                raw=True,
-            ),
+        fn + "/invocations": {"post": _invoke_op()},
+        fn + "/invocations/{requestId}": {
+            "get": _op("async invocation status and result", response="InvocationStatus")
         },
-        fn + "/invocations/{requestId}": {"get": _op("async invocation status and result")},
         fn + "/async-config": {
             "put": _op(
                 "set the async config of service[.qualifier]/function (partial)",
@@ -194,20 +340,33 @@ def build() -> dict[str, Any]:
             "get": _op("get the provision config", response="ProvisionConfig"),
             "delete": _op("remove the provision config", status="204"),
         },
-        "/v1/tenant": {"get": _op("the caller's tenant and its caps", response="TenantView")},
+        "/v1/tenant": {
+            "get": _op("the caller's tenant and its caps", response="TenantView", errors=())
+        },
         "/v1/dlq": {
             "get": _op(
                 "list dead letters (no payloads)",
                 response="DeadLetterPage",
                 query=(*dlq_filters, "limit", "startKey"),
+                errors=(),
             ),
-            "delete": _op("purge dead letters -> {purged}", query=dlq_filters),
+            "delete": _op(
+                "purge dead letters",
+                response={
+                    "type": "object",
+                    "properties": {"purged": {"type": "integer"}},
+                    "required": ["purged"],
+                },
+                query=dlq_filters,
+                errors=(),
+            ),
         },
         "/v1/dlq/redrive": {
             "post": _op(
                 "redrive up to `limit` (<= 100) matching dead letters",
                 response="RedriveResult",
                 query=(*dlq_filters, "limit", "startKey"),
+                errors=(),
             ),
         },
         "/v1/dlq/{requestId}": {
@@ -215,9 +374,35 @@ def build() -> dict[str, Any]:
             "delete": _op("delete one dead letter", status="204"),
         },
         "/v1/dlq/{requestId}/redrive": {
-            "post": _op("publish the invocation again -> {requestId}", status="202"),
+            "post": _op(
+                "publish the invocation again",
+                response={
+                    "type": "object",
+                    "properties": {"requestId": {"type": "string"}},
+                    "required": ["requestId"],
+                },
+                status="202",
+            ),
         },
-        "/healthz": {"get": _op("liveness")},
+        "/healthz": {"get": {**public, **_public_op("liveness")}},
+        "/readyz": {"get": {**public, **_public_op("readiness")}},
+        "/v1/openapi.json": {"get": {**public, **_public_op("this document")}},
+        "/metrics": {
+            "get": {
+                **public,
+                "summary": "Prometheus metrics (loopback clients, or Bearer PYFC_METRICS_TOKEN)",
+                "responses": {
+                    "200": {
+                        "description": "the exposition",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    "403": {
+                        "description": "not a permitted scraper",
+                        "content": _json(_ref("Error")),
+                    },
+                },
+            }
+        },
     }
     return {
         "openapi": "3.1.0",
@@ -227,8 +412,35 @@ def build() -> dict[str, Any]:
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
         "security": [{"bearer": []}],
-        "paths": paths,
+        "paths": _with_path_params(paths),
     }
+
+
+def _public_op(summary: str) -> dict[str, Any]:
+    return {
+        "summary": summary,
+        "responses": {"200": {"description": "OK", "content": _json({"type": "object"})}},
+    }
+
+
+def _invoke_op() -> dict[str, Any]:
+    op = _op(
+        "invoke service[.qualifier]/function (qualifier: LATEST, a version id or an alias). "
+        "Sync: the function's answer as the body (X-Fc-Error-Type set on a function error); "
+        "Async: 202 with X-Fc-Request-Id. The response's X-Fc-Invocation-Service-Version names "
+        "the version that ran; X-Fc-Log-Type: Tail returns the log tail in X-Fc-Log-Result",
+        raw=True,
+        errors=("404", "413", "429", "504"),
+    )
+    request_id = {"X-Fc-Request-Id": {"schema": {"type": "string"}}}
+    op["parameters"] = INVOKE_HEADERS
+    op["responses"]["200"] = {
+        "description": "the function's answer (sync)",
+        "headers": request_id,
+        "content": {"*/*": {"schema": {}}},
+    }
+    op["responses"]["202"] = {"description": "accepted (async)", "headers": request_id}
+    return op
 
 
 async def document(request: web.Request) -> web.Response:

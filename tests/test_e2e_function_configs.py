@@ -481,6 +481,6 @@ async def test_openapi_covers_the_new_routes(client: Client) -> None:
         ("/v1/dlq/{requestId}", {"get", "delete"}),
         ("/v1/dlq/{requestId}/redrive", {"post"}),
     ):
-        assert set(doc["paths"][path]) == methods, path
+        assert set(doc["paths"][path]) - {"parameters"} == methods, path
     fields = doc["components"]["schemas"]["AsyncConfigUpdate"]["properties"]
     assert fields["maxAsyncRetryAttempts"]["anyOf"][0]["maximum"] == 8
