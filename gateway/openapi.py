@@ -232,7 +232,7 @@ def build() -> dict[str, Any]:
     fn = svc + "/functions/{function}"
     dlq_filters = ("serviceName", "functionName")
     listing = ("prefix", "limit", "startKey")
-    public = {"security": []}
+    public: dict[str, Any] = {"security": []}
     paths = {
         "/v1/services": {
             "post": _op("create a service", "ServiceCreate", "Service", "201", errors=("409",)),
