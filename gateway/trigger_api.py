@@ -17,7 +17,7 @@ from gateway.http import gateway_of, json_response, list_params, page, tenant_of
 from shared.errors import BadRequest
 from shared.models import Trigger
 from shared.protocol import ControlEvent
-from shared.trigger_types import Limits, public_config, trigger_type, validate
+from shared.trigger_types import Limits, public_config, restore_secrets, trigger_type, validate
 
 
 def _check_qualifier(qualifier: str) -> None:
@@ -72,9 +72,8 @@ async def update_trigger(request: web.Request) -> web.Response:
     current = await gw.store.get_trigger(tenant, service, function, name)
     changes: dict[str, Any] = {}
     if body.trigger_config is not None:
-        changes["trigger_config"] = validate(
-            current.trigger_type, body.trigger_config, _limits(request)
-        )
+        config = restore_secrets(body.trigger_config, current.trigger_config)
+        changes["trigger_config"] = validate(current.trigger_type, config, _limits(request))
     if body.qualifier is not None:
         _check_qualifier(body.qualifier)
         await gw.catalog.spec(tenant, service, body.qualifier, function)
@@ -106,7 +105,12 @@ def _path(request: web.Request) -> tuple[str, str, str]:
 
 def _limits(request: web.Request) -> Limits:
     settings = gateway_of(request).settings
-    return Limits(max_event_bytes=settings.max_event_bytes, namespace=settings.namespace)
+    return Limits(
+        max_event_bytes=settings.max_event_bytes,
+        namespace=settings.namespace,
+        mq_exchanges=settings.mq_exchange_patterns,
+        tenant=tenant_of(request).name,
+    )
 
 
 def _shown(trigger: Trigger) -> Trigger:

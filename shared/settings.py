@@ -163,6 +163,17 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     log_buffer_chars: int = 4 * 1024 * 1024
     log_max_age: str = "7D"
     log_max_bytes: int = 1024**3
+    # Which exchanges of the platform's broker tenants may bind `mq` triggers to and
+    # publish to (`POST /v1/messages/{exchange}`): comma-separated glob patterns where
+    # `{tenant}` is the tenant's name (e.g. `{tenant}.*,shared.events`); empty = any
+    # exchange but the platform's own (`{namespace}.*`, `amq.*`), which are always refused.
+    mq_exchanges: str = ""
+    # MQ trigger process: unacked messages one consumer of a trigger's queue may hold.
+    mq_prefetch: int = 100
+
+    @property
+    def mq_exchange_patterns(self) -> tuple[str, ...]:
+        return tuple(p.strip() for p in self.mq_exchanges.split(",") if p.strip())
 
     @property
     def effective_database_url(self) -> str:

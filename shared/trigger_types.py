@@ -8,6 +8,7 @@ one `TriggerType` entry to `TRIGGER_TYPES` (see docs/architecture.md "Triggers")
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -15,9 +16,10 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import msgspec
+from yarl import URL
 
 from shared import cron, s3events
-from shared.errors import BadRequest, PayloadTooLarge
+from shared.errors import BadRequest, Forbidden, PayloadTooLarge
 from shared.protocol import Source
 
 MissedRuns = Literal["skip", "once", "all"]
@@ -108,6 +110,27 @@ class S3Config(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fiel
         )
 
 
+class MqConfig(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fields=True):
+    """`mq`: run the function for each message published to `exchange` whose routing key
+    matches `routingKey` (a topic pattern: `*` one word, `#` any), or for each batch of up
+    to `batchSize` messages gathered for at most `batchWindowSeconds`. `amqpUrl`: the
+    tenant's own broker (the platform's by default); its password is never returned."""
+
+    exchange: str
+    routing_key: str = "#"
+    batch_size: int = 1
+    batch_window_seconds: float = 0.0
+    amqp_url: str = ""
+
+
+MAX_MQ_BATCH = 100
+MAX_MQ_WINDOW_SECONDS = 60.0
+# The password of an `amqpUrl` as GET shows it; a PUT that sends it back keeps the stored one.
+SECRET_MASK = "****"
+_EXCHANGE_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,255}$")
+_WORD_RE = re.compile(r"^(\*|#|[^.*#]+)$")
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
     """What a config is checked against beyond its own fields."""
@@ -115,6 +138,10 @@ class Limits:
     max_event_bytes: int
     # The deployment's namespace: its own exchanges are not event sources.
     namespace: str = "pyfc"
+    # `mq`: the operator's allow-list of exchange patterns (PYFC_MQ_EXCHANGES; empty = any
+    # exchange but the platform's) and the tenant asking (`{tenant}` in a pattern).
+    mq_exchanges: tuple[str, ...] = ()
+    tenant: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +213,70 @@ def _check_s3(config: S3Config, limits: Limits) -> None:
             )
 
 
+def check_exchange(exchange: str, limits: Limits) -> None:
+    """May a tenant bind or publish to `exchange` on the platform's broker? 400 for a bad
+    name, 403 for the platform's own exchanges or one outside the operator's allow-list."""
+    if not _EXCHANGE_RE.match(exchange):
+        raise BadRequest(
+            f"exchange: {exchange!r} is not an exchange name (1-255 of A-Z a-z 0-9 _ . : -)"
+        )
+    if exchange.startswith("amq.") or (
+        limits.namespace and exchange.startswith(f"{limits.namespace}.")
+    ):
+        raise Forbidden(f"exchange: {exchange!r} is the platform's; tenants may not use it")
+    patterns = [p.replace("{tenant}", limits.tenant) for p in limits.mq_exchanges]
+    if patterns and not any(fnmatch.fnmatchcase(exchange, p) for p in patterns):
+        raise Forbidden(
+            f"exchange: {exchange!r} is not among the exchanges tenants may use "
+            f"(PYFC_MQ_EXCHANGES: {', '.join(patterns)})"
+        )
+
+
+def check_routing_pattern(pattern: str, field_name: str = "triggerConfig.routingKey") -> None:
+    """A topic binding pattern: dot-separated words, each `*`, `#` or a literal word."""
+    words = pattern.split(".") if pattern else []
+    if len(pattern.encode()) > 255 or not all(_WORD_RE.match(w) for w in words):
+        raise BadRequest(
+            f"{field_name}: {pattern!r} is not a topic pattern (words separated by '.', "
+            "each '*', '#' or a word without them; at most 255 bytes)"
+        )
+
+
+def _check_amqp_url(url: str) -> None:
+    try:
+        parsed = URL(url)
+    except ValueError as e:
+        raise BadRequest(f"triggerConfig.amqpUrl: not a URL ({e})") from e
+    if parsed.scheme not in ("amqp", "amqps") or not parsed.host:
+        raise BadRequest(
+            "triggerConfig.amqpUrl: expected amqp://[user:password@]host[:port][/vhost]"
+        )
+
+
+def _check_mq(config: MqConfig, limits: Limits) -> None:
+    if config.amqp_url:
+        _check_amqp_url(config.amqp_url)
+        if not _EXCHANGE_RE.match(config.exchange) or config.exchange.startswith("amq."):
+            raise BadRequest(f"triggerConfig.exchange: {config.exchange!r} cannot be bound")
+    else:
+        try:
+            check_exchange(config.exchange, limits)
+        except BadRequest as e:
+            raise BadRequest(f"triggerConfig.{e.message}") from e
+        except Forbidden as e:
+            raise Forbidden(f"triggerConfig.{e.message}") from e
+    check_routing_pattern(config.routing_key)
+    if not 1 <= config.batch_size <= MAX_MQ_BATCH:
+        raise BadRequest(
+            f"triggerConfig.batchSize: {config.batch_size} is not in 1..{MAX_MQ_BATCH}"
+        )
+    if not 0 <= config.batch_window_seconds <= MAX_MQ_WINDOW_SECONDS:
+        raise BadRequest(
+            f"triggerConfig.batchWindowSeconds: {config.batch_window_seconds} is not in "
+            f"0..{MAX_MQ_WINDOW_SECONDS:g}"
+        )
+
+
 def events_exchange(namespace: str) -> str:
     """The exchange the deployment's MinIO publishes bucket events to (deploy/)."""
     return f"{namespace}.s3-events"
@@ -195,6 +286,7 @@ S3 = TriggerType("s3", S3Config, "s3", _check_s3)
 TRIGGER_TYPES: dict[str, TriggerType] = {
     "timer": TriggerType("timer", TimerConfig, "cron", _check_timer),
     "s3": S3,
+    "mq": TriggerType("mq", MqConfig, "mq", _check_mq),
 }
 # Other names of a type (Function Compute's): stored under the type's own name.
 TYPE_ALIASES = {"oss": "s3"}
@@ -202,12 +294,48 @@ TYPE_ALIASES = {"oss": "s3"}
 SECRET_FIELDS = frozenset({"secretAccessKey"})
 
 
+# Config fields holding a URL whose password is never shown (GET masks it).
+URL_FIELDS = frozenset({"amqpUrl"})
+
+
 def public_config(config: Mapping[str, Any]) -> dict[str, Any]:
-    """A stored config as the API shows it: secrets blanked, at any depth."""
-    return {
-        k: "" if k in SECRET_FIELDS and v else public_config(v) if isinstance(v, Mapping) else v
-        for k, v in config.items()
-    }
+    """A stored config as the API shows it: secrets blanked, passwords in URLs masked,
+    at any depth."""
+    return {k: _public_value(k, v) for k, v in config.items()}
+
+
+def _public_value(key: str, value: Any) -> Any:
+    if key in SECRET_FIELDS and value:
+        return ""
+    if key in URL_FIELDS and isinstance(value, str) and value:
+        return mask_url(value)
+    return public_config(value) if isinstance(value, Mapping) else value
+
+
+def mask_url(url: str) -> str:
+    """`url` with its password masked (what GET shows)."""
+    try:
+        parsed = URL(url)
+    except ValueError:
+        return SECRET_MASK
+    return str(parsed.with_password(SECRET_MASK)) if parsed.password is not None else url
+
+
+def restore_secrets(new: dict[str, Any], current: Mapping[str, Any]) -> dict[str, Any]:
+    """A PUT's config with the masked URL passwords GET showed (same user and host)
+    replaced by the stored ones, so sending back what GET showed keeps the secret."""
+    out = dict(new)
+    for key in URL_FIELDS:
+        url, stored = new.get(key), current.get(key)
+        if not isinstance(url, str) or not isinstance(stored, str) or not stored:
+            continue
+        try:
+            sent, kept = URL(url), URL(stored)
+        except ValueError:
+            continue
+        if sent.password == SECRET_MASK and sent.with_password(None) == kept.with_password(None):
+            out[key] = stored
+    return out
 
 
 def trigger_type(name: str) -> TriggerType:

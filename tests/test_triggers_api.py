@@ -154,6 +154,58 @@ async def test_bad_updates(client: Client) -> None:
     assert json.loads(raw)["triggerConfig"]["cronExpression"] == "0 0 4 * * *"
 
 
+async def test_mq_trigger_hides_its_password_and_refuses_platform_exchanges(
+    client: Client, stack: Stack
+) -> None:
+    service, function = await deploy(client)
+    path = base(service, function)
+    url = "amqp://bob:s3cret@127.0.0.1:5672/"
+    body = {
+        "triggerName": "orders",
+        "triggerType": "mq",
+        "triggerConfig": {"exchange": "orders", "routingKey": "eu.*", "amqpUrl": url},
+    }
+    status, _, raw = await client.call("POST", path, json=body)
+    assert status == 201 and b"s3cret" not in raw, raw
+    for route in (path, f"{path}/orders"):
+        status, _, raw = await client.call("GET", route)
+        assert status == 200 and b"s3cret" not in raw and b"bob:****@" in raw, raw
+    shown = json.loads(raw)["triggerConfig"]
+    status, _, raw = await client.call(
+        "PUT", f"{path}/orders", json={"triggerConfig": {**shown, "batchSize": 10}}
+    )
+    assert (
+        status == 200
+        and b"s3cret" not in raw
+        and json.loads(raw)["triggerConfig"]
+        == {
+            **shown,
+            "batchSize": 10,
+        }
+    ), raw
+    for exchange in (f"{stack.namespace}.invoke", "amq.topic"):
+        status, _, raw = await client.call(
+            "POST",
+            path,
+            json={
+                "triggerName": "evil",
+                "triggerType": "mq",
+                "triggerConfig": {"exchange": exchange},
+            },
+        )
+        assert status == 403 and "triggerConfig.exchange" in json.loads(raw)["errorMessage"], raw
+    status, _, raw = await client.call(
+        "POST",
+        path,
+        json={
+            "triggerName": "bad",
+            "triggerType": "mq",
+            "triggerConfig": {"exchange": "o", "batchSize": 0},
+        },
+    )
+    assert status == 400 and "batchSize" in json.loads(raw)["errorMessage"], raw
+
+
 async def test_lapsed_claims_are_taken_over_and_run_once(
     fresh_stack: StartStack, tmp_path: Path
 ) -> None:

@@ -92,7 +92,10 @@ class Emitter:
         *,
         once: bool,
         created_at: float = 0.0,
+        lineage: Lineage | None = None,
     ) -> Invocation:
+        """`lineage`: the chain the event continues (an MQ message's headers); a new one
+        (hops 0) by default."""
         t = active.trigger
         return Invocation(
             id=request_id,
@@ -105,9 +108,8 @@ class Emitter:
             payload=payload,
             # The event's own time (a fire's scheduled time): max event age counts from it.
             created_at=created_at or time.time(),
-            lineage=Lineage(
-                trace_id=request_id, hops=0, origin=f"{t.trigger_type}:{t.trigger_name}"
-            ),
+            lineage=lineage
+            or Lineage(trace_id=request_id, hops=0, origin=f"{t.trigger_type}:{t.trigger_name}"),
             once=once,
         )
 

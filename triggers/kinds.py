@@ -8,6 +8,7 @@ from shared.settings import Settings
 from shared.store import Store
 from triggers.adapter import Emitter, Source
 from triggers.metrics import TriggerMetrics
+from triggers.mq import MqSource
 from triggers.s3 import ObjectSource
 from triggers.timer import TimerSource
 
@@ -32,5 +33,11 @@ async def _s3(
     return await ObjectSource.open(settings, emitter, metrics)
 
 
+async def _mq(
+    settings: Settings, store: Store, emitter: Emitter, metrics: TriggerMetrics
+) -> Source:
+    return MqSource(settings, store, emitter, metrics)
+
+
 # `pyfc up` runs one process of each; `pyfc trigger <kind>` runs one.
-KINDS: dict[str, SourceFactory] = {"timer": _timer, "s3": _s3}
+KINDS: dict[str, SourceFactory] = {"timer": _timer, "s3": _s3, "mq": _mq}

@@ -32,6 +32,12 @@ class TriggerMetrics:
             ["kind", "reason"],
             registry=self.registry,
         )
+        self.dead_lettered = Counter(
+            "pyfc_trigger_dead_lettered",
+            "Source events that cannot become invocations, parked in the trigger's DLQ",
+            ["kind", "tenant"],
+            registry=self.registry,
+        )
         self.taken_over = Counter(
             "pyfc_trigger_taken_over",
             "Fires another replica claimed and did not finish, completed by this one",
