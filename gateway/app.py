@@ -15,6 +15,7 @@ from gateway import (
     dlq_api,
     function_config_api,
     invoke_api,
+    log_api,
     openapi,
     release_api,
     trigger_api,
@@ -122,3 +123,4 @@ def add_routes(router: web.UrlDispatcher) -> None:
     dlq_api.add_routes(router)
     trigger_api.add_routes(router)
     invoke_api.add_routes(router)
+    log_api.add_routes(router)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
-from aio_pika.abc import AbstractChannel, AbstractExchange
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
 from aiohttp import web
 
 from gateway.metrics import GatewayMetrics
@@ -51,6 +51,8 @@ class Gateway:
     invoke_exchange: AbstractExchange  # on a confirming channel: async accept = persisted
     control_channel: AbstractChannel
     catalog: FunctionCatalog
+    # Log stores are read and appended to over this connection (a channel per query).
+    connection: AbstractRobustConnection
     metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
     # Verifies invoke tokens; empty = none accepted.
     token_secret: bytes = field(default=b"", repr=False)

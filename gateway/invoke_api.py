@@ -6,7 +6,6 @@ import base64
 import logging
 import re
 import time
-import uuid
 
 from aiohttp import web
 from opentelemetry.trace import SpanKind, StatusCode
@@ -22,6 +21,7 @@ from gateway.http import (
 )
 from shared import telemetry
 from shared.errors import BadRequest, InvocationNotFound, PayloadTooLarge, PyfcError
+from shared.logread import new_request_id
 from shared.logs import request_id_var
 from shared.protocol import LATEST, Invocation, Lineage, Outcome
 from shared.tokens import InvokeGrant
@@ -99,7 +99,7 @@ async def invoke(request: web.Request) -> web.Response:
     service, qualifier = split_qualifier(request.match_info["service"])
     function = request.match_info["function"]
     kind = invocation_type(request.headers.get("X-Fc-Invocation-Type"))
-    request_id = str(uuid.uuid4())
+    request_id = new_request_id()
     request_id_var.set(request_id)
     lineage = request_lineage(request.headers.get("X-Fc-Lineage"), request_id, grant_of(request))
     payload = await request.read()

@@ -57,6 +57,7 @@ def main(settings: Settings | None = None) -> int:
             invoke_exchange=await declare_invoke(confirmed, topo),
             control_channel=control_channel,
             catalog=catalog,
+            connection=connection,
             token_secret=token_secret,
         )
         runner = web.AppRunner(build_app(gateway), access_log=None)

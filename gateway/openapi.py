@@ -322,6 +322,17 @@ def build() -> dict[str, Any]:
         fn + "/invocations/{requestId}": {
             "get": _op("async invocation status and result", response="InvocationStatus")
         },
+        fn + "/logs": {
+            "get": _op(
+                "the function's log lines, oldest first, paged ({logs, nextToken}); times are "
+                "ISO 8601, epoch seconds or back from now (10m); level: at least this; "
+                "follow=true streams lines as they arrive (application/x-ndjson)",
+                query=("requestId", "since", "until", "q", "level", "limit", "nextToken", "follow"),
+            ),
+            "post": _op(
+                "append the tenant's own records: {records: [{message, level, requestId, time}]}"
+            ),
+        },
         fn + "/async-config": {
             "put": _op(
                 "set the async config of service[.qualifier]/function (partial)",

@@ -12,7 +12,7 @@ import traceback
 
 import click
 
-from pyfc import client_commands, profiles, release_client, trigger_cli
+from pyfc import client_commands, log_client, profiles, release_client, trigger_cli
 from pyfc.client import EXIT_FAILED, Api, CliError, _fail, exit_code_for
 from pyfc.console import Context, json_option, pass_context, run
 from shared.errors import PyfcError
@@ -219,6 +219,7 @@ for _command in (
     *client_commands.COMMANDS,
     trigger_cli.trigger,
     *release_client.COMMANDS,
+    *log_client.COMMANDS,
 ):
     cli.add_command(_command)
 
