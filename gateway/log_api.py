@@ -149,10 +149,10 @@ async def get_logs(request: web.Request) -> web.StreamResponse:
     gw, tenant = gateway_of(request), tenant_of(request)
     service, function = request.match_info["service"], request.match_info["function"]
     follow_mode = request.query.get("follow", "").lower() in ("1", "true", "yes")
+    queue = await _store_queue(gw, tenant.name, service, function)
     token = request.query.get("nextToken", "")
     cursor: Cursor | None = parse_token(token) if token else None
     query = await _query(request, gw, tenant.name)
-    queue = await _store_queue(gw, tenant.name, service, function)
     if follow_mode:
         return await _follow(request, gw, queue, query)
     page = await read_page(gw.connection, queue, query, cursor)
@@ -201,13 +201,13 @@ class AppendBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 async def append_logs(request: web.Request) -> web.Response:
     gw, tenant = gateway_of(request), tenant_of(request)
     service, function = request.match_info["service"], request.match_info["function"]
+    queue = await _store_queue(gw, tenant.name, service, function)
     try:
         body = msgspec.json.decode(await request.read(), type=AppendBody)
     except (msgspec.DecodeError, msgspec.ValidationError) as e:
         raise BadRequest(f"bad records: {e}") from e
     if not 1 <= len(body.records) <= MAX_APPEND_RECORDS:
         raise BadRequest(f"records: give 1 to {MAX_APPEND_RECORDS}")
-    queue = await _store_queue(gw, tenant.name, service, function)
     now = time.time()
     records = []
     for i, item in enumerate(body.records):

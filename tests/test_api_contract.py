@@ -185,6 +185,7 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("PUT", "/v1/services/{}/functions/{}/triggers/{}"): {"enabled": True},
     ("PUT", "/v1/services/{}/functions/{}/async-config"): {"maxAsyncRetryAttempts": 2},
     ("PUT", "/v1/services/{}/functions/{}/provision-config"): {"target": 1},
+    ("POST", "/v1/services/{}/functions/{}/logs"): {"records": [{"message": "b was here"}]},
 }
 
 
@@ -201,7 +202,8 @@ async def snapshot(a: Client, w: World) -> dict[str, bytes]:
     """Everything A can read about its resources (volatile counters aside)."""
     out = {}
     for method, path in routes_naming_a_resource():
-        if method == "GET" and not path.endswith("/code"):
+        # A function's logs grow with every call (the token test's invoke): not compared.
+        if method == "GET" and not path.endswith(("/code", "/logs")):
             url = concrete(path, w)
             out[url] = await ok(a, "GET", url, 200)
     for listing in ("/v1/services", "/v1/dlq"):
