@@ -12,7 +12,7 @@ import traceback
 
 import click
 
-from pyfc import client_commands, log_client, profiles, release_client, trigger_cli
+from pyfc import client_commands, deploy_cli, log_client, profiles, release_client, trigger_cli
 from pyfc.client import EXIT_FAILED, Api, CliError, _fail, exit_code_for
 from pyfc.console import Context, json_option, pass_context, run
 from shared.errors import PyfcError
@@ -216,6 +216,7 @@ async def _notify_tenant_changed(settings: Settings, name: str) -> bool:
 
 # The commands over the gateway's API, one module per area.
 for _command in (
+    deploy_cli.deploy,
     *client_commands.COMMANDS,
     trigger_cli.trigger,
     *release_client.COMMANDS,

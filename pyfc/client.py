@@ -5,35 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
 import json
 import os
 import sys
 import time
-import zipfile
 from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import quote, urlencode
 
 import aiohttp
 
-SKIP_DIRS = {"__pycache__", ".git", ".venv", "node_modules"}
-
-
-def zip_folder(folder: Path) -> bytes:
-    """The folder's files at the zip root (FC's layout), executable bits kept."""
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for path in sorted(folder.rglob("*")):
-            rel = path.relative_to(folder)
-            if any(part in SKIP_DIRS for part in rel.parts) or not path.is_file():
-                continue
-            info = zipfile.ZipInfo(str(rel), date_time=(1980, 1, 1, 0, 0, 0))
-            info.external_attr = (path.stat().st_mode & 0o777) << 16
-            info.compress_type = zipfile.ZIP_DEFLATED
-            zf.writestr(info, path.read_bytes())
-    return buf.getvalue()
-
+from pyfc.code import CodeFolder
 
 # Exit codes (documented in the README's CLI section; scripts rely on them).
 EXIT_OK = 0
@@ -145,7 +127,7 @@ async def deploy(
 ) -> int:
     if not folder.is_dir():
         raise CliError(f"{folder} is not a folder", EXIT_USAGE)
-    code = zip_folder(folder)
+    code = CodeFolder(folder).zip_bytes
     body = {"code": {"zipFile": base64.b64encode(code).decode()}, **options}
     async with aiohttp.ClientSession() as s:
         status, _, raw = await api.request(s, "GET", f"/v1/services/{service}")

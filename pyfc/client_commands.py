@@ -1,55 +1,13 @@
-"""`pyfc deploy FOLDER`, `pyfc invoke`, `pyfc result` and `pyfc dlq`: click commands over
+"""`pyfc invoke`, `pyfc result` and `pyfc dlq`: click commands over
 the functions in `pyfc.client`."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import click
 
 from pyfc import client
 from pyfc.client import Api
 from pyfc.console import api_command, json_option, run
-
-
-@click.command(help="deploy a function from a folder")
-@api_command
-@click.argument("folder", type=click.Path(path_type=Path))
-@click.option("--service", required=True)
-@click.option("--function", required=True)
-@click.option("--handler", default="index.handler", show_default=True)
-@click.option("--runtime", default="python3.11", show_default=True)
-@click.option("--timeout", type=float)
-@click.option("--memory", type=int)
-@click.option("--initializer")
-@click.option("--env", multiple=True, metavar="KEY=VALUE")
-@json_option
-def deploy(
-    api: Api,
-    folder: Path,
-    service: str,
-    function: str,
-    handler: str,
-    runtime: str,
-    timeout: float | None,
-    memory: int | None,
-    initializer: str | None,
-    env: tuple[str, ...],
-    as_json: bool,
-) -> int:
-    options: dict[str, object] = {"handler": handler, "runtime": runtime}
-    for value, field in (
-        (timeout, "timeout"),
-        (memory, "memorySize"),
-        (initializer, "initializer"),
-    ):
-        if value is not None:
-            options[field] = value
-    if env:
-        if any("=" not in kv for kv in env):
-            raise click.UsageError("--env takes KEY=VALUE")
-        options["environmentVariables"] = dict(kv.split("=", 1) for kv in env)
-    return run(client.deploy(api, folder, service, function, options, as_json))
 
 
 @click.command(help="invoke a function: SERVICE[.QUALIFIER]/FUNCTION")
@@ -153,4 +111,4 @@ def dlq_purge(api: Api, service: str, function: str, as_json: bool) -> int:
     return run(client.dlq(api, "purge", service=service, function=function, as_json=as_json))
 
 
-COMMANDS = (deploy, invoke, result, dlq)
+COMMANDS = (invoke, result, dlq)
