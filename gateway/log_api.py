@@ -100,11 +100,12 @@ async def _query(request: web.Request, gw: Gateway, tenant: str) -> LogQuery:
         raise BadRequest("since is after until")
     request_id = params.get("requestId", "")
     reports = 0
+    scan_from = 0.0
     if request_id:
         if len(request_id) > 128:
             raise BadRequest("requestId: longer than 128 characters")
         began, ended, reports = await _request_bounds(gw, tenant, request_id)
-        since = max(since, began - CLOCK_MARGIN_SECONDS)
+        scan_from = max(since, began)
         if ended and not until:
             until = ended + CLOCK_MARGIN_SECONDS
     elif not since and "follow" not in params:
@@ -119,6 +120,7 @@ async def _query(request: web.Request, gw: Gateway, tenant: str) -> LogQuery:
         level=level,
         limit=_limit(params.get("limit")),
         reports=reports,
+        scan_from=scan_from,
     )
 
 

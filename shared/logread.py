@@ -37,9 +37,10 @@ from shared.logstore import (
     declare_store,
 )
 
-# Lines are stamped by worker clocks and streams index by the broker's: start this much
-# before `since` (hosts' clocks and a flush apart).
-CLOCK_MARGIN_SECONDS = 5.0
+# Lines are stamped by worker clocks, request ids by gateway clocks and streams index by
+# the broker's: a scan starts this much before the time it looks for (hosts kept in sync
+# by NTP are milliseconds apart).
+CLOCK_MARGIN_SECONDS = 1.0
 # A line reaches its store this long after it was written at most, for a request that
 # runs no longer (a page stops reading past `until` plus this).
 SHIP_SLACK_SECONDS = 30.0
@@ -63,6 +64,8 @@ class LogQuery(msgspec.Struct, kw_only=True, frozen=True):
     limit: int = 100
     # A request id query: how many report lines end it (its attempts; 0 = read to the end).
     reports: int = 0
+    # Where the scan starts (epoch seconds; 0 = `since`): a request's start for an id.
+    scan_from: float = 0.0
 
 
 def matches(record: LogRecord, query: LogQuery) -> bool:
@@ -197,9 +200,10 @@ async def _mark_end(connection: AbstractRobustConnection, queue: str) -> str:
 def _start(query: LogQuery, cursor: Cursor | None) -> int | str | datetime:
     if cursor is not None:
         return cursor.offset
-    if query.since <= 0:
+    begin = query.scan_from or query.since
+    if begin <= 0:
         return "first"
-    return datetime.fromtimestamp(max(0.0, query.since - CLOCK_MARGIN_SECONDS), UTC)
+    return datetime.fromtimestamp(max(0.0, begin - CLOCK_MARGIN_SECONDS), UTC)
 
 
 async def read_page(
