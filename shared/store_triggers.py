@@ -272,6 +272,18 @@ class TriggerRecords:
         async with self._begin() as conn:
             return bool((await conn.execute(query)).rowcount)
 
+    async def release_fires(self, owner: str) -> int:
+        """Hand back our unfinished claims (a clean stop): their lease ends now, so another
+        replica's next sweep takes them over instead of waiting for it to lapse."""
+        c = trigger_fires.c
+        query = (
+            update(trigger_fires)
+            .where(c.state == "claimed", c.owner == owner)
+            .values(lease_until=0.0)
+        )
+        async with self._begin() as conn:
+            return int((await conn.execute(query)).rowcount)
+
     async def finish_fires(self, fires: list[Fire], owner: str, state: FireState) -> int:
         """Mark our claims published or skipped; how many were still ours."""
         if not fires:

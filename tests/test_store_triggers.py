@@ -64,6 +64,22 @@ async def test_one_claim_per_time_and_takeover_after_the_lease(store: Store) -> 
     assert await store.last_fires([tid]) == {tid: 103_000}
 
 
+async def test_a_clean_stop_hands_back_its_open_claims_at_once(store: Store) -> None:
+    tenant, tid = await _trigger(store)
+    now = time.time()
+    fires = _fires(tenant, tid, 200, 201, 202)
+    assert await store.claim_fires(fires, "a", now + 60) == fires
+    assert await store.claim_fires(_fires(tenant, tid, 203), "b", now + 60)
+    assert await store.finish_fires(fires[:1], "a", "published") == 1
+    # Before: nothing to take over for another minute.
+    assert await store.take_over_lapsed("c", now, now + 5) == []
+    # a stops cleanly: its two open claims (not the published one, not b's) are free now.
+    assert await store.release_fires("a") == 2
+    taken = await store.take_over_lapsed("c", now, now + 5)
+    assert sorted(f.scheduled_ms for f in taken) == [201_000, 202_000]
+    assert await store.release_fires("a") == 0
+
+
 async def test_first_admission_once_per_id_and_again_after_a_redrive(store: Store) -> None:
     tenant, _ = await _trigger(store)
     ids = [str(uuid.uuid4()) for _ in range(3)]
