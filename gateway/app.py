@@ -16,6 +16,7 @@ from gateway import (
     function_config_api,
     invoke_api,
     log_api,
+    message_api,
     openapi,
     release_api,
     trigger_api,
@@ -124,3 +125,4 @@ def add_routes(router: web.UrlDispatcher) -> None:
     trigger_api.add_routes(router)
     invoke_api.add_routes(router)
     log_api.add_routes(router)
+    message_api.add_routes(router)

@@ -257,3 +257,24 @@ class TriggerUpdate(
     qualifier: str | None = None
     enabled: bool | None = None
     description: Description | None = None
+
+
+class MessagePublish(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fields=True):
+    """`POST /v1/messages/{exchange}`: one message for the exchange's bound queues (an MQ
+    trigger's among them). `body` is text, or base64 with `isBase64Encoded`; `messageId`
+    (default: a new one) is what an MQ trigger derives its request id from."""
+
+    routing_key: Annotated[str, msgspec.Meta(max_length=255)] = ""
+    headers: Annotated[dict[str, str], msgspec.Meta(max_length=64)] = {}
+    body: str = ""
+    is_base64_encoded: bool = False
+    message_id: Annotated[str, msgspec.Meta(max_length=128)] = ""
+    content_type: Annotated[str, msgspec.Meta(max_length=128)] = ""
+
+
+class MessagePublished(msgspec.Struct, kw_only=True, rename="camel"):
+    """The broker confirmed the message; `routed`: some queue took it (false: no queue
+    is bound to the exchange with a matching pattern, and the message is gone)."""
+
+    message_id: str
+    routed: bool

@@ -8,6 +8,7 @@ it and never each other. An import-linter contract (pyproject.toml) keeps it so.
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,7 +25,7 @@ from shared.blobs import BlobStore
 from shared.catalog import FunctionCatalog
 from shared.errors import BadRequest, NotFound, PyfcError, Unauthorized
 from shared.models import Tenant
-from shared.protocol import LATEST, ControlEvent
+from shared.protocol import LATEST, ControlEvent, Lineage
 from shared.settings import Settings
 from shared.store import Store
 from shared.tokens import InvokeGrant
@@ -32,10 +33,12 @@ from shared.topology import Topology
 
 AUTH_CACHE_SECONDS = 10.0
 # Routes an invoke token (a running function's credential, shared/tokens.py) may use:
-# invoking, and reading the invocations it made. Everything else answers 403 to one.
+# invoking, reading the invocations it made, and publishing messages (lineage in the
+# headers). Everything else answers 403 to one.
 INVOKE_ROUTE = "invoke"
 GET_INVOCATION_ROUTE = "get-invocation"
-INVOKE_TOKEN_ROUTES = frozenset({INVOKE_ROUTE, GET_INVOCATION_ROUTE})
+PUBLISH_ROUTE = "publish-message"
+INVOKE_TOKEN_ROUTES = frozenset({INVOKE_ROUTE, GET_INVOCATION_ROUTE, PUBLISH_ROUTE})
 MAX_LIST = 100
 
 
@@ -174,3 +177,33 @@ def page(items: list[object], limit: int, key_of: str) -> dict[str, object]:
         items = items[:limit]
     out["items"] = items
     return out
+
+
+LINEAGE_RE = re.compile(
+    r"^(?P<trace>[A-Za-z0-9-]{1,64})/(?P<hops>\d{1,4})(?:/(?P<origin>[\w.:/-]{0,200}))?$"
+)
+
+
+def parse_lineage(header: str | None, request_id: str) -> Lineage:
+    """`X-Fc-Lineage: <traceId>/<hops>[/<origin>]`, set by callers inside a chain."""
+    if not header:
+        return Lineage(trace_id=request_id, hops=0, origin="http")
+    m = LINEAGE_RE.match(header.strip())
+    if m is None:
+        raise BadRequest("bad X-Fc-Lineage header: expected <traceId>/<hops>[/<origin>]")
+    return Lineage(trace_id=m["trace"], hops=int(m["hops"]) + 1, origin=m["origin"] or "http")
+
+
+def request_lineage(header: str | None, request_id: str, grant: InvokeGrant | None) -> Lineage:
+    """The lineage of a new invocation: from the invoke token when a function calls.
+
+    A token's chain is authoritative: its trace and one hop below its holder, attributed to
+    the holder. An `X-Fc-Lineage` header beside it may only make the chain deeper, so a
+    function cannot shorten its chain by dropping or rewriting the header.
+    """
+    claimed = parse_lineage(header, request_id)
+    if grant is None:
+        return claimed
+    return Lineage(
+        trace_id=grant.trace_id, hops=max(grant.hops + 1, claimed.hops), origin=grant.origin
+    )

@@ -16,6 +16,7 @@ from gateway.http import (
     gateway_of,
     grant_of,
     json_response,
+    request_lineage,
     split_qualifier,
     tenant_of,
 )
@@ -23,8 +24,7 @@ from shared import telemetry
 from shared.errors import BadRequest, InvocationNotFound, PayloadTooLarge, PyfcError
 from shared.logread import new_request_id
 from shared.logs import request_id_var
-from shared.protocol import LATEST, Invocation, Lineage, Outcome
-from shared.tokens import InvokeGrant
+from shared.protocol import LATEST, Invocation, Outcome
 
 log = logging.getLogger(f"pyfc.{__name__}")
 
@@ -33,34 +33,6 @@ VERSION_HEADER = "X-Fc-Invocation-Service-Version"
 # Cold start, initializer and queueing come on top of the function's own timeout.
 SYNC_SLACK_SECONDS = 10.0
 TRACEPARENT_RE = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
-LINEAGE_RE = re.compile(
-    r"^(?P<trace>[A-Za-z0-9-]{1,64})/(?P<hops>\d{1,4})(?:/(?P<origin>[\w.:/-]{0,200}))?$"
-)
-
-
-def parse_lineage(header: str | None, request_id: str) -> Lineage:
-    """`X-Fc-Lineage: <traceId>/<hops>[/<origin>]`, set by callers inside a chain."""
-    if not header:
-        return Lineage(trace_id=request_id, hops=0, origin="http")
-    m = LINEAGE_RE.match(header.strip())
-    if m is None:
-        raise BadRequest("bad X-Fc-Lineage header: expected <traceId>/<hops>[/<origin>]")
-    return Lineage(trace_id=m["trace"], hops=int(m["hops"]) + 1, origin=m["origin"] or "http")
-
-
-def request_lineage(header: str | None, request_id: str, grant: InvokeGrant | None) -> Lineage:
-    """The lineage of a new invocation: from the invoke token when a function calls.
-
-    A token's chain is authoritative: its trace and one hop below its holder, attributed to
-    the holder. An `X-Fc-Lineage` header beside it may only make the chain deeper, so a
-    function cannot shorten its chain by dropping or rewriting the header.
-    """
-    claimed = parse_lineage(header, request_id)
-    if grant is None:
-        return claimed
-    return Lineage(
-        trace_id=grant.trace_id, hops=max(grant.hops + 1, claimed.hops), origin=grant.origin
-    )
 
 
 def invocation_type(header: str | None) -> str:

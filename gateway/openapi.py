@@ -18,6 +18,8 @@ from gateway.bodies import (
     DeadLetterPage,
     FunctionCreate,
     FunctionUpdate,
+    MessagePublish,
+    MessagePublished,
     ProvisionConfigUpdate,
     PublishVersion,
     RedriveResult,
@@ -31,7 +33,7 @@ from gateway.bodies import (
 from gateway.http import json_response
 from shared.models import AsyncConfig, Function, ProvisionConfig, Service, Trigger
 from shared.release import Alias, Version
-from shared.trigger_types import TimerConfig
+from shared.trigger_types import MqConfig, TimerConfig
 
 REF = "#/components/schemas/{name}"
 
@@ -73,6 +75,11 @@ PATH_PARAMS: dict[str, dict[str, Any]] = {
         "schema": {"type": "string", "pattern": r"^[1-9][0-9]{0,9}$"},
     },
     "requestId": {"description": "request id", "schema": {"type": "string", "minLength": 1}},
+    "exchange": {
+        "description": "an exchange of the platform's broker tenants may use (not `{namespace}.*` "
+        "nor `amq.*`; within PYFC_MQ_EXCHANGES)",
+        "schema": {"type": "string", "pattern": r"^[A-Za-z0-9_.:-]{1,255}$"},
+    },
 }
 
 INVOKE_HEADERS = [
@@ -199,6 +206,9 @@ def build() -> dict[str, Any]:
             TriggerUpdate,
             Trigger,
             TimerConfig,
+            MqConfig,
+            MessagePublish,
+            MessagePublished,
         ],
         ref_template=REF,
     )
@@ -301,7 +311,7 @@ def build() -> dict[str, Any]:
         },
         fn + "/triggers": {
             "post": _op(
-                "create a trigger (triggerConfig by triggerType; timer: TimerConfig)",
+                "create a trigger (triggerConfig by triggerType; timer: TimerConfig, mq: MqConfig)",
                 "TriggerCreate",
                 "Trigger",
                 "201",
@@ -350,6 +360,15 @@ def build() -> dict[str, Any]:
             ),
             "get": _op("get the provision config", response="ProvisionConfig"),
             "delete": _op("remove the provision config", status="204"),
+        },
+        "/v1/messages/{exchange}": {
+            "post": _op(
+                "publish a message (lineage in its headers) to an existing exchange; an "
+                "invoke token may publish too",
+                "MessagePublish",
+                "MessagePublished",
+                errors=("404",),
+            ),
         },
         "/v1/tenant": {
             "get": _op("the caller's tenant and its caps", response="TenantView", errors=())

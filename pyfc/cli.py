@@ -12,7 +12,15 @@ import traceback
 
 import click
 
-from pyfc import client_commands, deploy_cli, log_client, profiles, release_client, trigger_cli
+from pyfc import (
+    client_commands,
+    deploy_cli,
+    log_client,
+    profiles,
+    publish_client,
+    release_client,
+    trigger_cli,
+)
 from pyfc.client import EXIT_FAILED, Api, CliError, _fail, exit_code_for
 from pyfc.console import Context, json_option, pass_context, run
 from shared.errors import PyfcError
@@ -221,6 +229,7 @@ for _command in (
     trigger_cli.trigger,
     *release_client.COMMANDS,
     *log_client.COMMANDS,
+    *publish_client.COMMANDS,
 ):
     cli.add_command(_command)
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from gateway.invoke_api import request_lineage
+from gateway.http import request_lineage
 from shared import tokens
 from shared.errors import BadRequest
 from shared.protocol import Lineage
