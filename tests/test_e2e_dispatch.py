@@ -480,13 +480,14 @@ async def test_an_async_flood_does_not_hold_up_another_tenants_async_work(
     # A sync call finds the slot kept free at once.
     started = time.monotonic()
     status, _, _ = await invoke(quiet, q_service, q_function, b"now")
-    assert status == 200 and time.monotonic() - started < 1.5
+    assert status == 200 and time.monotonic() - started < 1.5  # measured 0.10-0.13 s
     # Async calls wait their turn beside the flood, not behind all of it.
     started = time.monotonic()
     for request_id in await fire_async(quiet, q_service, q_function, 3):
         rec = await wait_result(quiet, q_service, q_function, request_id)
         assert rec["status"] == "Succeeded"
-    assert time.monotonic() - started < 3.0
+    # Measured 0.2-1.6 s; behind the flood they would take ~7 s.
+    assert time.monotonic() - started < 4.0
     assert probe.state()["now"] > 0  # the flood was still running meanwhile
     for request_id in flood:
         assert (await wait_result(noisy, n_service, n_function, request_id))[

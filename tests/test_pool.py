@@ -428,13 +428,15 @@ async def test_a_joined_call_waits_no_longer_than_its_deadline(
 ) -> None:
     pool = forking_pool
     spec = make_spec(instance_concurrency=2, initializer="index.init")
-    code = write_code(tmp_path, SHARED)
+    # A 1 s start, far from the 0.05 s deadline: measured 50-63 ms to the answer (16 runs).
+    code = write_code(tmp_path, SHARED.replace("time.sleep(0.2)", "time.sleep(1.0)"))
     first = asyncio.create_task(pool.invoke(spec, code, make_inv()))
     await eventually(lambda: pool.instances_starting == 1)
     began = time.monotonic()
     hurried = await pool.invoke(spec, code, make_inv(deadline=time.time() + 0.05))
     assert (hurried.error_type, hurried.http_status) == ("DeadlineExceeded", 504)
-    assert time.monotonic() - began < 0.15  # not the whole start
+    took = time.monotonic() - began
+    assert 0.05 <= took < 0.5, took  # the deadline, not the whole start
     # It gave its place back: a later call joins (or finds warm) the same instance.
     second = await pool.invoke(spec, code, make_inv())
     assert (await first).instance_id == second.instance_id

@@ -3,7 +3,7 @@ snapshot published by hand, instances in a pool of this process."""
 
 from __future__ import annotations
 
-import asyncio
+import itertools
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -55,10 +55,10 @@ async def publish(
 
 
 ATTEMPTS = """
-import os
+import os, time
 def init(context):
     with open(os.environ["ATTEMPTS"], "a") as f:
-        f.write("x")
+        f.write(f"{time.monotonic()}\\n")
     if os.environ.get("FAIL"):
         raise RuntimeError("cannot load the model")
 def handler(event, context):
@@ -105,9 +105,15 @@ async def test_failing_starts_back_off(
         await eventually(lambda: attempts.exists())
         # both starts of a pass fail; retried after 1 s, then 2 s, then 4 s: three passes
         # in the first ~3.5 s, not dozens (and one backoff step per pass, not per start)
-        await eventually(lambda: len(attempts.read_text()) == 6, within=6.0)
-        await asyncio.sleep(1.0)  # the next pass is due ~4 s after the third
-        assert len(attempts.read_text()) == 6
+        await eventually(lambda: len(attempts.read_text().split()) >= 6, within=6.0)
+        times = sorted(map(float, attempts.read_text().split()))[:6]
+        passes = [times[0], times[2], times[4]]
+        assert times[1] - times[0] < 0.5 and times[3] - times[2] < 0.5, times  # in pairs
+        gaps = [b - a for a, b in itertools.pairwise(passes)]
+        # Delays of 1 s then 2 s, each gap that delay plus a pass's own time (measured
+        # gaps 1.9-2.1 s then 3.0-3.2 s: their difference 0.9-1.3 s is the step). A step per
+        # start (2 s, then 8 s) or no doubling (a difference of 0) falls outside.
+        assert 1.0 <= gaps[0] < 2.8 and 0.5 <= gaps[1] - gaps[0] < 2.0, gaps
         assert pool.instances_alive == 0 and not pool.provisioned()
     finally:
         await provisioner.close()
