@@ -43,10 +43,17 @@ def find_descriptor(given: Path | None) -> Path:
 
 def load_app(file: Path, variables: dict[str, str]) -> App:
     """The validated App of `file` (pyfc's own format, or Serverless Devs')."""
-    from pyfc import descriptor, yamldoc
+    from pyfc import descriptor, sdevs, yamldoc
 
     doc = yamldoc.load(file)
-    return descriptor.validate(doc)
+    if not sdevs.is_sdevs(doc.data):
+        if variables:
+            raise CliError("--var fills {{ NAME }} in an s.yaml; pyfc.yaml has none", EXIT_USAGE)
+        return descriptor.validate(doc)
+    translated, warnings = sdevs.translate(doc, variables)
+    app = descriptor.validate(translated)
+    app.warnings = warnings + app.warnings
+    return app
 
 
 @click.command(help="deploy an application from pyfc.yaml or s.yaml, or a function from a folder")

@@ -41,6 +41,18 @@ class Document:
     path: Path
     data: Any
     lines: dict[PathKey, int] = field(default_factory=dict)
+    # A translated document (s.yaml read as pyfc.yaml): where each translated path came
+    # from in the file, so errors name the file's own path and line.
+    origin: dict[PathKey, PathKey] = field(default_factory=dict)
+
+    def original(self, path: PathKey) -> PathKey:
+        """`path` as the file spells it (itself, for a document not translated)."""
+        if not self.origin:
+            return path
+        for cut in range(len(path), -1, -1):
+            if path[:cut] in self.origin:
+                return self.origin[path[:cut]] + path[cut:]
+        return path
 
     def line(self, path: PathKey) -> int:
         """The line of `path`, else of its nearest ancestor that has one."""
@@ -68,6 +80,7 @@ class Problems:
         self.found: list[Problem] = []
 
     def add(self, path: PathKey, reason: str) -> None:
+        path = self.doc.original(path)
         self.found.append(Problem(path, self.doc.line(path), reason))
 
     def __iter__(self) -> Iterator[Problem]:
