@@ -12,7 +12,9 @@ import time
 from pathlib import Path
 
 import aiohttp
+import msgspec
 
+from pyfc.broker_user import PASSWORD_FILE, local_broker_url, user_name
 from shared.broker import connect
 from shared.errors import AlreadyExists, BadRequest, Unavailable
 from shared.settings import Settings
@@ -115,6 +117,15 @@ async def up(settings: Settings, workers: int) -> int:
     settings.private_data_dir()  # 0700: functions run on this host
     try:
         settings.token_secret()  # made here once, so the roles only read it
+        amqp_url, made_user = await local_broker_url(
+            settings.amqp_url, settings.data_dir, settings.namespace
+        )
+        if made_user:
+            say(
+                f"broker user {user_name(settings.namespace)!r} made on the local RabbitMQ; "
+                f"its password is in {settings.data_dir / PASSWORD_FILE}"
+            )
+        settings = msgspec.structs.replace(settings, amqp_url=amqp_url)
         new_key = await preflight(settings)
     except (BadRequest, Unavailable) as e:
         say(e.message)

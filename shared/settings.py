@@ -25,6 +25,7 @@ def _decode_path(kind: type, value: object) -> object:
 
 
 SECRET_FILE = "secret"
+DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 MIN_SECRET_CHARS = 32
 
 
@@ -78,7 +79,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     """Every knob of every role; each role uses the ones it needs."""
 
     data_dir: Path
-    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    # The default reaches a local broker as guest; `pyfc up` replaces it with a user of its
+    # own (pyfc/broker_user.py).
+    amqp_url: str = DEFAULT_AMQP_URL
     database_url: str = ""
     blob_url: str = ""
     # Prefix of every exchange and queue: several stacks (or tests) share one broker.

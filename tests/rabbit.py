@@ -84,12 +84,19 @@ class BrokerUser:
         self.name = f"pyfc-t-{uuid.uuid4().hex[:8]}"
         self.password = uuid.uuid4().hex
         self.url = f"amqp://{self.name}:{self.password}@127.0.0.1:5672/"
-        _ctl("add_user", self.name, self.password)
+        _ctl("add_user", self.name, password=self.password)
         _ctl("set_permissions", "-p", "/", self.name, ".*", ".*", ".*")
 
     def close(self) -> None:
         _ctl("delete_user", self.name)
 
 
-def _ctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+def _ctl(*args: str, password: str | None = None) -> None:
+    # A password goes on stdin: a command line is readable by every local user.
+    subprocess.run(
+        ["rabbitmqctl", "-q", *args],
+        input=None if password is None else f"{password}\n".encode(),
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )

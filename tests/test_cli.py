@@ -113,6 +113,14 @@ def test_up_runs_all_roles_and_ctrl_c_leaves_no_orphans(tmp_path: Path) -> None:
         # gateway, dispatcher, worker, one trigger process per kind
         assert len(children) == 3 + len(TRIGGER_TYPES)
         assert (tmp_path / "data" / "credentials").read_text().startswith("pyfc_")
+        # Not guest: a broker user of its own, its random password kept in the data dir.
+        kept = tmp_path / "data" / "broker-password"
+        assert kept.stat().st_mode & 0o777 == 0o600 and len(kept.read_text().strip()) >= 32
+        for child in children:
+            environ = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+            (url,) = [v for v in environ if v.startswith(b"PYFC_AMQP_URL=")]
+            user = f"pyfc-up{port}:{kept.read_text().strip()}@"
+            assert user.encode() in url and b"guest" not in url, url
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=30)
         assert proc.returncode == 0, log.read_text()
@@ -129,6 +137,7 @@ def test_up_runs_all_roles_and_ctrl_c_leaves_no_orphans(tmp_path: Path) -> None:
 
         asyncio.run(delete_namespace(f"up{port}"))
         remove_network_policy(env)
+        subprocess.run(["rabbitmqctl", "-q", "delete_user", f"pyfc-up{port}"], check=False)
 
 
 def test_up_says_clearly_when_rabbitmq_is_unreachable(tmp_path: Path) -> None:
