@@ -54,8 +54,10 @@ class Gateway:
     invoke_exchange: AbstractExchange  # on a confirming channel: async accept = persisted
     control_channel: AbstractChannel
     catalog: FunctionCatalog
-    # Log stores are read and appended to over this connection (a channel per query).
+    # Log stores are read and appended to over this connection (a channel per query),
+    # and queries publish their end markers on this confirming channel.
     connection: AbstractRobustConnection
+    log_markers: AbstractChannel
     metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
     # Verifies invoke tokens; empty = none accepted.
     token_secret: bytes = field(default=b"", repr=False)

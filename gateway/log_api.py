@@ -34,11 +34,11 @@ from shared.logread import (
     request_time,
 )
 from shared.logstore import (
-    HDR_LOG_TIME,
     LEVELS,
     LogBatch,
     LogRecord,
     Retention,
+    batch_headers,
     cut_line,
     declare_store,
     store_name,
@@ -157,7 +157,7 @@ async def get_logs(request: web.Request) -> web.StreamResponse:
     query = await _query(request, gw, tenant.name)
     if follow_mode:
         return await _follow(request, gw, queue, query)
-    page = await read_page(gw.connection, queue, query, cursor)
+    page = await read_page(gw.connection, queue, query, cursor, gw.log_markers)
     if query.request_id and not page.records and cursor is None:
         raise InvocationNotFound(f"no log lines of request {query.request_id!r} in this store")
     body: dict[str, Any] = {"logs": [record_json(r) for r in page.records]}
@@ -236,7 +236,7 @@ async def append_logs(request: web.Request) -> web.Response:
         await channel.default_exchange.publish(
             aio_pika.Message(
                 codec.encode(LogBatch(records=records)),
-                headers={HDR_LOG_TIME: int(now * 1000)},
+                headers=batch_headers(records, int(now * 1000)),
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             ),
             routing_key=queue,

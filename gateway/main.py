@@ -58,6 +58,7 @@ def main(settings: Settings | None = None) -> int:
             control_channel=control_channel,
             catalog=catalog,
             connection=connection,
+            log_markers=await connection.channel(publisher_confirms=True),
             token_secret=token_secret,
         )
         runner = web.AppRunner(build_app(gateway), access_log=None)

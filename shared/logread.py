@@ -28,6 +28,8 @@ from shared import codec
 from shared.broker import PUBLISH_TIMEOUT
 from shared.errors import BadRequest, Unavailable
 from shared.logstore import (
+    HDR_LOG_FUNCTIONS,
+    HDR_LOG_REQUESTS,
     HDR_LOG_TIME,
     LEVELS,
     MSG_LOG_MARKER,
@@ -40,7 +42,7 @@ from shared.logstore import (
 # Lines are stamped by worker clocks, request ids by gateway clocks and streams index by
 # the broker's: a scan starts this much before the time it looks for (hosts kept in sync
 # by NTP are milliseconds apart).
-CLOCK_MARGIN_SECONDS = 1.0
+CLOCK_MARGIN_SECONDS = 0.5
 # A line reaches its store this long after it was written at most, for a request that
 # runs no longer (a page stops reading past `until` plus this).
 SHIP_SLACK_SECONDS = 30.0
@@ -87,6 +89,20 @@ def is_report(record: LogRecord) -> bool:
     return record.kind == "platform" and record.message.startswith(
         f"RequestId: {record.request_id} Duration:"
     )
+
+
+def _may_hold(message: AbstractIncomingMessage, query: LogQuery) -> bool:
+    """Whether a batch may hold records of the query, from its headers (no decoding)."""
+    functions = message.headers.get(HDR_LOG_FUNCTIONS)
+    if isinstance(functions, str | bytes):
+        text = functions.decode() if isinstance(functions, bytes) else functions
+        if f"{query.service}/{query.function}" not in text.split(" "):
+            return False
+    requests = message.headers.get(HDR_LOG_REQUESTS)
+    if query.request_id and isinstance(requests, str | bytes):
+        text = requests.decode() if isinstance(requests, bytes) else requests
+        return query.request_id in text.split(" ")
+    return True
 
 
 class Cursor(msgspec.Struct, frozen=True):
@@ -182,10 +198,14 @@ async def _open_stream(
     return None
 
 
-async def _mark_end(connection: AbstractRobustConnection, queue: str) -> str:
-    """Publish an end marker into the stream (confirmed); its id."""
-    marker = uuid.uuid4().hex
-    channel = await connection.channel(publisher_confirms=True)
+async def _mark_end(
+    connection: AbstractRobustConnection, queue: str, marker: str, channel: AbstractChannel | None
+) -> None:
+    """Publish the end marker `marker` into the stream, confirmed (on `channel`, a
+    confirming channel kept open, or on one of its own)."""
+    own = channel is None
+    if channel is None:
+        channel = await connection.channel(publisher_confirms=True)
     try:
         await channel.default_exchange.publish(
             aio_pika.Message(b"", type=MSG_LOG_MARKER, message_id=marker),
@@ -193,8 +213,8 @@ async def _mark_end(connection: AbstractRobustConnection, queue: str) -> str:
             timeout=PUBLISH_TIMEOUT,
         )
     finally:
-        await channel.close()
-    return marker
+        if own:
+            await channel.close()
 
 
 def _start(query: LogQuery, cursor: Cursor | None) -> int | str | datetime:
@@ -211,13 +231,25 @@ async def read_page(
     queue: str,
     query: LogQuery,
     cursor: Cursor | None = None,
+    markers: AbstractChannel | None = None,
 ) -> Page:
-    """Up to `query.limit` matching records, oldest first, and a token when there are more."""
-    opened = await _open_stream(connection, queue)
+    """Up to `query.limit` matching records, oldest first, and a token when there are more.
+
+    `markers`: a confirming channel to publish end markers on (else one per call)."""
+    marker = uuid.uuid4().hex
+    # The marker goes out while the consumer is set up: whatever was published before it
+    # is before it in the stream, however late the consumer starts reading.
+    marking = asyncio.ensure_future(_mark_end(connection, queue, marker, markers))
+    try:
+        opened = await _open_stream(connection, queue)
+    except BaseException:
+        marking.cancel()
+        raise
     if opened is None:
+        with contextlib.suppress(Exception):
+            await marking
         return Page(records=[])
     channel, stream = opened
-    marker = await _mark_end(connection, queue)
     deliveries: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
     found: list[LogRecord] = []
     reports = 0
@@ -229,6 +261,7 @@ async def read_page(
         tag = await stream.consume(
             deliveries.put, arguments={"x-stream-offset": _start(query, cursor)}
         )
+        await marking
         while True:
             async with asyncio.timeout(SCAN_SECONDS * 2):
                 message = await deliveries.get()
@@ -241,6 +274,8 @@ async def read_page(
             flushed = message.headers.get(HDR_LOG_TIME)
             if stop_after and isinstance(flushed, int) and flushed / 1000 > stop_after:
                 return Page(records=found)
+            if not _may_hold(message, query):
+                continue
             try:
                 records = codec.decode(message.body, LogBatch).records
             except BadRequest:
@@ -289,7 +324,7 @@ async def follow(
         while True:
             message = await deliveries.get()
             await message.ack()
-            if message.type == MSG_LOG_MARKER:
+            if message.type == MSG_LOG_MARKER or not _may_hold(message, query):
                 continue
             try:
                 records = codec.decode(message.body, LogBatch).records

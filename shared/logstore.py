@@ -28,6 +28,10 @@ from shared.errors import BadRequest
 STORE_NAME = re.compile(r"^[A-Za-z0-9_][-A-Za-z0-9_]{0,127}$")
 # AMQP header of a log batch: when the worker flushed it (epoch ms).
 HDR_LOG_TIME = "x-pyfc-log-time"
+# AMQP headers of a log batch naming what is in it (space-separated), so a reader skips
+# a batch without decoding it: the request ids, and the `service/function`s.
+HDR_LOG_REQUESTS = "x-pyfc-log-requests"
+HDR_LOG_FUNCTIONS = "x-pyfc-log-functions"
 # AMQP `type` of the stream messages that are not log batches (a query's end marker).
 MSG_LOG_MARKER = "log-marker"
 
@@ -59,6 +63,17 @@ class LogBatch(msgspec.Struct, kw_only=True):
     """The records of one stream message."""
 
     records: list[LogRecord]
+
+
+def batch_headers(records: list[LogRecord], flushed_ms: int) -> FieldTable:
+    """The AMQP headers of a batch of records: its flush time and what it holds."""
+    requests = {r.request_id for r in records if r.request_id}
+    functions = {f"{r.service}/{r.function}" for r in records}
+    return {
+        HDR_LOG_TIME: flushed_ms,
+        HDR_LOG_REQUESTS: " ".join(sorted(requests)),
+        HDR_LOG_FUNCTIONS: " ".join(sorted(functions)),
+    }
 
 
 def store_name(service: str, logstore: str) -> str:

@@ -26,10 +26,10 @@ from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from shared import codec
 from shared.broker import PUBLISH_TIMEOUT, ready
 from shared.logstore import (
-    HDR_LOG_TIME,
     LogBatch,
     LogRecord,
     Retention,
+    batch_headers,
     cut_line,
     declare_store,
     end_line,
@@ -251,7 +251,7 @@ class LogShipper:
                 await self._channel.default_exchange.publish(
                     aio_pika.Message(
                         codec.encode(LogBatch(records=batch)),
-                        headers={HDR_LOG_TIME: int(time.time() * 1000)},
+                        headers=batch_headers(batch, int(time.time() * 1000)),
                         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                     ),
                     routing_key=buffer.queue,
