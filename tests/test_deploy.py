@@ -83,8 +83,8 @@ def test_k8s_roles_settings_probes_and_worker_scaling() -> None:
     for doc in docs:
         by_kind.setdefault(doc["kind"], []).append(doc)
     config = by_kind["ConfigMap"][0]["data"]
-    secret = by_kind["Secret"][0]["stringData"]
-    assert set(config) | set(secret) <= SETTINGS
+    assert set(config) <= SETTINGS
+    assert "Secret" not in by_kind  # made from the operator's values (no fixed passwords)
     deployments = {d["metadata"]["name"]: d for d in by_kind["Deployment"]}
     assert set(deployments) == ROLES
     for name, dep in deployments.items():
@@ -118,3 +118,44 @@ def test_workers_may_finish_running_work_before_the_orchestrator_kills_them() ->
     pod = worker["spec"]["template"]["spec"]
     env = {e["name"]: e["value"] for e in pod["containers"][0]["env"]}
     assert float(env["PYFC_WORKER_STOP_GRACE_SECONDS"]) < pod["terminationGracePeriodSeconds"]
+
+
+def _passwords(value: object, where: str) -> list[tuple[str, str]]:
+    """Every password-like string under `value`: URL passwords, secret_key=..., and the
+    values of keys naming a password or secret."""
+    found: list[tuple[str, str]] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(item, str) and re.search(r"PASS|SECRET|TOKEN", str(key)):
+                found.append((f"{where}.{key}", item))
+            found += _passwords(item, f"{where}.{key}")
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found += _passwords(item, f"{where}[{i}]")
+    elif isinstance(value, str):
+        found += [(where, m) for m in re.findall(r"://[^:/@\s]+:([^@\s]+)@", value)]
+        found += [(where, m) for m in re.findall(r"secret_key=([^&\s]+)", value)]
+    return found
+
+
+def test_no_fixed_passwords_in_the_manifests() -> None:
+    """Passwords come from the operator: compose interpolates required variables
+    (`${NAME:?...}`), Kubernetes reads a Secret the operator creates."""
+    found = _passwords(compose(), "compose")
+    assert found, "the check finds the compose file's passwords"
+    fixed = [(where, v) for where, v in found if v and not v.startswith("${")]
+    assert fixed == [], fixed
+    for doc in k8s():
+        assert doc["kind"] != "Secret"
+        fixed = [(w, v) for w, v in _passwords(doc, doc["kind"]) if v]
+        assert fixed == [], fixed
+
+
+def test_workers_may_install_the_instance_network_policy() -> None:
+    assert "NET_ADMIN" in compose()["services"]["worker"]["cap_add"]
+    (worker,) = [
+        d for d in k8s() if d["kind"] == "Deployment" and d["metadata"]["name"] == "worker"
+    ]
+    context = worker["spec"]["template"]["spec"]["containers"][0]["securityContext"]
+    assert context["runAsUser"] == 0 and "NET_ADMIN" in context["capabilities"]["add"]
+    assert "nftables" in (DEPLOY / "Dockerfile").read_text()
