@@ -41,7 +41,9 @@ def main(settings: Settings | None = None) -> int:
         topo = Topology(settings.namespace, settings.queue_type)
         rpc_channel = await connection.channel(publisher_confirms=False)
         await declare_all(rpc_channel, topo)
-        rpc = await RpcClient.open(rpc_channel, await declare_invoke(rpc_channel, topo))
+        rpc = await RpcClient.open(
+            rpc_channel, await declare_invoke(rpc_channel, topo), topo.reply_queues
+        )
         # on_return_raises: an unroutable publish (right after a broker restart, say) is an
         # error, not a silent success: nothing gets a 202 that no queue holds.
         confirmed = await connection.channel(publisher_confirms=True, on_return_raises=True)

@@ -117,27 +117,34 @@ class Consumer:
     """A `consume_fast` registration: re-made after every reconnect until cancelled."""
 
     def __init__(self, channel: AbstractChannel, queue: str, handler: RawHandler, no_ack: bool):
-        self._channel = channel
-        self._queue = queue
+        self.channel = channel
+        self.queue = queue
         self._handler = handler
         self._no_ack = no_ack
         self._tag: str | None = None
         self._cancelled = False
+        # Set while the broker knows this consumer: from its registration until its
+        # channel closes (a lost connection), set again once re-registered.
+        self.registered = asyncio.Event()
 
     async def register(self, *_: object) -> None:
         if self._cancelled:
             return
-        underlay = await self._channel.get_underlay_channel()
-        ok = await underlay.basic_consume(self._queue, self._handler, no_ack=self._no_ack)
+        underlay = await self.channel.get_underlay_channel()
+        ok = await underlay.basic_consume(self.queue, self._handler, no_ack=self._no_ack)
         self._tag = ok.consumer_tag
+        self.registered.set()
+
+    def unregistered(self, *_: object) -> None:
+        self.registered.clear()
 
     async def cancel(self) -> None:
         """Take no more deliveries (those already taken stay ours to settle)."""
         self._cancelled = True
         tag, self._tag = self._tag, None
-        if tag is None or self._channel.is_closed:
+        if tag is None or self.channel.is_closed:
             return
-        underlay = await self._channel.get_underlay_channel()
+        underlay = await self.channel.get_underlay_channel()
         await underlay.basic_cancel(tag)
 
 
@@ -151,9 +158,14 @@ async def consume_fast(
     restores only consumers aio-pika registered itself, so this one is re-registered from
     the channel's reopen callback after a reconnect.
     """
-    consumer = Consumer(channel, queue, handler, no_ack)
+    return await keep_consuming(Consumer(channel, queue, handler, no_ack))
+
+
+async def keep_consuming(consumer: Consumer) -> Consumer:
+    """Register `consumer`, and again whenever its robust channel is reopened."""
     await consumer.register()
-    reopen = getattr(channel, "reopen_callbacks", None)
+    consumer.channel.close_callbacks.add(consumer.unregistered)
+    reopen = getattr(consumer.channel, "reopen_callbacks", None)
     if reopen is not None:
         reopen.add(consumer.register)
     return consumer

@@ -99,6 +99,16 @@ class Topology:
         return f"{self.work_queue}.{worker_id}"
 
     @property
+    def reply_queues(self) -> str | None:
+        """Prefix of the gateways' own reply queues for sync calls, or None: replies go by
+        direct reply-to (one node). On a cluster (quorum) RabbitMQ 3.10 cannot be trusted
+        with direct reply-to: a reply to a caller whose node is down crashes the replying
+        channel's whole connection (`rabbit_channel:deliver_reply` case_clause), so one
+        lost node would disconnect every worker answering its gateways' calls. A reply to
+        an exclusive queue that went with its node is only dropped."""
+        return f"{self.namespace}.reply" if self.queue_type == "quorum" else None
+
+    @property
     def retry_exchange(self) -> str:
         """Headers exchange routing a retry to the delay queue of its backoff."""
         return f"{self.namespace}.retry"
