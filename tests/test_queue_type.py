@@ -117,10 +117,15 @@ async def test_a_stack_on_quorum_queues_runs_sync_async_and_retries(
         assert types.get(name) == "quorum", (name, types)
     delays = [name for name in types if name.startswith(f"{stack.namespace}.delay.")]
     assert delays and all(types[name] == "quorum" for name in delays), types
-    # The only other queues are the roles' own exclusive subscriptions (fanouts), which
-    # go away with their connection and stay classic.
+    # The others: log stores, streams (replicated already), and the roles' own exclusive
+    # queues, which go away with their connection and stay classic: subscriptions to the
+    # fanouts and, on a cluster, the gateway's sync replies.
     durable = {*topo.shard_queues, topo.work_queue, topo.affinity_queue(worker_id), *delays}
-    assert all(types[name] == "classic" for name in types.keys() - durable), types
+    streams = {name for name in types if name.startswith(f"{stack.namespace}.logs.")}
+    assert all(types[name] == "stream" for name in streams), types
+    assert all(types[name] == "classic" for name in types.keys() - durable - streams), types
+    replies = [name for name in types if name.startswith(f"{stack.namespace}.reply.")]
+    assert len(replies) == 1, types
 
 
 async def test_a_queue_of_another_type_is_refused_with_what_to_do() -> None:
