@@ -1,0 +1,5 @@
+import os
+
+
+def handler(event, context):
+    return f"release {os.environ['RELEASE']}: {event.decode() or 'hello'}"

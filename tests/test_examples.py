@@ -1,0 +1,95 @@
+"""Every example in docs/examples deploys with one command into a live stack and works;
+a second deploy changes nothing; the canary example's release steps do what it says."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.stack import Stack
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "docs" / "examples"
+
+
+def _deploy(stack: Stack, root: Path, key: str, *args: str) -> subprocess.CompletedProcess[bytes]:
+    out = subprocess.run(
+        [sys.executable, "-m", "pyfc", "deploy", "--endpoint", stack.url, "--api-key", key, *args],
+        env=stack.env, cwd=root, capture_output=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr.decode()
+    return out
+
+
+def _example(name: str, tmp_path: Path) -> Path:
+    root = tmp_path / name
+    shutil.copytree(EXAMPLES / name, root)
+    return root
+
+
+def test_every_descriptor_example_is_tested_here() -> None:
+    with_descriptor = {
+        p.parent.name for p in [*EXAMPLES.glob("*/pyfc.yaml"), *EXAMPLES.glob("*/s.yaml")]
+    }
+    assert with_descriptor == {"nightly-report", "canary", "fc3-hello"}
+
+
+def test_nightly_report(stack: Stack, tmp_path: Path) -> None:
+    _, key = stack.create_tenant()
+    base = ["--endpoint", stack.url, "--api-key", key]
+    root = _example("nightly-report", tmp_path)
+    out = _deploy(stack, root, key, "--dry-run")
+    assert b"dry run: nothing changed" in out.stdout
+    _deploy(stack, root, key)
+    report = json.loads(stack.cli("invoke", "reports.prod/nightly", *base).stdout)
+    assert report == {"title": "Orders of the day", "day": "today", "scheduledFor": None}
+    trig = json.loads(
+        stack.cli("trigger", "get", "reports/nightly", "at-night", "--json", *base).stdout
+    )
+    assert trig["qualifier"] == "prod" and trig["triggerConfig"]["timezone"] == "Asia/Shanghai"
+    code = stack.cli("invoke", "reports/nightly", *base)  # notes.md is not in the zip
+    assert code.returncode == 0
+    assert b"nothing to change" in _deploy(stack, root, key).stdout
+
+
+def test_canary_release_steps(stack: Stack, tmp_path: Path) -> None:
+    _, key = stack.create_tenant()
+    base = ["--endpoint", stack.url, "--api-key", key]
+    root = _example("canary", tmp_path)
+    _deploy(stack, root, key)
+    assert stack.cli("invoke", "shop.prod/api", "--data", "x", *base).stdout == b"release one: x"
+    # Step 2: a new release, 10% of prod's calls to it.
+    text = (root / "pyfc.yaml").read_text()
+    text = text.replace("RELEASE: one", "RELEASE: two").replace(
+        "version: latest", 'version: 1\n        additionalVersionWeight: {"2": 0.1}'
+    )
+    (root / "pyfc.yaml").write_text(text)
+    _deploy(stack, root, key)
+    alias = json.loads(
+        stack.cli("alias", "get", "prod", "--service", "shop", "--json", *base).stdout
+    )
+    assert alias["versionId"] == "1" and alias["additionalVersionWeight"] == {"2": 0.1}
+    assert alias["autoRollback"]["maxErrorRate"] == 0.2
+    seen = {stack.cli("invoke", "shop.prod/api", *base).stdout for _ in range(40)}
+    assert b"release one: hello" in seen  # 90% stay on version 1
+    assert stack.cli("invoke", "shop.2/api", *base).stdout == b"release two: hello"
+    # Step 3: all of prod to version 2.
+    (root / "pyfc.yaml").write_text(
+        text.replace('version: 1\n        additionalVersionWeight: {"2": 0.1}', "version: 2")
+    )
+    _deploy(stack, root, key)
+    assert stack.cli("invoke", "shop.prod/api", *base).stdout == b"release two: hello"
+    assert b"nothing to change" in _deploy(stack, root, key).stdout
+
+
+def test_fc3_hello(stack: Stack, tmp_path: Path) -> None:
+    _, key = stack.create_tenant()
+    base = ["--endpoint", stack.url, "--api-key", key]
+    root = _example("fc3-hello", tmp_path)
+    out = _deploy(stack, root, key, "--var", "functionName=hello")
+    assert b"warning: s.yaml:7: access is ignored" in out.stderr, out.stderr
+    assert stack.cli("invoke", "hello-world-app/hello", *base).stdout == b"hello world"
+    again = _deploy(stack, root, key, "--var", "functionName=hello")
+    assert b"nothing to change" in again.stdout
