@@ -293,6 +293,49 @@ def test_open_runs_without_the_policy_and_says_so(net_stack: Stack) -> None:
     net_stack.kill(name, 15)
 
 
+# Another tenant's custom runtime: an HTTP server on loopback that says where it listens.
+CUSTOM_SERVER = b"""
+import http.server, json, os
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        data = json.dumps({"port": int(os.environ["FC_SERVER_PORT"])}).encode()
+        self.send_response(200)
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+address = (os.environ["FC_SERVER_HOST"], int(os.environ["FC_SERVER_PORT"]))
+http.server.ThreadingHTTPServer(address, Handler).serve_forever()
+"""
+
+
+async def test_a_function_cannot_reach_another_tenants_instance(
+    net_stack: Stack, client: Client
+) -> None:
+    from tests.test_custom_runtime import zip_code
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+        tenant, key = net_stack.create_tenant()
+        other = Client(session, net_stack.url, key, tenant)
+        members = [
+            ("bootstrap", b"#!/bin/sh\nexec python3 server.py\n", 0o755),
+            ("server.py", CUSTOM_SERVER, 0o644),
+        ]
+        custom = await deploy(other, runtime="custom", code=zip_code(members))
+        status, _, body = await invoke(other, *custom)
+        assert status == 200, body
+        port = json.loads(body)["port"]  # its instance stays warm, listening
+    assert reachable_by_us("127.0.0.1", port)  # the worker's side reaches it
+    function = await deploy(client, {"index.py": PROBE})
+    seen = await probe(client, function, connect={"other_tenant": ["127.0.0.1", port]})
+    assert seen["other_tenant"]["errno"] == errno.EHOSTUNREACH, seen
+
+
 async def test_a_fresh_worker_installs_the_policy_before_its_first_instance(
     net_stack: Stack, client: Client
 ) -> None:
