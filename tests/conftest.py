@@ -40,17 +40,30 @@ def stack(
 
 StartStack = Callable[..., Stack]
 
+# A fault test (a role killed, connections cut, a takeover) run on SQLite and on PostgreSQL,
+# the multi-node store: a marked subset, one or two per kind of fault, so the suite keeps
+# within its time (`pytest -m postgres_faults` runs just them).
+on_both_databases = pytest.mark.parametrize(
+    "fresh_stack",
+    ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres_faults)],
+    indirect=True,
+)
+
 
 @pytest.fixture
-def fresh_stack(tmp_path: Path) -> Iterator[StartStack]:
-    """Start a private stack (SQLite) for a test that kills, reconnects or reconfigures roles.
+def fresh_stack(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[StartStack]:
+    """Start a private stack for a test that kills, reconnects or reconfigures roles: SQLite,
+    or the database a test's `on_both_databases` parameter names.
 
     `fresh_stack(workers=1, worker_slots=4, env={...})`; stopped and cleaned up after the test.
     """
     started: list[Stack] = []
+    database = getattr(request, "param", "sqlite")
 
     def start(workers: int = 1, worker_slots: int = 4, env: dict[str, str] | None = None) -> Stack:
-        stack = Stack(tmp_path / f"stack-{len(started)}", worker_slots=worker_slots)
+        stack = Stack(
+            tmp_path / f"stack-{len(started)}", worker_slots=worker_slots, database=database
+        )
         stack.env.update(env or {})
         started.append(stack)  # before start(): a half-started stack is stopped too
         return stack.start(workers=workers)

@@ -113,6 +113,13 @@ class Stack:
         # process name -> worker id (names its affinity queue, deleted at stop)
         self.worker_ids: dict[str, str] = {}
 
+    @property
+    def database_url(self) -> str:
+        """The metadata store the stack's roles use (to open it from a test)."""
+        if self.pg:
+            return self.pg.url
+        return f"sqlite+aiosqlite:///{self.root / 'data' / 'pyfc.db'}"
+
     # --- processes ------------------------------------------------------------------------
 
     def log_path(self, name: str) -> Path:

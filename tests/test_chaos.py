@@ -15,7 +15,7 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.conftest import Client, StartStack
+from tests.conftest import Client, StartStack, on_both_databases
 from tests.helpers import deploy, invoke
 from tests.rabbit import OwnRabbit
 from tests.stack import Stack, wait_until
@@ -107,6 +107,7 @@ async def wait_all_recorded(
     assert not pending, f"{len(pending)} invocations not recorded Succeeded: {states}"
 
 
+@on_both_databases
 async def test_sigkill_of_a_dispatcher_replica_loses_nothing(
     fresh_stack: StartStack, session: aiohttp.ClientSession
 ) -> None:

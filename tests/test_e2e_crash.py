@@ -7,7 +7,7 @@ import os
 import aiohttp
 import pytest
 
-from tests.conftest import Client, StartStack
+from tests.conftest import Client, StartStack, on_both_databases
 from tests.helpers import deploy, invoke, open_dir, wait_result
 from tests.stack import Stack, wait_until
 
@@ -34,6 +34,7 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+@on_both_databases
 async def test_async_invocation_survives_worker_sigkill(crash_stack: Stack) -> None:
     _, key = crash_stack.create_tenant()
     marker = open_dir("crash") / "runs.txt"

@@ -20,7 +20,7 @@ import pytest
 from shared import codec
 from shared.protocol import Invocation, InvocationBatch, Lineage
 from shared.topology import MSG_INVOKE_BATCH, Topology, invoke_routing_key
-from tests.conftest import Client, StartStack
+from tests.conftest import Client, StartStack, on_both_databases
 from tests.helpers import deploy, invoke, open_dir, same_shard_names, unique, wait_result
 from tests.stack import AMQP_URL, Stack
 
@@ -193,6 +193,7 @@ def restart_max(probe: Probe) -> int:
     return int(state["now"])
 
 
+@on_both_databases
 async def test_a_standby_taking_over_mid_burst_overshoots_the_cap_at_most_twice(
     two_dispatchers: Stack, session: aiohttp.ClientSession
 ) -> None:

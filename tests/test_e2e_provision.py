@@ -18,7 +18,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.conftest import Client, StartStack
+from tests.conftest import Client, StartStack, on_both_databases
 from tests.helpers import deploy, invoke, open_dir
 from tests.instances import process_gone
 from tests.stack import Stack, free_port
@@ -99,6 +99,7 @@ def markers() -> Path:
     return open_dir("markers")  # instances write to it, as their tenant's uid
 
 
+@on_both_databases
 async def test_provisioned_instances_on_one_worker(fresh_stack: StartStack, markers: Path) -> None:
     stack = fresh_stack(workers=0)
     [(_, port)] = start_workers(stack, 1)

@@ -8,7 +8,7 @@ import subprocess
 import aiohttp
 import pytest
 
-from tests.conftest import Client, StartStack
+from tests.conftest import Client, StartStack, on_both_databases
 from tests.helpers import deploy, invoke, open_dir, wait_result
 from tests.instances import eventually
 from tests.stack import Stack
@@ -41,6 +41,7 @@ def own_stack(fresh_stack: StartStack) -> Stack:
     return fresh_stack(workers=1)
 
 
+@on_both_databases
 async def test_roles_reconnect_after_the_broker_closes_their_connections(own_stack: Stack) -> None:
     _, key = own_stack.create_tenant()
     async with aiohttp.ClientSession() as session:

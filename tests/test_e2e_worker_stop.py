@@ -18,7 +18,7 @@ import aiohttp
 
 from shared.models import InvocationRecord
 from shared.store import Store
-from tests.conftest import Client, StartStack
+from tests.conftest import Client, StartStack, on_both_databases
 from tests.helpers import async_invocation, deploy, enqueue, invoke, open_dir, wait_result
 from tests.stack import Stack, wait_until
 from tests.test_e2e_crash import SLOW
@@ -80,6 +80,7 @@ async def test_a_clean_stop_lets_running_work_finish(fresh_stack: StartStack) ->
         assert len(runs) == 1, runs
 
 
+@on_both_databases
 async def test_a_copy_not_run_again_frees_its_concurrency_slot(fresh_stack: StartStack) -> None:
     stack = fresh_stack(workers=1)
     async with aiohttp.ClientSession() as session:
@@ -90,7 +91,7 @@ async def test_a_copy_not_run_again_frees_its_concurrency_slot(fresh_stack: Star
         )
         inv = async_invocation(client.tenant, service, function)
         # Recorded as accepted, as the gateway or a trigger adapter records it.
-        store = await Store.open(f"sqlite+aiosqlite:///{stack.root / 'data' / 'pyfc.db'}")
+        store = await Store.open(stack.database_url)
         try:
             await store.record_accepted(
                 InvocationRecord(
