@@ -19,6 +19,7 @@ from pyfc import (
     profiles,
     publish_client,
     release_client,
+    resource_cli,
     trigger_cli,
 )
 from pyfc.client import EXIT_FAILED, Api, CliError, _fail, exit_code_for
@@ -124,6 +125,9 @@ def tenant_create(ctx: Context, name: str, concurrency: int | None, as_json: boo
     return run(_tenant_create(ctx.settings(), name, concurrency, as_json))
 
 
+tenant.add_command(resource_cli.tenant_show)
+
+
 @tenant.command("update", help="change a tenant's concurrency cap or chain depth")
 @click.argument("name")
 @click.option("--concurrency", type=int)
@@ -225,6 +229,7 @@ async def _notify_tenant_changed(settings: Settings, name: str) -> bool:
 # The commands over the gateway's API, one module per area.
 for _command in (
     deploy_cli.deploy,
+    *resource_cli.COMMANDS,
     *client_commands.COMMANDS,
     trigger_cli.trigger,
     *release_client.COMMANDS,

@@ -143,3 +143,27 @@ def test_completion_scripts(tmp_path: Path) -> None:
         env=env, capture_output=True, timeout=60,
     )  # fmt: skip
     assert b"trigger" in out.stdout, out
+
+
+def test_service_function_and_tenant_commands(stack: Stack, tmp_path: Path) -> None:
+    tenant, key = stack.create_tenant()
+    base = ["--endpoint", stack.url, "--api-key", key]
+    folder = tmp_path / "fn"
+    folder.mkdir()
+    (folder / "index.py").write_text("def handler(event, context):\n    return 'r'\n")
+    assert b"no services" in stack.cli("service", "list", *base).stdout
+    stack.cli("deploy", str(folder), "--service", "res", "--function", "f", *base)
+    listed = json.loads(stack.cli("service", "list", "--json", *base).stdout)["services"]
+    assert [s["serviceName"] for s in listed] == ["res"]
+    assert stack.cli("service", "get", "res", *base).stdout.startswith(b"serviceName:")
+    out = stack.cli("function", "list", "res", *base).stdout.decode()
+    assert out.startswith("f  python3.11  index.handler  128 MB  3 s  code "), out
+    fn = json.loads(stack.cli("function", "get", "res/f", "--json", *base).stdout)
+    assert fn["functionName"] == "f"
+    busy = stack.cli("service", "delete", "res", *base, check=False)
+    assert busy.returncode in (2, 5), busy.stderr  # a service with functions stays
+    assert b"deleted function res/f" in stack.cli("function", "delete", "res/f", *base).stdout
+    assert stack.cli("function", "get", "res/f", *base, check=False).returncode == 4
+    assert b"deleted service res" in stack.cli("service", "delete", "res", *base).stdout
+    shown = json.loads(stack.cli("tenant", "show", "--json", *base).stdout)
+    assert shown["name"] == tenant and shown["concurrency"] > 0
