@@ -23,6 +23,7 @@ from shared import s3events
 from shared.broker import connect
 from shared.s3events import ObjectEvent
 from shared.settings import Settings
+from shared.topology import Topology
 from shared.trigger_types import MinioAmqpSource, S3Config, events_exchange
 from triggers.adapter import ActiveTrigger, Emitter, event_id
 from triggers.metrics import TriggerMetrics
@@ -120,7 +121,7 @@ class ObjectSource:
         for exchange in sorted(wanted - set(self._amqp)):
             self._amqp[exchange] = await AmqpEvents.open(
                 self._connection,
-                self._settings.namespace,
+                Topology(self._settings.namespace, self._settings.queue_type),
                 exchange,
                 functools.partial(self.route, exchange),
                 self._metrics,

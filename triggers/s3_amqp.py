@@ -21,6 +21,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobus
 from shared import s3events
 from shared.errors import PyfcError
 from shared.s3events import MalformedEvent, ObjectEvent
+from shared.topology import Topology, declare_durable
 from triggers.metrics import TriggerMetrics
 
 log = logging.getLogger(f"pyfc.{__name__}")
@@ -60,7 +61,7 @@ class AmqpEvents:
     async def open(
         cls,
         connection: AbstractRobustConnection,
-        namespace: str,
+        topo: Topology,
         exchange: str,
         route: Route,
         metrics: TriggerMetrics,
@@ -73,12 +74,13 @@ class AmqpEvents:
             exchange, aio_pika.ExchangeType.FANOUT, durable=True
         )
         await channel.set_qos(prefetch_count=PREFETCH)
-        parked = parked_queue(namespace, exchange)
-        await channel.declare_queue(parked, durable=True)
-        queue = await channel.declare_queue(
-            events_queue(namespace, exchange),
-            durable=True,
-            arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": parked},
+        parked = parked_queue(topo.namespace, exchange)
+        await declare_durable(channel, topo, parked)
+        queue = await declare_durable(
+            channel,
+            topo,
+            events_queue(topo.namespace, exchange),
+            {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": parked},
         )
         await queue.bind(source)
         self = cls(channel, exchange, route, metrics)
