@@ -19,6 +19,7 @@ from gateway import (
     message_api,
     openapi,
     release_api,
+    stats_api,
     trigger_api,
 )
 from gateway.http import (
@@ -125,4 +126,5 @@ def add_routes(router: web.UrlDispatcher) -> None:
     trigger_api.add_routes(router)
     invoke_api.add_routes(router)
     log_api.add_routes(router)
+    stats_api.add_routes(router)
     message_api.add_routes(router)

@@ -13,6 +13,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from gateway.http import (
     GET_INVOCATION_ROUTE,
     INVOKE_ROUTE,
+    Gateway,
     gateway_of,
     grant_of,
     json_response,
@@ -24,6 +25,14 @@ from shared import telemetry
 from shared.errors import BadRequest, InvocationNotFound, PayloadTooLarge, PyfcError
 from shared.logread import new_request_id
 from shared.logs import request_id_var
+from shared.logstore import (
+    THROTTLED,
+    LogRecord,
+    Retention,
+    append_records,
+    store_name,
+    stream_queue,
+)
 from shared.protocol import LATEST, Invocation, Outcome
 
 log = logging.getLogger(f"pyfc.{__name__}")
@@ -128,12 +137,35 @@ async def invoke(request: web.Request) -> web.Response:
                 raise
             gw.metrics.invoke_seconds.labels(tenant.name).observe(time.perf_counter() - started)
             gw.metrics.invocations.labels(tenant.name, "sync", outcome.status).inc()
+            if outcome.error_type == "ThrottlingException" and gw.settings.log_store:
+                # Nothing ran, so no worker logs it: the store gets the throttle here.
+                await _log_throttle(gw, inv, spec.log_store)
             if span is not None:
                 span.set_attribute("pyfc.outcome", outcome.status)
             return outcome_response(outcome, inv.log_tail, version)
         response = await _accept_async(request, inv)
         gw.metrics.invocations.labels(tenant.name, "async", "accepted").inc()
         return response
+
+
+async def _log_throttle(gw: Gateway, inv: Invocation, logstore: str) -> None:
+    record = LogRecord(
+        time=time.time(),
+        service=inv.service,
+        function=inv.function,
+        qualifier=inv.qualifier,
+        version=inv.version,
+        request_id=inv.id,
+        level="WARNING",
+        message=THROTTLED.format(inv.id),
+        kind="platform",
+    )
+    queue = stream_queue(gw.settings.namespace, inv.tenant, store_name(inv.service, logstore))
+    retention = Retention(max_age=gw.settings.log_max_age, max_bytes=gw.settings.log_max_bytes)
+    try:
+        await append_records(gw.log_markers, queue, [record], retention)
+    except Exception as e:  # the caller's answer does not wait on the log store
+        log.warning("cannot log the throttle of %s: %r", inv.id, e)
 
 
 async def _accept_async(request: web.Request, inv: Invocation) -> web.Response:

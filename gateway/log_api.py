@@ -14,13 +14,11 @@ import contextlib
 import time
 from typing import Annotated, Any
 
-import aio_pika
 import msgspec
 from aiohttp import web
 
 from gateway.http import Gateway, gateway_of, json_response, tenant_of
-from shared import codec, rows
-from shared.broker import PUBLISH_TIMEOUT
+from shared import rows
 from shared.errors import BadRequest, InvocationNotFound, NotFound
 from shared.logread import (
     CLOCK_MARGIN_SECONDS,
@@ -35,12 +33,10 @@ from shared.logread import (
 )
 from shared.logstore import (
     LEVELS,
-    LogBatch,
     LogRecord,
     Retention,
-    batch_headers,
+    append_records,
     cut_line,
-    declare_store,
     store_name,
     stream_queue,
 )
@@ -232,16 +228,7 @@ async def append_logs(request: web.Request) -> web.Response:
         )
     channel = await gw.connection.channel(publisher_confirms=True)
     try:
-        await declare_store(channel, queue, _retention(gw))
-        await channel.default_exchange.publish(
-            aio_pika.Message(
-                codec.encode(LogBatch(records=records)),
-                headers=batch_headers(records, int(now * 1000)),
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            ),
-            routing_key=queue,
-            timeout=PUBLISH_TIMEOUT,
-        )
+        await append_records(channel, queue, records, _retention(gw))
     finally:
         await channel.close()
     return json_response({"appended": len(records)})

@@ -332,6 +332,20 @@ def build() -> dict[str, Any]:
         fn + "/invocations/{requestId}": {
             "get": _op("async invocation status and result", response="InvocationStatus")
         },
+        fn + "/stats": {
+            "get": _op(
+                "the function's stats over a window (default 15m) and per step: invocations, "
+                "errors by type, throttles, p50/p99 duration, cold-start share, retries, "
+                "dead letters",
+                query=("window", "step", "until"),
+            ),
+        },
+        "/v1/stats": {
+            "get": _op(
+                "the tenant's stats over a window, in total and per function",
+                query=("window", "step", "until"),
+            ),
+        },
         fn + "/logs": {
             "get": _op(
                 "the function's log lines, oldest first, paged ({logs, nextToken}); times are "

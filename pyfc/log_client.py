@@ -93,4 +93,73 @@ def logs(
         return 0
 
 
-COMMANDS = [logs]
+STAT_COLUMNS = (
+    ("invocations", "calls"),
+    ("errors", "errors"),
+    ("throttles", "throttled"),
+    ("durationP50Ms", "p50 ms"),
+    ("durationP99Ms", "p99 ms"),
+    ("coldStartShare", "cold"),
+    ("retries", "retries"),
+    ("deadLetters", "dead"),
+)
+
+
+def stats_table(rows: list[tuple[str, dict[str, Any]]]) -> str:
+    """One line per function (or step), FC console style columns."""
+    header = ["", *(title for _, title in STAT_COLUMNS)]
+    lines = [header]
+    for name, values in rows:
+        cells = [name]
+        for key, _ in STAT_COLUMNS:
+            value = values.get(key)
+            if key == "coldStartShare" and value is not None:
+                cells.append(f"{value:.0%}")
+            else:
+                cells.append("-" if value is None else f"{value:g}")
+        lines.append(cells)
+    widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(
+            cell.ljust(w) if i == 0 else cell.rjust(w)
+            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in lines
+    )
+
+
+async def show_stats(api: Api, target: str, window: str, as_json: bool) -> int:
+    if target:
+        service, _, function = target.partition("/")
+        path = f"/v1/services/{service}/functions/{function}/stats"
+    else:
+        path = "/v1/stats"
+    async with aiohttp.ClientSession() as session:
+        status, _, body = await api.request(session, "GET", path, params={"window": window})
+    if status != 200:
+        _fail(status, body)
+    answer = json.loads(body)
+    if as_json:
+        print(json.dumps(answer))
+        return 0
+    rows = [(f["serviceName"] + "/" + f["functionName"], f) for f in answer.get("functions", [])]
+    rows.append(("total" if not target else target, answer))
+    print(f"{answer['since']} .. {answer['until']}")
+    print(stats_table(rows))
+    if answer.get("errorsByType"):
+        print("errors: " + ", ".join(f"{k} {v}" for k, v in answer["errorsByType"].items()))
+    return 0
+
+
+@click.command(help="show stats: SERVICE/FUNCTION, or every function of the tenant")
+@api_command
+@click.argument("target", required=False, default="")
+@click.option("--window", default="15m", show_default=True, help="30s, 15m, 2h, 1d")
+@json_option
+def stats(api: Api, target: str, window: str, as_json: bool) -> int:
+    if target and "/" not in target:
+        raise click.UsageError("give SERVICE/FUNCTION, or nothing for the whole tenant")
+    return run(show_stats(api, target, window, as_json))
+
+
+COMMANDS = [logs, stats]

@@ -68,11 +68,17 @@ class LogQuery(msgspec.Struct, kw_only=True, frozen=True):
     reports: int = 0
     # Where the scan starts (epoch seconds; 0 = `since`): a request's start for an id.
     scan_from: float = 0.0
+    # Only records of this kind (function, platform, user; "" = all).
+    kind: str = ""
 
 
 def matches(record: LogRecord, query: LogQuery) -> bool:
-    """Whether a record is one the query asks for."""
-    if record.service != query.service or record.function != query.function:
+    """Whether a record is one the query asks for ("" service or function: any)."""
+    if (query.service and record.service != query.service) or (
+        query.function and record.function != query.function
+    ):
+        return False
+    if query.kind and record.kind != query.kind:
         return False
     if query.request_id and record.request_id != query.request_id:
         return False
@@ -96,7 +102,10 @@ def _may_hold(message: AbstractIncomingMessage, query: LogQuery) -> bool:
     functions = message.headers.get(HDR_LOG_FUNCTIONS)
     if isinstance(functions, str | bytes):
         text = functions.decode() if isinstance(functions, bytes) else functions
-        if f"{query.service}/{query.function}" not in text.split(" "):
+        names = text.split(" ")
+        if query.function and f"{query.service}/{query.function}" not in names:
+            return False
+        if query.service and not any(n.startswith(query.service + "/") for n in names):
             return False
     requests = message.headers.get(HDR_LOG_REQUESTS)
     if query.request_id and isinstance(requests, str | bytes):

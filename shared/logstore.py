@@ -16,12 +16,16 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from typing import Literal
 
+import aio_pika
 import msgspec
 from aio_pika.abc import AbstractChannel, AbstractQueue
 from pamqp.common import FieldTable
 
+from shared import codec
+from shared.broker import PUBLISH_TIMEOUT
 from shared.errors import BadRequest
 
 # Store names: safe in a queue name, as FC's logstore names.
@@ -57,6 +61,8 @@ class LogRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     # function: printed or logged by the function; platform: FC's start/end/report and
     # error lines; user: appended by the tenant through the API.
     kind: RecordKind = "function"
+    # The invocation's attempt (async retries count up from 1).
+    attempt: int = 1
 
 
 class LogBatch(msgspec.Struct, kw_only=True):
@@ -116,6 +122,23 @@ async def declare_store(channel: AbstractChannel, name: str, retention: Retentio
     return await channel.declare_queue(name, durable=True, arguments=retention.arguments())
 
 
+async def append_records(
+    channel: AbstractChannel, queue: str, records: list[LogRecord], retention: Retention
+) -> None:
+    """Publish records to a store as one batch (declared first); confirmed if `channel`
+    confirms."""
+    await declare_store(channel, queue, retention)
+    await channel.default_exchange.publish(
+        aio_pika.Message(
+            codec.encode(LogBatch(records=records)),
+            headers=batch_headers(records, int(time.time() * 1000)),
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        ),
+        routing_key=queue,
+        timeout=PUBLISH_TIMEOUT,
+    )
+
+
 def cut_line(text: str, limit: int = MAX_LINE_CHARS) -> str:
     """`text`, cut to `limit` characters and marked if it was longer (a line an instance
     cut already, with its mark, is left as it is)."""
@@ -136,16 +159,49 @@ def end_line(request_id: str) -> str:
 
 
 def report_line(
-    request_id: str, duration_ms: float, memory_size_mb: int, max_memory_kb: int
+    request_id: str,
+    duration_ms: float,
+    memory_size_mb: int,
+    max_memory_kb: int,
+    init_ms: float | None = None,
 ) -> str:
     """FC's (and Lambda's) report: duration, billed duration (whole ms, rounded up), the
-    memory size and the most the instance used."""
+    memory size and the most the instance used; `Init Duration` on a cold start."""
     billed = max(1, math.ceil(duration_ms))
     used = f"{max_memory_kb / 1024:.2f} MB" if max_memory_kb else "unknown"
+    init = f" Init Duration: {init_ms:.2f} ms" if init_ms is not None else ""
     return (
         f"RequestId: {request_id} Duration: {duration_ms:.2f} ms Billed Duration: {billed} ms"
-        f" Memory Size: {memory_size_mb} MB Max Memory Used: {used}"
+        f" Memory Size: {memory_size_mb} MB Max Memory Used: {used}{init}"
     )
+
+
+_REPORT = re.compile(
+    r"^RequestId: (\S+) Duration: ([\d.]+) ms Billed Duration: \d+ ms .*?"
+    r"(?: Init Duration: ([\d.]+) ms)?$"
+)
+_ERROR = re.compile(r"^FC Invoke Error RequestId: \S+ (\S+): (?:(\w+): )?")
+UNHANDLED = "UnhandledInvocationError"
+THROTTLED = "FC Invoke Throttled RequestId: {}"
+
+
+def parse_report(message: str) -> tuple[float, bool] | None:
+    """(duration ms, cold start) of a report line, else None."""
+    match = _REPORT.match(message)
+    if match is None:
+        return None
+    return float(match[2]), match[3] is not None
+
+
+def parse_error(message: str) -> str | None:
+    """The error type of an error line: the function's exception or how it failed
+    (`ValueError`, `FunctionTimeout`, `OutOfMemory`...), or the platform's code."""
+    match = _ERROR.match(message)
+    if match is None:
+        return None
+    if match[1] == UNHANDLED and match[2]:
+        return match[2]
+    return match[1]
 
 
 def error_line(request_id: str, error_type: str, message: str) -> str:

@@ -65,7 +65,12 @@ class _Buffer:
 
 
 def invocation_records(
-    spec: FunctionSpec, inv: Invocation, outcome: Outcome, started: float, ended: float
+    spec: FunctionSpec,
+    inv: Invocation,
+    outcome: Outcome,
+    started: float,
+    ended: float,
+    init_ms: float | None = None,
 ) -> list[LogRecord]:
     """FC's lines for one invocation: start, the function's lines, an error line if it
     failed, end, and the report (duration, billed duration, memory)."""
@@ -82,6 +87,7 @@ def invocation_records(
             level=level,
             message=message,
             kind=kind,  # type: ignore[arg-type]
+            attempt=inv.attempt,
         )
 
     records = [record(started, start_line(inv.id), "platform", "INFO")]
@@ -96,7 +102,7 @@ def invocation_records(
         records.append(record(ended, cut_line(message), "platform", "ERROR"))
     duration = outcome.duration_ms or (ended - started) * 1000
     records.append(record(ended, end_line(inv.id), "platform", "INFO"))
-    report = report_line(inv.id, duration, spec.memory_size, outcome.max_memory_kb)
+    report = report_line(inv.id, duration, spec.memory_size, outcome.max_memory_kb, init_ms)
     records.append(record(ended, report, "platform", "INFO"))
     return records
 
@@ -148,10 +154,16 @@ class LogShipper:
         )
 
     def invocation(
-        self, spec: FunctionSpec, inv: Invocation, outcome: Outcome, started: float
+        self,
+        spec: FunctionSpec,
+        inv: Invocation,
+        outcome: Outcome,
+        started: float,
+        init_ms: float | None = None,
     ) -> None:
-        """Buffer the lines of one finished invocation (and empty `outcome.log_lines`)."""
-        records = invocation_records(spec, inv, outcome, started, time.time())
+        """Buffer the lines of one finished invocation (and empty `outcome.log_lines`);
+        `init_ms`: the start of the instance it cold-started."""
+        records = invocation_records(spec, inv, outcome, started, time.time(), init_ms)
         outcome.log_lines = []
         self.add(spec.tenant, store_name(spec.service, spec.log_store), records)
 
@@ -163,7 +175,8 @@ class LogShipper:
             buffer = self._buffers[queue] = _Buffer(queue, store)
         for record in records:
             cost = len(record.message) + _RECORD_OVERHEAD
-            if buffer.chars + cost > self._buffer_chars:
+            # Platform lines are never dropped (a few per invocation): stats count them.
+            if buffer.chars + cost > self._buffer_chars and record.kind != "platform":
                 buffer.dropped[record.service, record.function] += 1
                 if self._metrics is not None:
                     self._metrics.log_dropped.labels(tenant, record.service, record.function).inc()

@@ -369,7 +369,9 @@ class Worker:
             started = time.time()
             outcome = await self._pool.invoke(inv.spec, code_dir, inv)
             if self._logs is not None:
-                self._logs.invocation(inv.spec, inv, outcome, started)
+                instance = self._pool.instance(outcome.instance_id) if outcome.cold_start else None
+                init_ms = instance.init_duration_ms if instance is not None else None
+                self._logs.invocation(inv.spec, inv, outcome, started, init_ms)
             outcome.log_lines = []
             if span is not None:
                 span.set_attribute("faas.coldstart", outcome.cold_start)
