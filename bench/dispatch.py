@@ -192,7 +192,7 @@ async def trigger_path(stack: Stack, n: int) -> float:
             )
         )
     await store.close()
-    connection = await aio_pika.connect(stack.env["PYFC_AMQP_URL"])
+    connection = await aio_pika.connect(stack.env["PYFC_AMQP_URL"].split(",")[0])
     async with connection:
         channel = await connection.channel(publisher_confirms=True)
         exchange = await channel.get_exchange(Topology(stack.namespace).invoke_exchange)
