@@ -13,7 +13,9 @@ from typing import Any
 
 import msgspec
 import yaml
+from yarl import URL
 
+from shared.cluster import node_urls
 from shared.settings import Settings
 from shared.topology import CONSISTENT_HASH, Topology
 from shared.trigger_types import TRIGGER_TYPES
@@ -61,13 +63,73 @@ def test_compose_runs_every_role_from_one_image_with_real_settings() -> None:
         assert roles[f"trigger-{kind}"]["deploy"]["replicas"] >= 2
 
 
+BROKER_NODES = ["rabbitmq-0", "rabbitmq-1", "rabbitmq-2"]
+PLUGIN = CONSISTENT_HASH.removeprefix("x-").replace("-", "_")
+
+
 def test_compose_broker_has_the_plugin_the_dispatcher_shards_need() -> None:
     services = compose()["services"]
-    mounts = services["rabbitmq"]["volumes"]
-    plugins_file = next(m.split(":")[0] for m in mounts if "enabled_plugins" in m)
-    plugins = (DEPLOY / plugins_file).read_text()
-    assert CONSISTENT_HASH.removeprefix("x-").replace("-", "_") in plugins
-    assert re.fullmatch(r"\[[a-z_,]+\]\.\s*", plugins), plugins  # Erlang term syntax
+    for node in BROKER_NODES:
+        mounts = services[node]["volumes"]
+        plugins_file = next(m.split(":")[0] for m in mounts if "enabled_plugins" in m)
+        plugins = (DEPLOY / plugins_file).read_text()
+        assert PLUGIN in plugins
+        assert re.fullmatch(r"\[[a-z_,]+\]\.\s*", plugins), plugins  # Erlang term syntax
+
+
+def test_compose_runs_pyfc_on_a_three_node_cluster_with_quorum_queues() -> None:
+    """Three nodes, one cookie, each its own disk, clustered by the config every node
+    mounts (pause_minority); every role lists every node and declares quorum queues."""
+    services = compose()["services"]
+    nodes = [services[node] for node in BROKER_NODES]
+    assert [n["hostname"] for n in nodes] == BROKER_NODES
+    assert len({n["environment"]["RABBITMQ_ERLANG_COOKIE"] for n in nodes}) == 1
+    assert nodes[0]["environment"]["RABBITMQ_ERLANG_COOKIE"].startswith("${")
+    disks = [next(m for m in n["volumes"] if m.endswith(":/var/lib/rabbitmq")) for n in nodes]
+    assert len(set(disks)) == 3, disks
+    for node in nodes:
+        conf_mount = next(m for m in node["volumes"] if "/etc/rabbitmq/conf.d/" in m)
+        conf = (DEPLOY / conf_mount.split(":")[0]).read_text()
+        peers = re.findall(r"classic_config\.nodes\.\d+ = rabbit@(\S+)", conf)
+        assert peers == BROKER_NODES
+        assert re.search(r"^cluster_partition_handling = pause_minority$", conf, re.M)
+        assert re.search(r"^queue_leader_locator = balanced$", conf, re.M)
+    for name in ROLES:
+        env = services[name]["environment"]
+        value = re.sub(r"\$\{[^}]*\}", "pw", env["PYFC_AMQP_URL"])  # as compose fills it
+        hosts = [URL(url).host for url in node_urls(value)]
+        assert hosts == BROKER_NODES, (name, hosts)
+        assert env["PYFC_QUEUE_TYPE"] == "quorum"
+        assert set(BROKER_NODES) <= set(services[name]["depends_on"]), name
+
+
+def k8s_broker() -> dict[str, Any]:
+    (cluster,) = [
+        d for d in yaml.safe_load_all((DEPLOY / "k8s" / "rabbitmq.yaml").read_text()) if d
+    ]
+    return cluster  # type: ignore[no-any-return]
+
+
+def test_k8s_runs_pyfc_on_a_three_node_cluster_with_quorum_queues() -> None:
+    cluster = k8s_broker()
+    assert cluster["kind"] == "RabbitmqCluster"
+    spec = cluster["spec"]
+    assert spec["replicas"] == 3
+    assert f"rabbitmq_{PLUGIN}_exchange" in spec["rabbitmq"]["additionalPlugins"]
+    conf = spec["rabbitmq"]["additionalConfig"]
+    assert "cluster_partition_handling = pause_minority" in conf
+    assert "queue_leader_locator = balanced" in conf
+    anti = spec["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert anti[0]["topologyKey"] == "kubernetes.io/hostname"
+    config = next(d for d in k8s() if d["kind"] == "ConfigMap")["data"]
+    assert config["PYFC_QUEUE_TYPE"] == "quorum"
+    # The Secret's PYFC_AMQP_URL (made by the operator as the header shows) names every
+    # pod of the cluster by its stable DNS name.
+    header = (DEPLOY / "k8s" / "pyfc.yaml").read_text()
+    name, namespace = cluster["metadata"]["name"], cluster["metadata"]["namespace"]
+    command = next(line for line in header.splitlines() if "PYFC_AMQP_URL=" in line)
+    assert f"@{name}-server-%s.{name}-nodes.{namespace}:5672/" in command
+    assert "for i in 0 1 2" in command
 
 
 def test_dockerfile_copies_every_package_and_runs_the_cli() -> None:
