@@ -62,12 +62,25 @@ def _get(url):
         return {"ok": False, "error": str(e)}
 
 
+def _connect_unix(path):
+    try:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(path)
+            return {"ok": True}
+    except OSError as e:
+        return {"ok": False, "errno": e.errno, "error": str(e)}
+
+
 def handler(event, context):
     req = json.loads(event)
     out = {name: _connect(host, port) for name, (host, port) in req["connect"].items()}
+    out.update({name: _connect_unix(path) for name, path in req.get("unix", {}).items()})
     out.update({name: _get(url) for name, url in req.get("get", {}).items()})
     return out
 """
+
+
+PG_SOCKET = "/var/run/postgresql/.s.PGSQL.5432"
 
 
 class Listener:
@@ -238,11 +251,16 @@ async def test_a_function_cannot_reach_the_platform_but_reaches_the_gateway_and_
             if name == "redis" and not reachable_by_us(host, port):
                 continue  # no Redis on this machine
             assert reachable_by_us(host, port), f"{name} is down: the check would be vacuous"
+        unix = {"postgres_socket": PG_SOCKET} if os.path.exists(PG_SOCKET) else {}
+        for path in unix.values():
+            with socket.socket(socket.AF_UNIX) as s:
+                s.connect(path)  # we reach it
         seen = await probe(
             client,
             function,
             connect={**platform, "outside": [outside.ip, outside.port]},
             get={"gateway": f"{net_stack.url}/healthz"},
+            unix=unix,
         )
     finally:
         local.close()
@@ -253,6 +271,9 @@ async def test_a_function_cannot_reach_the_platform_but_reaches_the_gateway_and_
             name,
             seen[name],
         )
+    for name in unix:
+        # Its directory is an empty tmpfs in the instance's own mount namespace.
+        assert seen[name]["ok"] is False and seen[name]["errno"] == errno.ENOENT, seen[name]
     assert seen["outside"] == {"ok": True, "data": "outside"}
     assert seen["gateway"] == {"ok": True, "status": 200}
 

@@ -448,3 +448,15 @@ def test_the_data_dir_is_made_private_but_a_shared_one_is_left_alone(tmp_path: P
         private_dir(path)
     modes = [stat.S_IMODE(p.stat().st_mode) for p in (fresh, loose, shared)]
     assert modes == [0o700, 0o700, 0o1777]
+
+
+def test_hidden_dirs_are_the_existing_directories_once(tmp_path: Path) -> None:
+    from worker.child.isolation import hidden_dirs
+
+    real = tmp_path / "run-pg"
+    real.mkdir()
+    (tmp_path / "var-run-pg").symlink_to(real)
+    (tmp_path / "a-file").write_text("")
+    paths = [str(real), str(tmp_path / "var-run-pg"), str(tmp_path / "missing"), " "]
+    paths.append(str(tmp_path / "a-file"))
+    assert hidden_dirs(paths) == (str(real),)

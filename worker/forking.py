@@ -82,6 +82,7 @@ def _fork_request(env: Mapping[str, str], cwd: str, user: InstanceUser | None) -
         uid=user.uid,
         gid=user.gid,
         max_procs=user.max_procs,
+        hidden=list(user.hidden),
     )
 
 

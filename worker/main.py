@@ -45,6 +45,7 @@ def main(settings: Settings | None = None) -> int:
             [code_root, tempfile.gettempdir()],
             settings.instance_max_procs,
             settings.instance_uid_count,
+            settings.instance_hidden_paths.split(","),
         )
         # Before any instance (a spare, a zygote's child) exists.
         netpolicy.for_this_worker(settings, users)

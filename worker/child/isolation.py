@@ -36,6 +36,9 @@ log = logging.getLogger(f"pyfc.{__name__}")
 _PR_SET_PDEATHSIG = 1
 _PR_SET_DUMPABLE = 4
 _PR_SET_NO_NEW_PRIVS = 38
+_CLONE_NEWNS = 0x00020000
+_MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 1, 2, 4, 8
+_MS_REC, _MS_PRIVATE = 0x4000, 1 << 18
 MAX_ID = 2**32 - 2  # (uid_t)-1 means "unchanged" to the kernel
 # Checked at start: the namespace must hold at least this many instance uids.
 MAPPED_TENANTS = 10000
@@ -46,25 +49,34 @@ Prctl = Callable[[int, int, int, int, int], int]
 
 
 class InstanceUser(NamedTuple):
-    """The uid and gid an instance runs as (no supplementary groups), and the most
-    processes and threads that uid may have on the host (0: no limit)."""
+    """The uid and gid an instance runs as (no supplementary groups), the most
+    processes and threads that uid may have on the host (0: no limit), and the host's
+    directories it must not see (each an empty read-only tmpfs in its mount namespace)."""
 
     uid: int
     gid: int
     max_procs: int = 0
+    hidden: tuple[str, ...] = ()
 
 
 class TenantUsers:
     """Tenant number → the user its instances run as; None means the worker's own uid."""
 
     def __init__(
-        self, uid_base: int, *, privileged: bool, max_procs: int = 0, count: int = UID_COUNT
+        self,
+        uid_base: int,
+        *,
+        privileged: bool,
+        max_procs: int = 0,
+        count: int = UID_COUNT,
+        hidden: tuple[str, ...] = (),
     ) -> None:
         if not 0 <= uid_base <= MAX_ID:
             raise ValueError(f"PYFC_INSTANCE_UID_BASE must be in 0..{MAX_ID}, got {uid_base}")
         if count < 1:
             raise ValueError(f"PYFC_INSTANCE_UID_COUNT must be 1 or more, got {count}")
         self.count = min(count, MAX_ID - uid_base + 1)  # no uid past MAX_ID
+        self.hidden = hidden
         if max_procs < 0:
             raise ValueError(
                 f"PYFC_INSTANCE_MAX_PROCS must be 0 (no limit) or more, got {max_procs}"
@@ -75,8 +87,16 @@ class TenantUsers:
         self.enabled = privileged and uid_base > 0
 
     @classmethod
-    def for_worker(cls, uid_base: int, max_procs: int = 0, count: int = UID_COUNT) -> TenantUsers:
-        return cls(uid_base, privileged=os.geteuid() == 0, max_procs=max_procs, count=count)
+    def for_worker(
+        cls,
+        uid_base: int,
+        max_procs: int = 0,
+        count: int = UID_COUNT,
+        hidden: tuple[str, ...] = (),
+    ) -> TenantUsers:
+        return cls(
+            uid_base, privileged=os.geteuid() == 0, max_procs=max_procs, count=count, hidden=hidden
+        )
 
     @property
     def last_uid(self) -> int:
@@ -90,7 +110,7 @@ class TenantUsers:
         uid = self.uid_base + tenant_number
         if not 0 < uid <= self.last_uid or tenant_number < 0:
             raise ValueError(f"tenant number {tenant_number} is outside the instance uid range")
-        return InstanceUser(uid, uid, self.max_procs)
+        return InstanceUser(uid, uid, self.max_procs, self.hidden)
 
     def __repr__(self) -> str:
         return (
@@ -106,6 +126,38 @@ def prctl() -> Prctl:
     return function
 
 
+@functools.cache
+def mount_calls() -> tuple[Callable[[int], int], Callable[..., int]]:
+    """libc's unshare and mount; call once before forking, so the child does not dlopen."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    return libc.unshare, libc.mount
+
+
+def hide(paths: Iterable[str]) -> None:
+    """Give this (single-threaded, root) process a mount namespace of its own in which
+    each directory of `paths` is an empty read-only tmpfs: Unix sockets there (a
+    PostgreSQL `local trust`, Redis, MySQL) are not the network policy's to refuse."""
+    unshare, mount = mount_calls()
+
+    def check(result: int, what: str) -> None:
+        if result != 0:
+            errno = ctypes.get_errno()
+            raise OSError(errno, f"{what}: {os.strerror(errno)}")
+
+    check(unshare(_CLONE_NEWNS), "unshare(CLONE_NEWNS)")
+    # Nothing we mount propagates back to the host's namespace.
+    check(mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None), "mount --make-rprivate /")
+    for path in paths:
+        flags = _MS_RDONLY | _MS_NOSUID | _MS_NODEV | _MS_NOEXEC
+        check(mount(b"tmpfs", path.encode(), b"tmpfs", flags, b"size=4k,mode=0555"), path)
+
+
+def hidden_dirs(paths: Iterable[str]) -> tuple[str, ...]:
+    """Of `paths`, the directories that exist here, symlinks resolved, each once."""
+    found = (os.path.realpath(p) for p in paths if p.strip())
+    return tuple(dict.fromkeys(p for p in found if os.path.isdir(p)))
+
+
 def _call(fn: Prctl, option: int, value: int) -> None:
     if fn(option, value, 0, 0, 0) != 0:
         errno = ctypes.get_errno()
@@ -119,6 +171,8 @@ def become(user: InstanceUser, fn: Prctl | None = None) -> None:
     The kernel clears PR_SET_PDEATHSIG on a uid change: callers set it again after.
     """
     fn = fn or prctl()
+    if user.hidden:
+        hide(user.hidden)
     if user.max_procs:
         resource.setrlimit(resource.RLIMIT_NPROC, (user.max_procs, user.max_procs))
     # Files it makes in the host's shared /tmp or /dev/shm are its tenant's alone.
@@ -140,6 +194,7 @@ def preexec(
     """A subprocess preexec_fn: `join` (as root: the memory cgroup), become `user`, then
     die with the worker (set after the drop, which clears it) and exit if it is gone."""
     fn = prctl()
+    mount_calls()
 
     def setup() -> None:
         if join is not None:
@@ -229,6 +284,7 @@ def for_this_worker(
     passed: Iterable[str | Path],
     max_procs: int = 0,
     count: int = UID_COUNT,
+    hidden: Iterable[str] = (),
 ) -> TenantUsers:
     """The worker's users, checked once at start.
 
@@ -237,7 +293,7 @@ def for_this_worker(
     saying what to open up: no instance would start. Not root (or a base of 0): one
     warning, and this process (the worker) is made non-dumpable, as the zygote makes itself.
     """
-    users = TenantUsers.for_worker(uid_base, max_procs, count)
+    users = TenantUsers.for_worker(uid_base, max_procs, count, hidden_dirs(hidden))
     if not users.enabled:
         euid = os.geteuid()
         why = "PYFC_INSTANCE_UID_BASE is 0" if euid == 0 else f"the worker runs as uid {euid}"

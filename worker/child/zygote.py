@@ -52,6 +52,7 @@ class Fork(msgspec.Struct, tag=True, kw_only=True):
     uid: int = -1
     gid: int = -1
     max_procs: int = 0
+    hidden: list[str] = []
 
 
 class Prefork(msgspec.Struct, tag=True, kw_only=True):
@@ -118,7 +119,11 @@ def _become_instance(request: Fork, sock_fd: int, out_fd: int, zygote_pid: int) 
     os.environ.clear()
     os.environ.update(request.env)
     if request.uid >= 0:
-        isolation.become(isolation.InstanceUser(request.uid, request.gid, request.max_procs))
+        isolation.become(
+            isolation.InstanceUser(
+                request.uid, request.gid, request.max_procs, tuple(request.hidden)
+            )
+        )
         # As an exec after a uid change would: its /proc entries belong to its own uid.
         isolation.set_dumpable(True)
         bootstrap._die_with_parent(zygote_pid)  # the uid change cleared it
@@ -222,6 +227,7 @@ def main(argv: list[str]) -> NoReturn:
     if os.geteuid() != 0:  # our children keep our uid: they must not read us
         isolation.set_dumpable(False)
     isolation.prctl()  # looked up once here, not in every child
+    isolation.mount_calls()
     control = socket.socket(fileno=control_fd)
     control.set_inheritable(False)
     wake_read, wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
