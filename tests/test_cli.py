@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import json
 import os
 import re
@@ -121,6 +123,20 @@ def test_up_runs_all_roles_and_ctrl_c_leaves_no_orphans(tmp_path: Path) -> None:
             (url,) = [v for v in environ if v.startswith(b"PYFC_AMQP_URL=")]
             user = f"pyfc-up{port}:{kept.read_text().strip()}@"
             assert user.encode() in url and b"guest" not in url, url
+        # A role that dies is restarted (README: "restarted with backoff").
+        (gateway,) = [c for c in children if b"gateway" in Path(f"/proc/{c}/cmdline").read_bytes()]
+        os.kill(gateway, signal.SIGKILL)
+        wait_until(
+            lambda: "gateway exited with code -9; restarting in 1s" in log.read_text(),
+            10,
+            "the restart announced",
+        )
+        wait_until(healthy, 30, "the restarted gateway to serve")
+        now = [
+            int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        ]
+        assert len(now) == len(children) and gateway not in now
+        children = now
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=30)
         assert proc.returncode == 0, log.read_text()
@@ -218,3 +234,41 @@ def test_dlq_commands_and_usage_errors(stack: Stack) -> None:
     usage = stack.cli("deploy", ".", "--service", "s", "--function", "f", "--env", "X", *base,
                       check=False)  # fmt: skip
     assert usage.returncode == 2 and b"KEY=VALUE" in usage.stderr
+
+
+def test_a_role_that_keeps_dying_is_restarted_with_doubling_backoff(tmp_path: Path) -> None:
+    """pyfc up's supervisor (Role): each exit is followed by a restart after 1 s, 2 s, ...
+    (timestamps of the starts, no sleeps); a stop ends the loop."""
+    from pyfc.up import Role
+
+    starts = tmp_path / "starts"
+    (tmp_path / "dies.py").write_text(
+        "import sys, time\n"
+        f"with open({str(starts)!r}, 'a') as f:\n"
+        "    f.write(f'{time.monotonic()}\\n')\n"
+        "sys.exit(3)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+
+    async def supervise() -> list[float]:
+        stopping = asyncio.Event()
+        task = asyncio.create_task(Role("dies", "dies", env).run(stopping))
+        while len(times := _lines(starts)) < 3:
+            assert not task.done()
+            await asyncio.sleep(0.05)
+        stopping.set()
+        await asyncio.wait_for(task, 10)
+        return times
+
+    times = asyncio.run(supervise())
+    gaps = [b - a for a, b in itertools.pairwise(times[:3])]
+    # 1 s then 2 s after each exit, plus an interpreter's start (measured 1.1 and 2.1 s)
+    assert 1.0 <= gaps[0] < 1.8 and 2.0 <= gaps[1] < 2.8, gaps
+    assert len(_lines(starts)) == 3  # stopped: not started again
+
+
+def _lines(path: Path) -> list[float]:
+    try:
+        return [float(x) for x in path.read_text().split()]
+    except FileNotFoundError:
+        return []
