@@ -18,7 +18,6 @@ import msgspec
 from aiohttp import web
 
 from gateway.http import Gateway, gateway_of, json_response, tenant_of
-from shared import rows
 from shared.errors import BadRequest, InvocationNotFound, NotFound
 from shared.logread import (
     CLOCK_MARGIN_SECONDS,
@@ -37,6 +36,7 @@ from shared.logstore import (
     Retention,
     append_records,
     cut_line,
+    record_json,
     store_name,
     stream_queue,
 )
@@ -48,21 +48,6 @@ DEFAULT_WINDOW_SECONDS = 3600.0
 
 def _retention(gw: Gateway) -> Retention:
     return Retention(max_age=gw.settings.log_max_age, max_bytes=gw.settings.log_max_bytes)
-
-
-def record_json(record: LogRecord) -> dict[str, Any]:
-    return {
-        "time": rows.iso_millis(record.time),
-        "serviceName": record.service,
-        "functionName": record.function,
-        "qualifier": record.qualifier,
-        "versionId": record.version,
-        "requestId": record.request_id,
-        "instanceId": record.instance_id,
-        "level": record.level,
-        "kind": record.kind,
-        "message": record.message,
-    }
 
 
 async def _store_queue(gw: Gateway, tenant: str, service: str, function: str) -> str:

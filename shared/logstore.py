@@ -17,7 +17,8 @@ from __future__ import annotations
 import math
 import re
 import time
-from typing import Literal
+from datetime import UTC, datetime
+from typing import Any, Literal
 
 import aio_pika
 import msgspec
@@ -63,6 +64,10 @@ class LogRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     kind: RecordKind = "function"
     # The invocation's attempt (async retries count up from 1).
     attempt: int = 1
+    # The lineage of the invocation that wrote it: a log trigger continues the chain, so
+    # a function triggered by its own store is stopped by loop protection.
+    trace_id: str = ""
+    hops: int = 0
 
 
 class LogBatch(msgspec.Struct, kw_only=True):
@@ -79,6 +84,26 @@ def batch_headers(records: list[LogRecord], flushed_ms: int) -> FieldTable:
         HDR_LOG_TIME: flushed_ms,
         HDR_LOG_REQUESTS: " ".join(sorted(requests)),
         HDR_LOG_FUNCTIONS: " ".join(sorted(functions)),
+    }
+
+
+def iso_millis(ts: float) -> str:
+    """Epoch seconds as ISO-8601 UTC with milliseconds and `Z`."""
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def record_json(record: LogRecord) -> dict[str, Any]:
+    return {
+        "time": iso_millis(record.time),
+        "serviceName": record.service,
+        "functionName": record.function,
+        "qualifier": record.qualifier,
+        "versionId": record.version,
+        "requestId": record.request_id,
+        "instanceId": record.instance_id,
+        "level": record.level,
+        "kind": record.kind,
+        "message": record.message,
     }
 
 

@@ -12,6 +12,7 @@ import fnmatch
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -20,6 +21,7 @@ from yarl import URL
 
 from shared import cron, s3events
 from shared.errors import BadRequest, Forbidden, PayloadTooLarge
+from shared.logstore import STORE_NAME
 from shared.protocol import Source
 
 MissedRuns = Literal["skip", "once", "all"]
@@ -123,6 +125,20 @@ class MqConfig(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fiel
     amqp_url: str = ""
 
 
+class LogTriggerConfig(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fields=True):
+    """`log`: run the function with batches of the records of a tenant's log store
+    (shared/logstore.py): up to `batchSize` records gathered for at most
+    `batchWindowSeconds`, from `startFrom` (`latest`: lines after the trigger was created
+    or changed; `earliest`: all the store keeps; or an ISO 8601 time, to replay)."""
+
+    logstore: str
+    batch_size: int = 100
+    batch_window_seconds: float = 1.0
+    start_from: str = "latest"
+
+
+MAX_LOG_BATCH = 10_000
+MAX_LOG_WINDOW_SECONDS = 300.0
 MAX_MQ_BATCH = 100
 MAX_MQ_WINDOW_SECONDS = 60.0
 # The password of an `amqpUrl` as GET shows it; a PUT that sends it back keeps the stored one.
@@ -277,6 +293,34 @@ def _check_mq(config: MqConfig, limits: Limits) -> None:
         )
 
 
+def _check_log(config: LogTriggerConfig, limits: Limits) -> None:
+    if not STORE_NAME.fullmatch(config.logstore):
+        raise BadRequest(f"triggerConfig.logstore: {config.logstore!r} is not a store name")
+    if not 1 <= config.batch_size <= MAX_LOG_BATCH:
+        raise BadRequest(
+            f"triggerConfig.batchSize: {config.batch_size} is not in 1..{MAX_LOG_BATCH}"
+        )
+    if not 0 <= config.batch_window_seconds <= MAX_LOG_WINDOW_SECONDS:
+        raise BadRequest(
+            f"triggerConfig.batchWindowSeconds: {config.batch_window_seconds} is not in "
+            f"0..{MAX_LOG_WINDOW_SECONDS:g}"
+        )
+    log_start(config.start_from)
+
+
+def log_start(start_from: str) -> float | str:
+    """`startFrom` as the log trigger starts: "latest", "earliest", or epoch seconds."""
+    if start_from in ("latest", "earliest"):
+        return start_from
+    try:
+        stamp = datetime.fromisoformat(start_from.replace("Z", "+00:00"))
+    except ValueError:
+        raise BadRequest(
+            f"triggerConfig.startFrom: {start_from!r} is not latest, earliest or an ISO time"
+        ) from None
+    return (stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)).timestamp()
+
+
 def events_exchange(namespace: str) -> str:
     """The exchange the deployment's MinIO publishes bucket events to (deploy/)."""
     return f"{namespace}.s3-events"
@@ -287,6 +331,7 @@ TRIGGER_TYPES: dict[str, TriggerType] = {
     "timer": TriggerType("timer", TimerConfig, "cron", _check_timer),
     "s3": S3,
     "mq": TriggerType("mq", MqConfig, "mq", _check_mq),
+    "log": TriggerType("log", LogTriggerConfig, "log", _check_log),
 }
 # Other names of a type (Function Compute's): stored under the type's own name.
 TYPE_ALIASES = {"oss": "s3"}

