@@ -149,6 +149,7 @@ class _Runner:
         )
         batch: list[tuple[LogRecord, Cursor]] = []
         window_end = 0.0
+        not_before = self._not_before()
         try:
             while True:
                 timeout = None if not batch else max(0.0, window_end - time.monotonic())
@@ -171,6 +172,8 @@ class _Runner:
                     continue
                 first = start.skip if offset == start.offset else 0
                 for index in range(first, len(records)):
+                    if records[index].time < not_before:
+                        continue  # the stream's time index is coarser than a second
                     if not batch:
                         window_end = time.monotonic() + config.batch_window_seconds
                     batch.append((records[index], Cursor(offset, index)))
@@ -185,6 +188,19 @@ class _Runner:
                 await stream.cancel(tag)
             with contextlib.suppress(Exception):
                 await channel.close()
+
+    def _not_before(self) -> float:
+        """Records older than the trigger's start point (`latest`: its last change; a
+        time) are not its events."""
+        begin = log_start(self.config.start_from)
+        if begin == "earliest":
+            return 0.0
+        if begin == "latest":
+            return datetime.fromisoformat(
+                self.active.trigger.last_modified_time.replace("Z", "+00:00")
+            ).timestamp()
+        assert isinstance(begin, float)
+        return begin
 
     def _offset(self, start: Checkpoint) -> int | str | datetime:
         if start.offset >= 0:
