@@ -18,6 +18,7 @@ from gateway import (
     log_api,
     message_api,
     openapi,
+    proxy_api,
     release_api,
     stats_api,
     trigger_api,
@@ -36,7 +37,8 @@ from shared.scrape import may_scrape
 
 log = logging.getLogger(f"pyfc.{__name__}")
 
-PUBLIC_PATHS = ("/healthz", "/readyz", "/v1/openapi.json", "/metrics")
+# `/v1/http/{triggerId}/...`: an HTTP trigger's own URL checks its authType itself.
+PUBLIC_PATHS = ("/healthz", "/readyz", "/v1/openapi.json", "/metrics", "/v1/http/")
 
 
 def token_may_use(request: web.Request) -> bool:
@@ -128,3 +130,4 @@ def add_routes(router: web.UrlDispatcher) -> None:
     log_api.add_routes(router)
     stats_api.add_routes(router)
     message_api.add_routes(router)
+    proxy_api.add_routes(router)

@@ -40,6 +40,9 @@ GET_INVOCATION_ROUTE = "get-invocation"
 PUBLISH_ROUTE = "publish-message"
 INVOKE_TOKEN_ROUTES = frozenset({INVOKE_ROUTE, GET_INVOCATION_ROUTE, PUBLISH_ROUTE})
 MAX_LIST = 100
+# HTTP triggers: how long the gateway keeps a trigger it looked up (a change, such as
+# disabling it, shows within this).
+HTTP_TRIGGER_CACHE_SECONDS = 1.0
 
 
 @dataclass
@@ -62,6 +65,8 @@ class Gateway:
     # Verifies invoke tokens; empty = none accepted.
     token_secret: bytes = field(default=b"", repr=False)
     _auth_cache: dict[str, tuple[Tenant, float]] = field(default_factory=dict)
+    # HTTP triggers looked up (gateway/proxy_api.py): key -> (expiry, found).
+    http_triggers: dict[Any, tuple[float, Any]] = field(default_factory=dict)
     # Async invocations are accepted (recorded, then published with a confirm) here, as
     # the dispatcher's destinations and the trigger adapters accept theirs.
     acceptor: Acceptor = field(init=False)

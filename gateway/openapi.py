@@ -48,8 +48,10 @@ COMMON_ERRORS = {
 ERROR_TEXT = {
     "404": "the resource (or its service, function or qualifier) does not exist",
     "409": "conflict: the name exists, or the resource is in use",
+    "405": "the method is not among the http trigger's methods (Allow names them)",
     "413": "the body is over the limit",
     "429": "throttled: the tenant's or function's concurrency is exhausted",
+    "502": "the function failed (FC's error body: errorMessage, errorType, stackTrace)",
     "504": "the function did not answer within its timeout",
 }
 
@@ -75,6 +77,11 @@ PATH_PARAMS: dict[str, dict[str, Any]] = {
         "schema": {"type": "string", "pattern": r"^[1-9][0-9]{0,9}$"},
     },
     "requestId": {"description": "request id", "schema": {"type": "string", "minLength": 1}},
+    "triggerId": {"description": "trigger id", "schema": {"type": "string", "minLength": 1}},
+    "path": {
+        "description": "the path under the function, as the app sees it (`/` when empty)",
+        "schema": {"type": "string", "pattern": "^(/.*)?$"},
+    },
     "exchange": {
         "description": "an exchange of the platform's broker tenants may use (not `{namespace}.*` "
         "nor `amq.*`; within PYFC_MQ_EXCHANGES)",
@@ -384,6 +391,12 @@ def build() -> dict[str, Any]:
                 errors=("404",),
             ),
         },
+        "/v1/proxy/{service}/{function}{path}": _proxy_ops(
+            "the function's enabled http trigger, with the caller's API key or invoke token"
+        ),
+        "/v1/http/{triggerId}{path}": _proxy_ops(
+            "an http trigger's own URL (`urlPath`): no credential for authType anonymous"
+        ),
         "/v1/tenant": {
             "get": _op("the caller's tenant and its caps", response="TenantView", errors=())
         },
@@ -465,6 +478,25 @@ def _public_op(summary: str) -> dict[str, Any]:
         "summary": summary,
         "responses": {"200": {"description": "OK", "content": _json({"type": "object"})}},
     }
+
+
+def _proxy_ops(where: str) -> dict[str, Any]:
+    """HTTP trigger routes: any of the trigger's methods; the app's own answer."""
+    ops: dict[str, Any] = {}
+    for method in ("get", "post", "put", "delete", "patch", "options"):
+        op = _op(
+            f"HTTP trigger ({where}): the request as it came to the function (a WSGI app, "
+            "an FC 3.0 HTTP event handler or an ASGI app), its answer as the response; "
+            "405 for a method the trigger does not take, 502 with FC's error body when the "
+            "function fails, 504 at its timeout; X-Fc-Invocation-Type: Async answers 202",
+            raw=True,
+            response={"type": "string"},
+            media="*/*",
+            errors=("404", "405", "413", "429", "502", "504"),
+        )
+        op["responses"]["default"] = {"description": "whatever the app answers"}
+        ops[method] = op
+    return ops
 
 
 def _invoke_op() -> dict[str, Any]:

@@ -60,7 +60,8 @@ async def list_triggers(request: web.Request) -> web.Response:
     items = await gw.store.list_triggers(
         tenant, service, function, prefix=prefix, limit=limit + 1, start_key=start
     )
-    result = page([_shown(t) for t in items], limit, "trigger_name")
+    result = page(list(items), limit, "trigger_name")
+    result["items"] = [_shown(t) for t in result["items"]]  # type: ignore[attr-defined]
     result["triggers"] = result.pop("items")
     return json_response(result)
 
@@ -113,9 +114,14 @@ def _limits(request: web.Request) -> Limits:
     )
 
 
-def _shown(trigger: Trigger) -> Trigger:
-    """The trigger as the API shows it: secrets in its config blanked."""
-    return msgspec.structs.replace(trigger, trigger_config=public_config(trigger.trigger_config))
+def _shown(trigger: Trigger) -> dict[str, Any]:
+    """The trigger as the API shows it: secrets in its config blanked; an http trigger's
+    own URL path (`urlPath`: `/v1/http/{triggerId}/`, anonymous with authType anonymous)."""
+    shown = msgspec.structs.replace(trigger, trigger_config=public_config(trigger.trigger_config))
+    out: dict[str, Any] = msgspec.to_builtins(shown)
+    if trigger.trigger_type == "http":
+        out["urlPath"] = f"/v1/http/{trigger.trigger_id}/"
+    return out
 
 
 async def _changed(request: web.Request, trigger: Trigger) -> None:

@@ -12,7 +12,7 @@ import click
 
 from pyfc.client import Api, _fail
 from pyfc.console import Context, api_command, json_option, pass_context, run
-from shared.trigger_types import TRIGGER_TYPES
+from shared.trigger_types import PROCESS_KINDS
 
 
 @click.group(help="run a trigger process, or manage triggers")
@@ -30,7 +30,7 @@ def _trigger_process(kind: str) -> click.Command:
     return click.Command(kind, callback=run_process, help=f"run one process of the {kind} role")
 
 
-for _kind in TRIGGER_TYPES:
+for _kind in PROCESS_KINDS:
     trigger.add_command(_trigger_process(_kind))
 
 

@@ -20,10 +20,10 @@ from shared.errors import AlreadyExists, BadRequest, Unavailable
 from shared.settings import Settings
 from shared.store import Store
 from shared.topology import Topology, declare_all
-from shared.trigger_types import TRIGGER_TYPES
+from shared.trigger_types import PROCESS_KINDS
 
 # The trigger kinds `pyfc up` runs, a process each.
-TRIGGER_KINDS = tuple(TRIGGER_TYPES)
+TRIGGER_KINDS = PROCESS_KINDS
 
 # Beyond the workers' own grace for running work (PYFC_WORKER_STOP_GRACE_SECONDS).
 STOP_GRACE_SECONDS = 5.0

@@ -87,6 +87,9 @@ class Invocation(msgspec.Struct, kw_only=True):
     # takeover after a crash), so the dispatcher admits only the first copy of the id
     # (`Store.admit_first`); a redelivery of that copy is handled as any other.
     once: bool = False
+    # An HTTP trigger's request (`shared/http_trigger.py`) in `payload`, and how the
+    # function takes it: "wsgi", "event" or "asgi"; "" = a plain event.
+    http: str = ""
 
 
 class Outcome(msgspec.Struct, kw_only=True):

@@ -169,6 +169,15 @@ class TriggerRecords:
             await self.get_function(tenant, service, function)
             raise TriggerNotFound(f"trigger {name!r} not found on {service}/{function}")
 
+    async def trigger_by_id(self, trigger_id: str) -> tuple[str, Trigger]:
+        """(tenant, trigger) of the trigger with this id; TriggerNotFound otherwise."""
+        query = select(triggers).where(triggers.c.trigger_id == trigger_id)
+        async with self._begin() as conn:
+            row = (await conn.execute(query)).mappings().first()
+        if row is None:
+            raise TriggerNotFound(f"trigger {trigger_id} not found")
+        return row["tenant"], _trigger(row)
+
     async def triggers_of_type(
         self,
         trigger_type: str,

@@ -147,6 +147,22 @@ _EXCHANGE_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,255}$")
 _WORD_RE = re.compile(r"^(\*|#|[^.*#]+)$")
 
 
+HTTP_METHODS = ("GET", "POST", "PUT", "DELETE", "HEAD", "PATCH", "OPTIONS")
+AuthType = Literal["anonymous", "function"]
+RequestFormat = Literal["wsgi", "event", "asgi"]
+
+
+class HttpConfig(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fields=True):
+    """`http`: the function served at `/v1/proxy/{s}[.{q}]/{f}/...` and at the trigger's
+    own URL (`/v1/http/{triggerId}/...`); `authType: anonymous` needs no credential on the
+    trigger's URL. `requestFormat`: a WSGI app (FC 2.0's Python HTTP functions), FC 3.0's
+    HTTP event, or an ASGI app."""
+
+    auth_type: AuthType = "function"
+    methods: list[str] = msgspec.field(default_factory=lambda: list(HTTP_METHODS))
+    request_format: RequestFormat = "wsgi"
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
     """What a config is checked against beyond its own fields."""
@@ -168,6 +184,8 @@ class TriggerType:
     config: type[msgspec.Struct]
     source: Source
     check: Callable[[Any, Limits], None]
+    # Served by a `pyfc trigger <name>` process (false: the gateway serves it, as `http`).
+    process: bool = True
 
 
 def _check_timer(config: TimerConfig, limits: Limits) -> None:
@@ -321,6 +339,18 @@ def log_start(start_from: str) -> float | str:
     return (stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)).timestamp()
 
 
+def _check_http(config: HttpConfig, limits: Limits) -> None:
+    if not config.methods:
+        raise BadRequest(f"triggerConfig.methods: give at least one of {', '.join(HTTP_METHODS)}")
+    for method in config.methods:
+        if method not in HTTP_METHODS:
+            raise BadRequest(
+                f"triggerConfig.methods: {method!r} is not one of {', '.join(HTTP_METHODS)}"
+            )
+    if len(set(config.methods)) != len(config.methods):
+        raise BadRequest("triggerConfig.methods: a method is listed twice")
+
+
 def events_exchange(namespace: str) -> str:
     """The exchange the deployment's MinIO publishes bucket events to (deploy/)."""
     return f"{namespace}.s3-events"
@@ -332,7 +362,10 @@ TRIGGER_TYPES: dict[str, TriggerType] = {
     "s3": S3,
     "mq": TriggerType("mq", MqConfig, "mq", _check_mq),
     "log": TriggerType("log", LogTriggerConfig, "log", _check_log),
+    "http": TriggerType("http", HttpConfig, "http", _check_http, process=False),
 }
+# The kinds a `pyfc trigger <kind>` process serves (`pyfc up` runs one of each).
+PROCESS_KINDS = tuple(name for name, kind in TRIGGER_TYPES.items() if kind.process)
 # Other names of a type (Function Compute's): stored under the type's own name.
 TYPE_ALIASES = {"oss": "s3"}
 # Config fields never shown by the API (GET shows "" in their place).

@@ -13,7 +13,7 @@ import sys
 import urllib.request
 from pathlib import Path
 
-from shared.trigger_types import TRIGGER_TYPES
+from shared.trigger_types import PROCESS_KINDS
 from tests.stack import (
     AMQP_URL,
     Stack,
@@ -113,7 +113,7 @@ def test_up_runs_all_roles_and_ctrl_c_leaves_no_orphans(tmp_path: Path) -> None:
             int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
         ]
         # gateway, dispatcher, worker, one trigger process per kind
-        assert len(children) == 3 + len(TRIGGER_TYPES)
+        assert len(children) == 3 + len(PROCESS_KINDS)
         assert (tmp_path / "data" / "credentials").read_text().startswith("pyfc_")
         # Not guest: a broker user of its own, its random password kept in the data dir.
         kept = tmp_path / "data" / "broker-password"

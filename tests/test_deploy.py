@@ -18,7 +18,7 @@ from yarl import URL
 from shared.cluster import node_urls
 from shared.settings import Settings
 from shared.topology import CONSISTENT_HASH, Topology
-from shared.trigger_types import TRIGGER_TYPES
+from shared.trigger_types import PROCESS_KINDS
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 SETTINGS = {f"PYFC_{f.name.upper()}" for f in msgspec.structs.fields(Settings)}
@@ -27,7 +27,7 @@ COMMANDS = {
     "gateway": ["gateway"],
     "dispatcher": ["dispatcher"],
     "worker": ["worker"],
-    **{f"trigger-{kind}": ["trigger", kind] for kind in TRIGGER_TYPES},
+    **{f"trigger-{kind}": ["trigger", kind] for kind in PROCESS_KINDS},
 }
 ROLES = set(COMMANDS)
 
@@ -59,7 +59,7 @@ def test_compose_runs_every_role_from_one_image_with_real_settings() -> None:
         values["PYFC_SECRET"] = "x" * 40
         Settings.from_env(values)
     assert roles["dispatcher"]["deploy"]["replicas"] >= 2  # failover needs a standby
-    for kind in TRIGGER_TYPES:  # trigger processes run replicated (exactly once across them)
+    for kind in PROCESS_KINDS:  # trigger processes run replicated (exactly once across them)
         assert roles[f"trigger-{kind}"]["deploy"]["replicas"] >= 2
 
 
@@ -160,7 +160,7 @@ def test_k8s_roles_settings_probes_and_worker_scaling() -> None:
     gateway = deployments["gateway"]["spec"]["template"]["spec"]["containers"][0]
     assert gateway["readinessProbe"]["httpGet"]["path"] == "/healthz"
     assert deployments["dispatcher"]["spec"]["replicas"] >= 2
-    for kind in TRIGGER_TYPES:
+    for kind in PROCESS_KINDS:
         assert deployments[f"trigger-{kind}"]["spec"]["replicas"] >= 2
     (scaled,) = by_kind["ScaledObject"]
     assert scaled["spec"]["scaleTargetRef"]["name"] == "worker"

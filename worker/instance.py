@@ -279,6 +279,7 @@ class Instance(InstanceBase):
             security_token=(
                 issuer.token(self.spec, inv.lineage, deadline) if issuer is not None else ""
             ),
+            http=inv.http,
         )
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._pending[inv.id] = future

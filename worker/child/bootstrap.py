@@ -200,7 +200,12 @@ class Runtime:
         started = time.perf_counter()
         with capturing(req.request_id, shared=self.serial) as capture:
             try:
-                body = to_body(self.call(self.handler, req.payload, ctx))
+                if req.http:
+                    from worker.child import web  # on first use: plain events never need it
+
+                    body = web.serve(req.http, self.handler, req.payload, ctx, self.call)
+                else:
+                    body = to_body(self.call(self.handler, req.payload, ctx))
                 result = Result(request_id=req.request_id, ok=True, body=body)
             except BaseException as e:  # the function's failure is its result, not our crash
                 result = Result(

@@ -82,6 +82,9 @@ class Invoke(msgspec.Struct, tag=True, kw_only=True):
     origin: str = ""
     # Invoke token (shared/tokens.py) for `context.credentials.security_token`.
     security_token: str = ""
+    # An HTTP trigger's request (`worker/child/web.py`): how the handler takes it (wsgi,
+    # event, asgi); "" = a plain event.
+    http: str = ""
 
 
 class Result(msgspec.Struct, tag=True, kw_only=True):

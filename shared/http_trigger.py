@@ -1,0 +1,48 @@
+"""An HTTP trigger's request and response on the wire (**contract** with the instance
+side, `worker/child/web.py`, whose Structs encode the same msgpack arrays).
+
+The gateway encodes the request into the invocation's payload (`Invocation.http` names
+how the function takes it: wsgi, event, asgi) and decodes the response from the
+outcome's body.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from shared.errors import BadRequest
+
+
+class HttpRequest(msgspec.Struct, array_like=True):
+    method: str
+    path: str
+    query: str
+    headers: list[tuple[str, str]]
+    body: bytes
+    script_name: str
+    request_uri: str
+    client_ip: str = ""
+    scheme: str = "http"
+    host: str = ""
+    port: int = 80
+
+
+class HttpResponse(msgspec.Struct, array_like=True):
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+
+_encoder = msgspec.msgpack.Encoder()
+_response = msgspec.msgpack.Decoder(HttpResponse)
+
+
+def encode_request(request: HttpRequest) -> bytes:
+    return _encoder.encode(request)
+
+
+def decode_response(body: bytes) -> HttpResponse:
+    try:
+        return _response.decode(body)
+    except msgspec.DecodeError as e:
+        raise BadRequest(f"not an HTTP trigger response: {e}") from e
