@@ -5,7 +5,9 @@ Targets: pyfc warm sync p50 <= 2.0x the raw RPC p50 with the server in its own p
 p99 <= 3x (issue 18); p50 <= 3 ms and <= 3x the in-process raw RPC p50 (issue "Spine").
 Also CPU milliseconds per call of each process (from /proc), and the same calls through
 an alias (`bench.prod`, one version) and a weighted alias (`bench.gray`, 10% to a second
-version) in the same blocks: resolving a qualifier must not cost (issue 13).
+version) in the same blocks: resolving a qualifier must not cost (issue 13); and the same
+echo as a WSGI app behind an HTTP trigger (`/v1/proxy/bench/web/`): its p50 within 10% of
+the plain invoke's (issue 15).
 
     .venv/bin/python bench/invoke.py [--n 2000] [--blocks 3]
 """
@@ -36,6 +38,13 @@ from tests.stack import AMQP_URL, Stack, code_body
 PAYLOAD = b"x" * 64
 # The same echo function, called as LATEST, through an alias and through a weighted alias.
 ALIASES = {"alias": "bench.prod", "weighted alias": "bench.gray"}
+# The echo as a WSGI app behind an HTTP trigger.
+WSGI_ECHO = (
+    "def handler(environ, start_response):\n"
+    "    start_response('200 OK', [('Content-Type', 'application/octet-stream')])\n"
+    "    return [environ['wsgi.input'].read()]\n"
+)
+HTTP_TRIGGER_PATH = "/v1/proxy/bench/web/echo"
 
 
 async def rpc_server(
@@ -141,6 +150,12 @@ async def deploy_echo(stack: Stack) -> dict[str, str]:
                 assert r.status == 200, await r.text()
             async with s.post("/v1/services/bench/versions", json={}) as r:
                 assert r.status == 201, await r.text()
+        web = {"functionName": "web", "code": code_body({"index.py": WSGI_ECHO})}
+        async with s.post("/v1/services/bench/functions", json=web) as r:
+            assert r.status == 201, await r.text()
+        trigger = {"triggerName": "web", "triggerType": "http", "triggerConfig": {}}
+        async with s.post("/v1/services/bench/functions/web/triggers", json=trigger) as r:
+            assert r.status == 201, await r.text()
         for alias in (
             {"aliasName": "prod", "versionId": "1"},
             {"aliasName": "gray", "versionId": "1", "additionalVersionWeight": {"2": 0.1}},
@@ -157,6 +172,7 @@ async def pyfc_invoke(
     warm_up: int = 200,
     cpu: dict[str, float] | None = None,
     service: str = "bench",
+    path: str = "",
 ) -> list[float]:
     """`n` sequential warm sync invokes over HTTP (after `warm_up` more) of
     `service[.qualifier]/echo`; `cpu`, if given, gets the CPU milliseconds per call of each
@@ -172,7 +188,7 @@ async def pyfc_invoke(
                 meter.start()
             t0 = time.perf_counter()
             async with s.post(
-                f"/v1/services/{service}/functions/echo/invocations", data=PAYLOAD
+                path or f"/v1/services/{service}/functions/echo/invocations", data=PAYLOAD
             ) as r:
                 await r.read()
                 assert r.status == 200
@@ -203,6 +219,7 @@ def run(n: int = 2000, blocks: int = 3, stack: Stack | None = None) -> Result:
         raw_x: list[float] = []
         warm: list[float] = []
         aliased: dict[str, list[float]] = {name: [] for name in ALIASES}
+        http_trigger: list[float] = []
         cpu_raw: list[dict[str, float]] = []
         cpu_pyfc: list[dict[str, float]] = []
         per_block = max(1, n // blocks)
@@ -219,6 +236,9 @@ def run(n: int = 2000, blocks: int = 3, stack: Stack | None = None) -> Result:
                 aliased[name] += uvloop.run(
                     pyfc_invoke(stack, per_block, headers, min(warm_up, n), service=service)
                 )
+            http_trigger += uvloop.run(
+                pyfc_invoke(stack, per_block, headers, min(warm_up, n), path=HTTP_TRIGGER_PATH)
+            )
     spine = "Spine"
     rows = [
         Row(
@@ -263,6 +283,16 @@ def run(n: int = 2000, blocks: int = 3, stack: Stack | None = None) -> Result:
         )
         for name, samples in aliased.items()
     ]
+    rows.append(
+        Row(
+            "warm HTTP trigger (WSGI echo) p50",
+            p50(http_trigger),
+            "ms",
+            baseline=p50(warm),
+            baseline_name="plain invoke, same blocks",
+            target=Target("ratio", "<=", 1.1, "15"),
+        )
+    )
     for row in rows:
         row.bench = "invoke"
     return Result(
@@ -272,6 +302,7 @@ def run(n: int = 2000, blocks: int = 3, stack: Stack | None = None) -> Result:
             "round trip: raw aio-pika RPC, server in its own process": raw_x,
             "round trip: raw aio-pika RPC, server in-process": raw,
             **{f"round trip: pyfc through {ALIASES[k]}": v for k, v in aliased.items()},
+            "round trip: HTTP trigger, WSGI echo": http_trigger,
         },
         extra={
             "cpu_ms_per_call": {
