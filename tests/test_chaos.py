@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from tests.conftest import Client, StartStack, on_both_databases
 from tests.helpers import deploy, invoke
@@ -107,6 +108,8 @@ async def wait_all_recorded(
     assert not pending, f"{len(pending)} invocations not recorded Succeeded: {states}"
 
 
+# ~35-50 s on an idle machine; more than 120 s on 2 cores with a load of 15.
+@pytest.mark.timeout(360)
 @on_both_databases
 async def test_sigkill_of_a_dispatcher_replica_loses_nothing(
     fresh_stack: StartStack, session: aiohttp.ClientSession
