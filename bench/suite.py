@@ -40,6 +40,7 @@ BENCHES = (
     "dispatch",
     "provision",
     "control",
+    "logs",
     "peers",
 )
 ON_STACK = ("invoke", "dispatch", "provision", "control")
@@ -69,6 +70,9 @@ class Sizes:
     peer_reps: int
     peer_tasks: int
     peer_calls: int
+    logs: int = 2000
+    log_lines: int = 100_000
+    log_queries: int = 100
 
 
 FULL = Sizes(
@@ -114,6 +118,9 @@ SMOKE = Sizes(
     peer_reps=1,
     peer_tasks=20,
     peer_calls=5,
+    logs=40,
+    log_lines=2000,
+    log_queries=5,
 )
 
 
@@ -168,6 +175,12 @@ def steps(sizes: Sizes, stack: Callable[[], tuple[Stack, int]]) -> dict[str, Cal
 
         return control.run(s.control_sizes, s.control_window, stack()[0], s.control_settle)
 
+    def logs() -> Result:
+        from bench import logs
+
+        # Two stacks of its own (log store on and off), called in alternating blocks.
+        return logs.run(s.logs, 4 if s.logs >= 400 else 2, s.log_lines, s.log_queries)
+
     def peers() -> Result:
         from bench import peers
 
@@ -181,6 +194,7 @@ def steps(sizes: Sizes, stack: Callable[[], tuple[Stack, int]]) -> dict[str, Cal
         "dispatch": dispatch,
         "provision": provision,
         "control": control,
+        "logs": logs,
         "peers": peers,
     }
 
