@@ -34,6 +34,7 @@ class HttpResponse(msgspec.Struct, array_like=True):
 
 
 _encoder = msgspec.msgpack.Encoder()
+_request = msgspec.msgpack.Decoder(HttpRequest)
 _response = msgspec.msgpack.Decoder(HttpResponse)
 
 
@@ -46,3 +47,15 @@ def decode_response(body: bytes) -> HttpResponse:
         return _response.decode(body)
     except msgspec.DecodeError as e:
         raise BadRequest(f"not an HTTP trigger response: {e}") from e
+
+
+def decode_request(payload: bytes) -> HttpRequest:
+    """The request in an HTTP trigger's invocation (a custom runtime forwards it as is)."""
+    try:
+        return _request.decode(payload)
+    except msgspec.DecodeError as e:
+        raise BadRequest(f"not an HTTP trigger request: {e}") from e
+
+
+def encode_response(response: HttpResponse) -> bytes:
+    return _encoder.encode(response)

@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.bootstraps import members, zip_code
 from tests.conftest import Client
 from tests.helpers import deploy
 from tests.stack import Stack
@@ -114,6 +115,14 @@ async def handler(scope, receive, send):
     await send({"type": "http.response.start", "status": 202,
                 "headers": [(b"content-type", b"application/json"), (b"x-asgi", b"yes")]})
     await send({"type": "http.response.body", "body": body})
+"""
+
+
+# A custom runtime's server: what it was sent, as it came.
+RAW_SERVER = rb"""
+def handle(method, path, headers, body):
+    return reply({"method": method, "path": path, "thing": headers.get("x-thing"),
+                  "body": body.decode("latin-1"), "rid": headers.get("x-fc-request-id")}, 207)
 """
 
 
@@ -268,3 +277,28 @@ async def test_event_and_asgi_handlers_auth_and_methods(
         "GET", f"/v1/proxy/{service}/{function}/", headers={"Authorization": ""}
     )
     assert status == 401
+
+
+async def test_a_custom_runtime_gets_the_request_as_it_came(
+    http_stack: Stack, session: aiohttp.ClientSession
+) -> None:
+    _, key = http_stack.create_tenant()
+    client = Client(session, http_stack.url, key)
+    service, function = await deploy(
+        client, runtime="custom", code=zip_code(members(RAW_SERVER)), timeout=10
+    )
+    body = {"triggerName": "web", "triggerType": "http", "triggerConfig": {}}
+    status, _, raw = await client.call(
+        "POST", f"/v1/services/{service}/functions/{function}/triggers", json=body
+    )
+    assert status == 201, raw
+    status, headers, raw = await client.call(
+        "PUT",
+        f"/v1/proxy/{service}/{function}/a/b%20c?x=1",
+        data=b"\x00\xffraw",
+        headers={"X-Thing": "t"},
+    )
+    assert status == 207 and headers["X-Fc-Request-Id"], raw
+    seen = json.loads(raw)
+    assert seen["method"] == "PUT" and seen["path"] == "/a/b%20c?x=1", seen
+    assert seen["thing"] == "t" and seen["body"] == "\x00\xffraw" and seen["rid"], seen

@@ -25,8 +25,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
+import yarl
+from multidict import CIMultiDict
 
 from shared.codepkg import BOOTSTRAP
+from shared.http_trigger import HttpResponse, decode_request, encode_response
 from shared.protocol import FunctionSpec, Invocation, Outcome
 from worker.child import isolation
 from worker.child.frames import Result
@@ -260,8 +263,15 @@ class CustomInstance(InstanceBase):
         self._in_flight += 1
         try:
             async with asyncio.timeout(budget):
-                async with self._session.post("/invoke", data=inv.payload, headers=headers) as r:
-                    status, body = r.status, await read_capped(r)
+                if inv.http:
+                    # An HTTP trigger's request goes to the server as it came (FC's rule
+                    # for custom runtimes); whatever it answers is the response.
+                    status, body = 200, await self._forward(inv, headers)
+                else:
+                    async with self._session.post(
+                        "/invoke", data=inv.payload, headers=headers
+                    ) as r:
+                        status, body = r.status, await read_capped(r)
         except TimeoutError:
             log.info("instance %s killed: %s ran past %.3gs", self.instance_id, inv.id, budget)
             self._kill_reason = self._kill_reason or (
@@ -291,6 +301,29 @@ class CustomInstance(InstanceBase):
                 status, body
             )
         return from_result(inv, self.instance_id, result, cold=cold)
+
+    async def _forward(self, inv: Invocation, fc_headers: dict[str, str]) -> bytes:
+        """Send an HTTP trigger's request (`shared/http_trigger.py`) to the server with its
+        own method, path, query, headers and body (plus FC's `x-fc-*`); the encoded answer."""
+        request = decode_request(inv.payload)
+        target = request.path + (f"?{request.query}" if request.query else "")
+        headers = CIMultiDict(
+            (k, v) for k, v in request.headers if k.lower() not in ("host", "content-length")
+        )
+        headers.update(fc_headers)
+        async with self._session.request(
+            request.method,
+            yarl.URL(target, encoded=True),
+            data=request.body,
+            headers=headers,
+            allow_redirects=False,
+        ) as r:
+            answer = HttpResponse(
+                status=r.status,
+                headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in r.raw_headers],
+                body=await read_capped(r),
+            )
+        return encode_response(answer)
 
     async def _lost(self, inv: Invocation, error: Exception, mark: int, *, cold: bool) -> Outcome:
         """The connection broke mid-request: the process died, or is broken and is killed."""
