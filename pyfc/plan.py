@@ -15,7 +15,7 @@ from urllib.parse import quote
 from pyfc.code import CodeFolder
 from pyfc.descriptor import NEWEST, App, FunctionDesired, ServiceDesired, TriggerDesired
 from shared.protocol import LATEST
-from shared.trigger_types import SECRET_FIELDS, public_config
+from shared.trigger_types import public_config
 
 Action = Literal["create", "update", "delete", "publish"]
 
@@ -269,10 +269,8 @@ def shown_config(trigger: TriggerDesired) -> dict[str, Any]:
 
 
 def has_secrets(config: dict[str, Any]) -> bool:
-    return any(
-        (k in SECRET_FIELDS and v) or (isinstance(v, dict) and has_secrets(v))
-        for k, v in config.items()
-    )
+    """Whether the gateway hides part of `config` (secret fields, URL passwords)."""
+    return public_config(config) != config
 
 
 def _triggers(service: str, fn: FunctionDesired, current: FunctionState | None) -> list[Change]:

@@ -3,13 +3,19 @@ a second deploy changes nothing; the canary example's release steps do what it s
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
-from tests.stack import Stack
+import aio_pika
+
+from tests.conftest import StartStack
+from tests.helpers import open_dir
+from tests.stack import AMQP_URL, Stack, wait_until
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "docs" / "examples"
 
@@ -33,7 +39,7 @@ def test_every_descriptor_example_is_tested_here() -> None:
     with_descriptor = {
         p.parent.name for p in [*EXAMPLES.glob("*/pyfc.yaml"), *EXAMPLES.glob("*/s.yaml")]
     }
-    assert with_descriptor == {"nightly-report", "canary", "fc3-hello"}
+    assert with_descriptor == {"nightly-report", "canary", "fc3-hello", "order-consumer"}
 
 
 def test_nightly_report(stack: Stack, tmp_path: Path) -> None:
@@ -93,3 +99,59 @@ def test_fc3_hello(stack: Stack, tmp_path: Path) -> None:
     assert stack.cli("invoke", "hello-world-app/hello", *base).stdout == b"hello world"
     again = _deploy(stack, root, key, "--var", "functionName=hello")
     assert b"nothing to change" in again.stdout
+
+
+def test_order_consumer_in_batches(fresh_stack: StartStack, tmp_path: Path) -> None:
+    stack = fresh_stack(workers=1)
+    stack.spawn("triggers", "mq-1", args=["mq"])
+    stack.wait_log("mq-1", "mq triggers ready")
+    _, key = stack.create_tenant()
+    root = _example("order-consumer", tmp_path)
+    exchange = f"orders-{uuid.uuid4().hex[:8]}"
+    out_file = open_dir("orders") / "batches.jsonl"
+    text = (root / "pyfc.yaml").read_text()
+    (root / "pyfc.yaml").write_text(
+        text.replace("exchange: orders", f"exchange: {exchange}").replace(
+            'ORDERS_OUT: ""', f'ORDERS_OUT: "{out_file}"'
+        )
+    )
+
+    async def publish(count: int) -> None:
+        connection = await aio_pika.connect(AMQP_URL)
+        async with connection:
+            channel = await connection.channel(publisher_confirms=True)
+            target = await channel.declare_exchange(
+                exchange, aio_pika.ExchangeType.TOPIC, durable=True
+            )
+            if count == 0:
+                return
+            for i in range(count):
+                body = json.dumps({"id": i, "total": 1.5}).encode()
+                await target.publish(aio_pika.Message(body), routing_key="order.created")
+            await target.publish(aio_pika.Message(b"{}"), routing_key="invoice.created")
+
+    try:
+        asyncio.run(publish(0))  # the exchange exists before the trigger binds to it
+        _deploy(stack, root, key)
+        # The queue is bound once the trigger process says it consumes it.
+        wait_until(lambda: ": consuming " in stack.logs("mq-1"), 30, "the trigger consuming")
+        asyncio.run(publish(25))
+
+        def batches() -> list[dict[str, object]]:
+            if not out_file.exists():
+                return []
+            return [json.loads(line) for line in out_file.read_text().splitlines()]
+
+        wait_until(lambda: sum(int(b["orders"]) for b in batches()) >= 25, 60, "25 orders")
+        got = batches()
+        assert sorted(i for b in got for i in b["ids"]) == list(range(25))  # type: ignore[attr-defined]
+        assert all(1 <= int(b["orders"]) <= 10 for b in got) and len(got) >= 3, got
+        assert b"nothing to change" in _deploy(stack, root, key).stdout
+    finally:
+
+        async def drop() -> None:
+            connection = await aio_pika.connect(AMQP_URL)
+            async with connection:
+                await (await connection.channel()).exchange_delete(exchange)
+
+        asyncio.run(drop())
