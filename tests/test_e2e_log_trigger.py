@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -130,8 +131,12 @@ async def test_a_sigkilled_replica_is_taken_over_without_a_gap(fresh_stack: Star
         await produce(range(10))
         await wait_records_with(out, lambda got: len(set(produced(got))) >= 100)
         active = next(name for name in (first, second) if "active, reading" in stack.logs(name))
-        stack.kill(active)  # SIGKILL, mid-stream: the other replica takes over
-        await produce(range(10, 20))
+        # Frozen, it still holds the lease: these lines wait unread in the store ...
+        stack.procs[active].send_signal(signal.SIGSTOP)
+        await produce(range(10, 15))
+        # ... until its SIGKILL hands the checkpoint to the other replica, mid-stream.
+        stack.kill(active)
+        await produce(range(15, 20))
         got = await wait_records_with(out, lambda got: set(expected) <= set(produced(got)))
         lines = produced(got)
         duplicates = len(lines) - len(set(lines))
