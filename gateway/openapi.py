@@ -33,7 +33,7 @@ from gateway.bodies import (
 from gateway.http import json_response
 from shared.models import AsyncConfig, Function, ProvisionConfig, Service, Trigger
 from shared.release import Alias, Version
-from shared.trigger_types import MqConfig, TimerConfig
+from shared.trigger_types import HttpConfig, MqConfig, TimerConfig
 
 REF = "#/components/schemas/{name}"
 
@@ -214,6 +214,7 @@ def build() -> dict[str, Any]:
             Trigger,
             TimerConfig,
             MqConfig,
+            HttpConfig,
             MessagePublish,
             MessagePublished,
         ],
@@ -318,7 +319,8 @@ def build() -> dict[str, Any]:
         },
         fn + "/triggers": {
             "post": _op(
-                "create a trigger (triggerConfig by triggerType; timer: TimerConfig, mq: MqConfig)",
+                "create a trigger (triggerConfig by triggerType; timer: TimerConfig, mq: MqConfig, "
+                "http: HttpConfig; an http trigger's answers add urlPath)",
                 "TriggerCreate",
                 "Trigger",
                 "201",
