@@ -35,11 +35,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.report import Result, Row, Target, p50, p99, table
 from shared.protocol import FunctionSpec, Invocation, Lineage
-from worker.child.isolation import TenantUsers
+from shared.settings import Settings
+from worker.child.isolation import TenantUsers, hidden_dirs
 from worker.forking import Zygote
 from worker.instance import Instance
 
 ENTRY = "import time\ndef handler(event, context):\n    return repr(time.time())\n"
+DEFAULT_HIDDEN = Settings(data_dir=Path(".")).instance_hidden_paths
 BASELINE = "import time, asyncio, uvloop, msgspec; print(repr(time.time()), flush=True)"
 
 P50_TARGET_MS = 3.0
@@ -142,7 +144,7 @@ async def measure(
     code.chmod(0o755)  # read by the instance's uid
     (code / "index.py").write_text(ENTRY)
     spec = FunctionSpec(tenant="t", service="s", function="f", timeout=10, tenant_number=1)
-    zygote = Zygote()
+    zygote = Zygote(hidden=users.hidden if users is not None else ())
     await zygote.start()
     nan = float("nan")
     try:
@@ -182,8 +184,12 @@ def run(
     uid_base: int = 100000,
     use_uvloop: bool = True,
     hundred_n: bool = True,
+    hidden: str | None = None,
 ) -> Result:
-    users = TenantUsers.for_worker(uid_base)
+    # As a root worker: the instance uid and the hidden socket directories (a mount
+    # namespace per instance) of the default settings.
+    hidden = DEFAULT_HIDDEN if hidden is None else hidden
+    users = TenantUsers.for_worker(uid_base, hidden=hidden_dirs(hidden.split(",")))
     work = measure(n, baseline_n, spawn_n, users, hundred_n)
     if use_uvloop:
         import uvloop
@@ -259,7 +265,9 @@ def verdict(ok: bool) -> str:
 
 
 def report(args: argparse.Namespace) -> None:
-    result = run(args.n, args.baseline, args.spawned, args.uid_base, args.uvloop)
+    result = run(
+        args.n, args.baseline, args.spawned, args.uid_base, args.uvloop, hidden=args.hidden
+    )
     info = result.extra["cold_start"]
     s = result.samples
     forked = s["cold start: forked from the zygote"]
@@ -300,4 +308,5 @@ if __name__ == "__main__":
     parser.add_argument("--spawned", type=int, default=30)
     parser.add_argument("--uvloop", action="store_true")
     parser.add_argument("--uid-base", type=int, default=100000)
+    parser.add_argument("--hidden", default=DEFAULT_HIDDEN, help="PYFC_INSTANCE_HIDDEN_PATHS")
     report(parser.parse_args())

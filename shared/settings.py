@@ -124,9 +124,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     instance_network_allow: str = ""
     instance_network_deny: str = ""
     # Worker: host directories a root worker's instances must not see (comma-separated;
-    # those that exist become an empty read-only tmpfs in each instance's own mount
-    # namespace, ~0.3 ms a start): the Unix sockets of local services, which no network
-    # policy holds (a PostgreSQL `local ... trust` answers every uid). "" = none.
+    # those that exist become empty read-only tmpfs mounts in the instances' own mount
+    # namespace, the zygote's for forked ones): the Unix sockets of local services, which
+    # no network policy holds (a PostgreSQL `local ... trust` answers every uid). "" = none.
     instance_hidden_paths: str = (
         "/run/postgresql,/var/run/postgresql,/run/mysqld,/run/redis,/var/run/redis"
     )

@@ -22,7 +22,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import worker
@@ -72,7 +72,11 @@ def _gone(pid: int) -> bool:
         return True
 
 
-def _fork_request(env: Mapping[str, str], cwd: str, user: InstanceUser | None) -> Fork:
+def _fork_request(
+    env: Mapping[str, str], cwd: str, user: InstanceUser | None, hidden_by_zygote: Sequence[str]
+) -> Fork:
+    """The `Fork` for an instance; directories the zygote hid already (its children share
+    its mount namespace) are not hidden again, in a namespace per child."""
     if user is None:
         return Fork(request_id=0, env=dict(env), cwd=cwd)
     return Fork(
@@ -82,7 +86,7 @@ def _fork_request(env: Mapping[str, str], cwd: str, user: InstanceUser | None) -
         uid=user.uid,
         gid=user.gid,
         max_procs=user.max_procs,
-        hidden=list(user.hidden),
+        hidden=[path for path in user.hidden if path not in hidden_by_zygote],
     )
 
 
@@ -108,9 +112,12 @@ class ForkedProcess:
 class SpareChild:
     """A child the zygote forked ahead, waiting on `sock` for its `Fork` (worker.spares)."""
 
-    def __init__(self, process: ForkedProcess, sock: socket.socket) -> None:
+    def __init__(
+        self, process: ForkedProcess, sock: socket.socket, hidden_by_zygote: Sequence[str] = ()
+    ) -> None:
         self.process = process
         self._sock = sock
+        self._hidden_by_zygote = hidden_by_zygote
 
     @property
     def pid(self) -> int:
@@ -132,7 +139,7 @@ class SpareChild:
         try:
             if self.process.returncode is not None:
                 raise ProcessLookupError(f"spare child {self.pid} has exited")
-            request = _fork_request(env, cwd, user)
+            request = _fork_request(env, cwd, user, self._hidden_by_zygote)
             socket.send_fds(self._sock, [encode(request)], [sock_fd, out_fd])
         finally:
             self._sock.close()
@@ -146,8 +153,11 @@ class SpareChild:
 class Zygote:
     """One zygote process per worker, (re)started on demand; see the module docstring."""
 
-    def __init__(self, python: str = sys.executable) -> None:
+    def __init__(self, python: str = sys.executable, hidden: Sequence[str] = ()) -> None:
         self.python = python
+        # Directories a root zygote hides in its own mount namespace at start, for every
+        # child it forks (`PYFC_INSTANCE_HIDDEN_PATHS`): no namespace per start.
+        self.hidden = tuple(hidden) if os.geteuid() == 0 else ()
         self._environment = zygote_environment(os.environ)
         self._proc: asyncio.subprocess.Process | None = None
         self._control: socket.socket | None = None
@@ -193,7 +203,7 @@ class Zygote:
             self._proc = await asyncio.create_subprocess_exec(
                 self.python,
                 *("-u", "-X", "faulthandler", "-m", "worker.child.zygote"),
-                *(str(theirs.fileno()), str(os.getpid())),
+                *(str(theirs.fileno()), str(os.getpid()), ",".join(self.hidden)),
                 pass_fds=(theirs.fileno(),),
                 env=self._environment,
                 cwd="/",
@@ -221,7 +231,8 @@ class Zygote:
     ) -> ForkedProcess:
         """Fork an instance running bootstrap on `sock_fd`, its output going to `out_fd`,
         as `user` (None: the zygote's uid)."""
-        return await self._request(_fork_request(env, cwd, user), [sock_fd, out_fd])
+        request = _fork_request(env, cwd, user, self.hidden)
+        return await self._request(request, [sock_fd, out_fd])
 
     async def prefork(self) -> SpareChild:
         """A spare child, forked now and ready to be handed an instance (see `SpareChild`)."""
@@ -234,7 +245,7 @@ class Zygote:
             raise
         finally:
             theirs.close()
-        return SpareChild(process, ours)
+        return SpareChild(process, ours, self.hidden)
 
     async def _request(self, request: Fork | Prefork, fds: list[int]) -> ForkedProcess:
         async with self._lock:

@@ -68,7 +68,7 @@ def main(settings: Settings | None = None) -> int:
                     settings.amqp_url, f"pyfc-worker-{settings.worker_id}@{settings.namespace}"
                 )
                 stack.push_async_callback(connection.close)
-                zygote = Zygote() if settings.worker_zygote else None
+                zygote = Zygote(hidden=users.hidden) if settings.worker_zygote else None
                 if zygote is not None:
                     stack.push_async_callback(zygote.close)
                 pool = InstancePool(

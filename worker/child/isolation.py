@@ -152,6 +152,22 @@ def hide(paths: Iterable[str]) -> None:
         check(mount(b"tmpfs", path.encode(), b"tmpfs", flags, b"size=4k,mode=0555"), path)
 
 
+def _check_hiding(paths: tuple[str, ...], python: str) -> None:
+    """Hide `paths` once in a throwaway child, so a worker that cannot (no CAP_SYS_ADMIN,
+    as in a container by default) says so at start instead of failing every instance."""
+    import subprocess
+
+    try:
+        child = [python, "-I", "-S", "-c", ""]
+        subprocess.run(child, preexec_fn=lambda: hide(paths), check=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as e:
+        raise ValueError(
+            f"cannot hide {', '.join(paths)} from function instances ({e}): that takes a "
+            "mount namespace (CAP_SYS_ADMIN). Set PYFC_INSTANCE_HIDDEN_PATHS= (empty) to "
+            "leave them visible, or close their sockets to other users"
+        ) from e
+
+
 def hidden_dirs(paths: Iterable[str]) -> tuple[str, ...]:
     """Of `paths`, the directories that exist here, symlinks resolved, each once."""
     found = (os.path.realpath(p) for p in paths if p.strip())
@@ -315,6 +331,8 @@ def for_this_worker(
                     "user namespace (a rootless container?): set PYFC_INSTANCE_UID_BASE to a "
                     f"mapped range (see /proc/self/{kind}_map), or 0 (no tenant isolation)"
                 )
+    if users.hidden:
+        _check_hiding(users.hidden, python)
     probe = InstanceUser(uid_base, uid_base)
     stopped = unreachable(runtime_paths(python), probe) | unreachable(passed, probe, read=False)
     if stopped:

@@ -224,6 +224,10 @@ def main(argv: list[str]) -> NoReturn:
     """Zygote entry point; see the module docstring for the arguments."""
     control_fd, worker_pid = int(argv[1]), int(argv[2])
     bootstrap._die_with_parent(worker_pid)
+    hidden = [path for path in (argv[3] if len(argv) > 3 else "").split(",") if path]
+    if hidden and os.geteuid() == 0:
+        # Once for every child: they share this mount namespace (no namespace per start).
+        isolation.hide(hidden)
     if os.geteuid() != 0:  # our children keep our uid: they must not read us
         isolation.set_dumpable(False)
     isolation.prctl()  # looked up once here, not in every child
