@@ -302,3 +302,24 @@ async def test_a_custom_runtime_gets_the_request_as_it_came(
     seen = json.loads(raw)
     assert seen["method"] == "PUT" and seen["path"] == "/a/b%20c?x=1", seen
     assert seen["thing"] == "t" and seen["body"] == "\x00\xffraw" and seen["rid"], seen
+
+
+async def test_a_function_past_its_timeout_is_a_504(
+    http_stack: Stack, session: aiohttp.ClientSession
+) -> None:
+    _, key = http_stack.create_tenant()
+    client = Client(session, http_stack.url, key)
+    slow = "import time\ndef handler(event, context):\n    time.sleep(5)\n    return 'late'\n"
+    service, function = await deploy(client, {"index.py": slow}, timeout=1)
+    body = {
+        "triggerName": "web",
+        "triggerType": "http",
+        "triggerConfig": {"requestFormat": "event"},
+    }
+    status, _, raw = await client.call(
+        "POST", f"/v1/services/{service}/functions/{function}/triggers", json=body
+    )
+    assert status == 201, raw
+    status, headers, raw = await client.call("GET", f"/v1/proxy/{service}/{function}/")
+    assert status == 504 and headers["X-Fc-Error-Type"] == "UnhandledInvocationError", raw
+    assert "FunctionTimeout" in raw.decode() or "timed out" in raw.decode(), raw
