@@ -254,3 +254,28 @@ async def test_batches_poison_and_pause(
             await queue_depth(queue)
     finally:
         await delete_exchange(exchange)
+
+
+async def test_a_trigger_on_the_tenants_own_broker(
+    fresh_stack: StartStack, session: aiohttp.ClientSession
+) -> None:
+    """`amqpUrl`: the adapter connects to that broker (here the local node again, through
+    a connection of its own) and consumes there; GET never shows the password."""
+    stack = fresh_stack(workers=1)
+    _, key = stack.create_tenant()
+    client = Client(session, stack.url, key)
+    service, function, path = await mq_function(client)
+    exchange = unique("theirs")
+    start_mq(stack, "mq-1")
+    trigger = await mq_trigger(
+        client, service, function, "theirs", exchange=exchange, amqpUrl=AMQP_URL
+    )
+    assert trigger["triggerConfig"]["amqpUrl"] == "amqp://guest:****@127.0.0.1:5672/", trigger
+    await wait_consuming(stack, "mq-1", trigger)
+    try:
+        await publish(exchange, [("any.key", b"from their broker", "m-1")])
+        await asyncio.to_thread(wait_until, lambda: len(runs(path)) == 1, 30, "the run")
+        assert runs(path)[0]["event"] == "from their broker"
+        assert "guest:guest" not in stack.logs("mq-1")
+    finally:
+        await delete_exchange(exchange)
