@@ -424,6 +424,9 @@ class Translation:
             config = dict(config)
             if "enable" in config:
                 spec["enabled"] = bool(config.pop("enable"))
+            if kind == "http" and edition == 3:
+                # FC 3.0's HTTP functions take its HTTP event; FC 2.0's are WSGI apps.
+                config.setdefault("requestFormat", "event")
             if kind == "s3":
                 bucket = self.value((*t_at, "bucketName")) or config.pop("bucketName", None)
                 arn = str(self.value((*t_at, "sourceArn"), ""))

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 from tests.conftest import StartStack
@@ -199,3 +200,67 @@ def test_unknown_expression_and_edition_are_errors_naming_the_line(tmp_path: Pat
     assert out.returncode == 2, err
     assert "s.yaml:20: resources.hello_world.props.runtime: ${vars.runtime}: no such entry" in err
     assert "this.props" not in err  # region is ignored: its expression is never resolved
+
+
+# FC's start-fc-http-python (2.0: a WSGI handler) and the fc3 HTTP example (3.0: the event).
+HTTP_1 = """\
+edition: 1.0.0
+name: web-app
+services:
+  web:
+    component: devsapp/fc
+    props:
+      service: {name: web-service}
+      function: {name: wsgi, runtime: python3, codeUri: ./code, handler: index.handler}
+      triggers:
+        - name: httpTrigger
+          type: http
+          config: {authType: anonymous, methods: [GET, POST]}
+"""
+
+HTTP_3 = """\
+edition: 3.0.0
+name: web3
+resources:
+  web:
+    component: fc3
+    props:
+      functionName: event
+      runtime: python3.12
+      code: ./code
+      handler: index.on_event
+      triggers:
+        - triggerName: httpTrigger
+          triggerType: http
+          triggerConfig: {authType: function, disableURLInternet: false, methods: [GET]}
+"""
+
+WEB = (
+    "import json\n"
+    "def handler(environ, start_response):\n"
+    "    start_response('200 OK', [('Content-Type', 'text/plain')])\n"
+    "    return [('wsgi ' + environ['PATH_INFO']).encode()]\n"
+    "def on_event(event, context):\n"
+    "    e = json.loads(event)\n"
+    "    return {'statusCode': 200, 'body': 'event ' + e['rawPath']}\n"
+)
+
+
+def test_http_trigger_functions_of_both_editions(stack: Stack, tmp_path: Path) -> None:
+    _, key = stack.create_tenant()
+    auth = {"Authorization": f"Bearer {key}"}
+    for name, text, url, want in (
+        ("v1", HTTP_1, "/v1/proxy/web-service/wsgi/hello", b"wsgi /hello"),
+        ("v3", HTTP_3, "/v1/proxy/web3/event/hi", b"event /hi"),
+    ):
+        root = tmp_path / name
+        (root / "code").mkdir(parents=True)
+        (root / "code" / "index.py").write_text(WEB)
+        (root / "s.yaml").write_text(text)
+        out = _deploy(stack, root, key)
+        assert out.returncode == 0, out.stderr
+        if name == "v3":
+            assert b"disableURLInternet is ignored" in out.stderr, out.stderr
+        req = urllib.request.Request(stack.url + url, headers=auth)
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            assert resp.read() == want
