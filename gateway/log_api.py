@@ -40,6 +40,7 @@ from shared.logstore import (
     store_name,
     stream_queue,
 )
+from shared.protocol import LATEST
 
 FOLLOW_KEEPALIVE_SECONDS = 15.0
 MAX_APPEND_RECORDS = 1000
@@ -51,10 +52,10 @@ def _retention(gw: Gateway) -> Retention:
 
 
 async def _store_queue(gw: Gateway, tenant: str, service: str, function: str) -> str:
-    """The stream of the function's store (404 for a missing service or function)."""
-    svc = await gw.store.get_service(tenant, service)
-    await gw.store.get_function(tenant, service, function)
-    return stream_queue(gw.settings.namespace, tenant, store_name(service, svc.log_config.logstore))
+    """The stream of the function's store (404 for a missing service or function), from
+    the cached catalog: no database read on a warm gateway."""
+    spec = await gw.catalog.spec(tenant, service, LATEST, function)
+    return stream_queue(gw.settings.namespace, tenant, store_name(service, spec.log_store))
 
 
 def _limit(raw: str | None) -> int:
