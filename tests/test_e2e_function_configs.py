@@ -252,12 +252,12 @@ async def test_tenant_update_cli(client: Client, stack: Stack) -> None:
 
     await deploy(client, reservedConcurrency=5)
     low = stack.cli("tenant", "update", client.tenant, "--concurrency", "4", check=False)
-    assert low.returncode == 2 and b"ReservedConcurrencyExceeded" in low.stderr
+    assert low.returncode == 5 and b"ReservedConcurrencyExceeded" in low.stderr  # conflict
     for args in ((), ("--concurrency", "0")):
         bad = stack.cli("tenant", "update", client.tenant, *args, check=False)
         assert bad.returncode == 2 and b"InvalidArgument" in bad.stderr
     missing = stack.cli("tenant", "update", "no-such-tenant", "--concurrency", "3", check=False)
-    assert missing.returncode == 2 and b"NotFound" in missing.stderr
+    assert missing.returncode == 4 and b"NotFound" in missing.stderr
 
 
 # --- dead letters -------------------------------------------------------------------------
@@ -461,7 +461,7 @@ async def test_dlq_bulk_redrive_and_cli(client: Client, stack: Stack) -> None:
     assert f"redriven: request id {one.request_id}" in out
     assert (await wait_result(client, service, function, one.request_id))["result"] == "one"
     missing = stack.cli("dlq", "show", "nosuch", *base, check=False)
-    assert missing.returncode == 1 and b"DeadLetterNotFound" in missing.stderr
+    assert missing.returncode == 4 and b"DeadLetterNotFound" in missing.stderr
     out = stack.cli("dlq", "purge", "--service", service, *base).stdout.decode()
     assert out.strip() == "purged 1 dead letters"
     assert (
