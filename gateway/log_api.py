@@ -90,7 +90,7 @@ async def _query(request: web.Request, gw: Gateway, tenant: str) -> LogQuery:
         scan_from = max(since, began)
         if ended and not until:
             until = ended + CLOCK_MARGIN_SECONDS
-    elif not since and "follow" not in params:
+    elif not since and params.get("follow") != "true":
         since = (until or now) - DEFAULT_WINDOW_SECONDS
     return LogQuery(
         service=request.match_info["service"],
@@ -132,7 +132,7 @@ async def _request_bounds(gw: Gateway, tenant: str, request_id: str) -> tuple[fl
 async def get_logs(request: web.Request) -> web.StreamResponse:
     gw, tenant = gateway_of(request), tenant_of(request)
     service, function = request.match_info["service"], request.match_info["function"]
-    follow_mode = request.query.get("follow", "").lower() in ("1", "true", "yes")
+    follow_mode = request.query.get("follow", "") == "true"
     queue = await _store_queue(gw, tenant.name, service, function)
     token = request.query.get("nextToken", "")
     cursor: Cursor | None = parse_token(token) if token else None
