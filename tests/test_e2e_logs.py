@@ -102,10 +102,10 @@ async def test_lines_and_fc_invocation_lines_land_in_the_service_store(
     assert messages[4] == f"FC Invoke End RequestId: {rid}"
     report = re.fullmatch(
         rf"RequestId: {rid} Duration: ([\d.]+) ms Billed Duration: (\d+) ms"
-        r" Memory Size: 256 MB Max Memory Used: ([\d.]+) MB",
+        r" Memory Size: 256 MB Max Memory Used: ([\d.]+) MB Init Duration: ([\d.]+) ms",
         messages[5],
     )
-    assert report, messages[5]
+    assert report, messages[5]  # the first call: a cold start, with its init duration
     assert int(report[2]) >= float(report[1]) and int(report[2]) - float(report[1]) < 1
     assert 1 < float(report[3]) < 256
     assert len(lines) == 6
