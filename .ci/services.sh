@@ -38,6 +38,13 @@ if [ "$(id -u)" = 0 ] && ! command -v nft >/dev/null; then
   { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nftables; } \
     >/dev/null || { echo "services: cannot install nftables" >&2; exit 1; }
 fi
+# The web console's browser tests (tests/test_console_browser.py) drive Debian's Chromium
+# headless through Playwright (the Python package, a dev extra; no browser download).
+if [ "$(id -u)" = 0 ] && ! command -v chromium >/dev/null; then
+  echo "services: installing chromium"
+  { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; } \
+    >/dev/null || { echo "services: cannot install chromium" >&2; exit 1; }
+fi
 # A root worker runs function instances under per-tenant uids (100000 + n), which must
 # reach the interpreter: pyenv installs it under /root (0700). Let others search (o+x,
 # not list) the directories in the way, as a system-wide Python install would be.

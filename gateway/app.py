@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway import (
+    console,
     control_api,
     dlq_api,
     function_config_api,
@@ -38,7 +39,8 @@ from shared.scrape import may_scrape
 log = logging.getLogger(f"pyfc.{__name__}")
 
 # `/v1/http/{triggerId}/...`: an HTTP trigger's own URL checks its authType itself.
-PUBLIC_PATHS = ("/healthz", "/readyz", "/v1/openapi.json", "/metrics", "/v1/http/")
+# `/console`: static files of the web console, which calls /v1 with the user's key.
+PUBLIC_PATHS = ("/healthz", "/readyz", "/v1/openapi.json", "/metrics", "/v1/http/", "/console")
 
 
 def token_may_use(request: web.Request) -> bool:
@@ -131,3 +133,4 @@ def add_routes(router: web.UrlDispatcher) -> None:
     stats_api.add_routes(router)
     message_api.add_routes(router)
     proxy_api.add_routes(router)
+    console.add_routes(router)  # static, not /v1: the OpenAPI document leaves it out
