@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: up test lint bench services
+.PHONY: up test lint bench services screenshots
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,3 +32,7 @@ test: $(STAMP) services
 # Every benchmark, one table; JSON and PNG in bench/results/ (~5-7 minutes on 2 cores).
 bench: $(STAMP) services
 	$(BIN)/python -m bench
+
+# The web console's screenshots in docs/console/ (docs/console.md).
+screenshots: $(STAMP) services
+	$(BIN)/python -m docs.console.shoot
