@@ -91,9 +91,7 @@ class MinioExchange:
         await self.exchange.publish(message, routing_key="")
 
     async def parked(self) -> list[bytes]:
-        queue = await self.channel.declare_queue(
-            f"{self.namespace}.s3.{self.name}.parked", durable=True
-        )
+        queue = await self.channel.get_queue(f"{self.namespace}.s3.{self.name}.parked", ensure=True)
         bodies = []
         while (message := await queue.get(fail=False, timeout=5)) is not None:
             bodies.append(message.body)

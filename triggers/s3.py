@@ -12,6 +12,7 @@ only after `route` returned, i.e. after every invocation it made was accepted.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
@@ -21,6 +22,7 @@ from aio_pika.abc import AbstractRobustConnection
 
 from shared import s3events
 from shared.broker import connect
+from shared.protocol import Invocation
 from shared.s3events import ObjectEvent
 from shared.settings import Settings
 from shared.topology import Topology
@@ -38,6 +40,10 @@ class ObjectRouter:
     def __init__(self, emitter: Emitter, metrics: TriggerMetrics) -> None:
         self._emitter = emitter
         self._metrics = metrics
+        # Request ids being accepted now. A second copy of an event (delivered twice) waits
+        # for the first: two copies of one id in one published batch would both be
+        # admitted (the dispatcher's first-admission check is per id within a message).
+        self._inflight: dict[str, tuple[asyncio.Lock, list[int]]] = {}
 
     async def route(self, events: list[ObjectEvent], triggers: Iterable[ActiveTrigger]) -> int:
         """Accept one invocation per (matching trigger, event); how many. Raises (the
@@ -63,14 +69,25 @@ class ObjectRouter:
                     created_at=time.time(),
                 )
                 try:
-                    # `again`: a redelivered message finds its invocations recorded.
-                    await self._emitter.emit(active, inv, again=True)
+                    await self._emit_alone(active, inv)
                 except Exception:
                     events_of.labels(label, "failed").inc()
                     raise
                 events_of.labels(label, "accepted").inc()
                 accepted += 1
         return accepted
+
+    async def _emit_alone(self, active: ActiveTrigger, inv: Invocation) -> None:
+        lock, users = self._inflight.setdefault(inv.id, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                # `again`: a redelivered message finds its invocations recorded.
+                await self._emitter.emit(active, inv, again=True)
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self._inflight[inv.id]
 
 
 class ObjectSource:
