@@ -134,6 +134,21 @@ def test_invoke_from_the_console_shows_the_result_as_text_and_its_logs(
             break
         assert time.monotonic() < deadline, page.text_content("#logs")
         page.wait_for_timeout(500)
+    # Follow live: a line logged after the follow began arrives.
+    page.click("#log-follow")
+    page.wait_for_selector("#logs pre.following")
+    deadline = time.monotonic() + 30
+    while "followed-line" not in (page.text_content("#logs") or ""):
+        api.ok("POST", "/v1/services/web/functions/hello/invocations", "followed-line")
+        assert time.monotonic() < deadline, page.text_content("#logs")
+        page.wait_for_timeout(1000)
+    page.click("#log-follow")
+    # Async: the panel follows the invocation to its result.
+    page.select_option("#invocation-type", "Async")
+    page.click("#invoke")
+    result = page.wait_for_selector("#invoke-result pre.result")
+    assert result.text_content() == XSS
+    assert "Succeeded" in (page.text_content("#invoke-result dl") or "")
     assert page.dialogs == []  # type: ignore[attr-defined]
     # The key stays in the tab's sessionStorage, never in the URL.
     assert page.evaluate("sessionStorage.getItem('pyfc.apiKey')") == api.key
@@ -178,16 +193,22 @@ def test_an_alias_weight_is_moved(page: Any, live: tuple[Stack, Api]) -> None:
     api.ok("POST", "/v1/services/web/versions", {"description": "one"})
     api.ok("PUT", "/v1/services/web/functions/hello", {"description": "changed"})
     two = api.ok("POST", "/v1/services/web/versions", {"description": "two"})["versionId"]
-    api.ok("POST", "/v1/services/web/aliases", {"aliasName": "live", "versionId": "1"})
+    api.ok("POST", "/v1/services/web/aliases", {"aliasName": "live", "versionId": two})
     open_function(page, stack, "hello")
-    page.fill("[aria-label='live gray version']", two)
+    page.fill("[aria-label='live gray version']", "1")
     page.fill("[aria-label='live weight']", "0.3")
-    page.locator("tr", has_text="live").locator("button:text('Save')").click()
+    row = page.locator("tr", has_text="live")
+    row.locator("button:text('Save')").click()
+    wait_alias(api, lambda a: a.get("additionalVersionWeight") == {"1": 0.3})
+    # Rollback in one click: the previous version, no gray release.
+    row.locator("button:text('Roll back to 1')").click()
+    wait_alias(api, lambda a: a["versionId"] == "1" and not a.get("additionalVersionWeight"))
+
+
+def wait_alias(api: Api, done: Any) -> None:
     deadline = time.monotonic() + 30
-    while api.ok("GET", "/v1/services/web/aliases/live").get("additionalVersionWeight") != {
-        two: 0.3
-    }:
-        assert time.monotonic() < deadline, api.ok("GET", "/v1/services/web/aliases/live")
+    while not done(alias := api.ok("GET", "/v1/services/web/aliases/live")):
+        assert time.monotonic() < deadline, alias
         time.sleep(0.2)
 
 

@@ -51,7 +51,8 @@ async function api(method, path, { json, body, headers = {}, raw = false } = {})
   } else if (body !== undefined) init.body = body;
   const resp = await fetch(path, init);
   if (resp.status === 401) {
-    sessionStorage.removeItem(KEY);
+    sessionStorage.removeItem(KEY);  // the key is refused: sign in again
+    setTimeout(route, 1500);
   }
   if (raw) return resp;
   const text = await resp.text();
@@ -193,6 +194,21 @@ function invokePanel(service, fn) {
     if (!resp.ok) {
       try { const b = JSON.parse(text); shown = `${b.errorCode}: ${b.errorMessage}`; } catch { /* as is */ }
     }
+    if (resp.status === 202 && requestId) {
+      fill(out, kv({ status: "202 Accepted", requestId }), h("p", { class: "muted", id: "async-state" }, "Queued…"));
+      const state = out.querySelector("#async-state");
+      for (let i = 0; i < 600; i++) {
+        const rec = await api("GET", `${fnPath(service, fn)}/invocations/${enc(requestId)}`);
+        if (rec.status === "Succeeded" || rec.status === "Failed") {
+          fill(out, kv({ status: rec.status, requestId, attempt: rec.attempt, created: rec.createdTime, finished: rec.finishedTime, ...(rec.errorType ? { errorType: rec.errorType, errorMessage: rec.errorMessage } : {}) }),
+            h("h3", {}, "Result"), h("pre", { class: rec.status === "Succeeded" ? "result" : "result error" }, rec.resultEncoding === "base64" ? `(base64) ${rec.result}` : rec.result ?? ""));
+          return;
+        }
+        state.textContent = `${rec.status}…`;
+        await new Promise((r) => setTimeout(r, 500));
+      }
+      return;
+    }
     fill(out,
       kv({ status: resp.status, duration: `${ms} ms`, requestId, version: resp.headers.get("X-Fc-Invocation-Service-Version") || "", ...(errType ? { errorType: errType } : {}) }),
       h("h3", {}, "Result"), h("pre", { class: resp.ok && !errType ? "result" : "result error" }, shown),
@@ -219,7 +235,12 @@ function releasesPanel(service) {
         await api("PUT", `${base}/aliases/${enc(a.aliasName)}`, { json: { versionId: ver.value.trim(), additionalVersionWeight: w } });
         refresh();
       }, out);
-      return [a.aliasName, ver, h("span", {}, gray, " weight ", weight), save];
+      const older = versions.versions.map((v) => v.versionId).filter((v) => Number(v) < Number(a.versionId)).sort((x, y) => Number(y) - Number(x))[0];
+      const rollback = older ? actionButton(`Roll back to ${older}`, async () => {
+        await api("PUT", `${base}/aliases/${enc(a.aliasName)}`, { json: { versionId: older, additionalVersionWeight: {} } });
+        refresh();
+      }, out, "secondary") : null;
+      return [a.aliasName, ver, h("span", {}, gray, " weight ", weight), h("span", { class: "row" }, save, rollback)];
     });
     const newest = versions.versions[0];
     const publish = actionButton("Publish a version", async () => { await api("POST", `${base}/versions`, { json: {} }); refresh(); }, out, "secondary");
@@ -297,12 +318,14 @@ function logsPanel(service, fn) {
     const data = await api("GET", `${url}?${params}`);
     out.replaceChildren(data.logs.length ? render(data.logs) : h("p", { class: "muted" }, "No log lines."));
   };
-  const follow = h("button", { type: "button", class: "secondary" }, "Follow");
+  const follow = h("button", { type: "button", class: "secondary", id: "log-follow" }, "Follow");
   follow.addEventListener("click", async () => {
     if (following) { following.abort(); following = null; follow.textContent = "Follow"; return; }
     following = new AbortController();
+    const stop = following;
+    window.addEventListener("hashchange", () => stop.abort(), { once: true });
     follow.textContent = "Stop";
-    const pre = h("pre", { class: "logs" });
+    const pre = h("pre", { class: "logs following" });
     out.replaceChildren(pre);
     try {
       const resp = await fetch(`${url}?follow=true`, { headers: { Authorization: `Bearer ${sessionStorage.getItem(KEY)}` }, signal: following.signal });
