@@ -174,12 +174,17 @@ def test_a_timer_trigger_is_created_and_disabled_and_a_bad_one_shows_the_apis_er
         {"triggerName": "probe", "triggerType": "timer", "triggerConfig": bad},
     )
     assert status == 400, answer
+    # Each type has its own fields.
+    page.select_option("#trigger-type", "mq")
+    page.wait_for_selector("#tf-exchange")
+    assert page.locator("#tf-cronExpression").count() == 0
+    page.select_option("#trigger-type", "timer")
     page.fill("#trigger-name", "tick")
-    page.fill("#trigger-config", json.dumps(bad))
+    page.fill("#tf-cronExpression", bad["cronExpression"])
     page.click("button:text('Create trigger')")
     error = page.wait_for_selector("#trigger-error .error")
     assert error.text_content() == f"{answer['errorCode']}: {answer['errorMessage']}"
-    page.fill("#trigger-config", json.dumps({"cronExpression": "@every 1h"}))
+    page.fill("#tf-cronExpression", "@every 1h")
     page.click("button:text('Create trigger')")
     row = page.locator("tr", has_text="tick")
     row.locator("button:text('Disable')").click()

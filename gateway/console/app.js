@@ -254,12 +254,32 @@ function releasesPanel(service) {
   });
 }
 
-const TRIGGER_TEMPLATES = {
-  timer: { cronExpression: "@every 1m", payload: "" },
-  mq: { exchange: "", routingKey: "#" },
-  http: { authType: "anonymous", methods: ["GET", "POST"] },
-  oss: { bucketName: "", events: ["s3:ObjectCreated:*"] },
+// Each trigger type's form fields (shared/trigger_types.py): [name, kind, default, choices].
+// kind: text, number, list (comma-separated), choice. Anything else (an s3 filter or
+// source) goes in the "more (JSON)" box, merged over the fields.
+const TRIGGER_FIELDS = {
+  timer: [["cronExpression", "text", "@every 1m"], ["timezone", "text", ""], ["payload", "text", ""],
+    ["missedRuns", "choice", "skip", ["skip", "once", "all"]], ["overlap", "choice", "allow", ["allow", "skip", "queue"]]],
+  mq: [["exchange", "text", ""], ["routingKey", "text", "#"], ["batchSize", "number", 1], ["batchWindowSeconds", "number", 0], ["amqpUrl", "text", ""]],
+  s3: [["bucket", "text", ""], ["events", "list", "s3:ObjectCreated:*"], ["eventFormat", "choice", "s3", ["s3", "oss"]]],
+  log: [["logstore", "text", ""], ["batchSize", "number", 100], ["batchWindowSeconds", "number", 1], ["startFrom", "text", "latest"]],
+  http: [["authType", "choice", "function", ["function", "anonymous"]], ["methods", "list", "GET,POST,PUT,DELETE,HEAD,PATCH,OPTIONS"],
+    ["requestFormat", "choice", "wsgi", ["wsgi", "event", "asgi"]]],
 };
+
+function triggerForm(type, box) {
+  const inputs = TRIGGER_FIELDS[type].map(([name, kind, def, choices]) => {
+    const input = kind === "choice"
+      ? h("select", { id: `tf-${name}` }, choices.map((c) => h("option", { value: c, selected: c === def }, c)))
+      : h("input", { id: `tf-${name}`, value: def, type: kind === "number" ? "number" : "text" });
+    box.append(h("label", { class: "field" }, h("span", {}, name), input));
+    return [name, kind, input];
+  });
+  return () => Object.fromEntries(inputs
+    .filter(([, kind, input]) => kind !== "text" || input.value !== "")
+    .map(([name, kind, input]) => [name,
+      kind === "number" ? Number(input.value) : kind === "list" ? input.value.split(",").map((x) => x.trim()).filter(Boolean) : input.value]));
+}
 
 function triggersPanel(service, fn) {
   const base = `${fnPath(service, fn)}/triggers`;
@@ -274,18 +294,24 @@ function triggersPanel(service, fn) {
         actionButton("Delete", async () => { if (confirm(`Delete trigger ${t.triggerName}?`)) { await api("DELETE", `${base}/${enc(t.triggerName)}`); refresh(); } }, out, "danger")),
     ]);
     const name = h("input", { id: "trigger-name", placeholder: "trigger name" });
-    const type = h("select", { id: "trigger-type" }, Object.keys(TRIGGER_TEMPLATES).map((k) => h("option", { value: k }, k)));
-    const config = h("textarea", { id: "trigger-config" });
-    config.value = pretty(TRIGGER_TEMPLATES.timer);
-    type.addEventListener("change", () => { config.value = pretty(TRIGGER_TEMPLATES[type.value]); });
+    const type = h("select", { id: "trigger-type" }, Object.keys(TRIGGER_FIELDS).map((k) => h("option", { value: k }, k)));
+    const fields = h("div", { class: "fields" });
+    const more = h("textarea", { id: "trigger-more", placeholder: "more (JSON), merged over the fields: e.g. {\"filter\": {...}}" });
+    let read = triggerForm(type.value, fields);
+    type.addEventListener("change", () => { fields.replaceChildren(); read = triggerForm(type.value, fields); });
     const create = actionButton("Create trigger", async () => {
-      let cfg;
-      try { cfg = JSON.parse(config.value); } catch (e) { throw new Error(`triggerConfig is not JSON: ${e.message}`); }
-      await api("POST", base, { json: { triggerName: name.value.trim(), triggerType: type.value, triggerConfig: cfg } });
+      let extra = {};
+      if (more.value.trim()) {
+        try { extra = JSON.parse(more.value); } catch (e) { throw new Error(`more (JSON): ${e.message}`); }
+      }
+      const enabled = document.getElementById("trigger-enabled").checked;
+      await api("POST", base, { json: { triggerName: name.value.trim(), triggerType: type.value, enabled, triggerConfig: { ...read(), ...extra } } });
       refresh();
     }, out);
     return [table(["Name", "Type", "State", "Config", ""], rows, "No triggers."),
-      h("h3", {}, "New trigger"), h("div", { class: "row" }, name, type), config, h("div", { class: "row" }, create), out];
+      h("h3", {}, "New trigger"),
+      h("div", { class: "row" }, name, type, h("label", {}, h("input", { type: "checkbox", id: "trigger-enabled", checked: true }), " enabled")),
+      fields, more, h("div", { class: "row" }, create), out];
   });
 }
 
