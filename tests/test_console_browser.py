@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 
 from tests.stack import Stack, code_body
 
@@ -248,6 +249,12 @@ def test_a_dead_letter_is_redriven(page: Any, live: tuple[Stack, Api]) -> None:
     while (record := api.ok("GET", path))["status"] != "Succeeded":
         assert time.monotonic() < deadline, record
         time.sleep(0.2)
+    # The function page looks the async invocation up by its request id.
+    open_function(page, stack, "flaky")
+    page.fill("#invocation-id", request_id)
+    page.click("button:text('Look up')")
+    assert page.wait_for_selector("#invocation pre.result").text_content() == "fixed"
+    assert "Succeeded" in (page.text_content("#invocation dl") or "")
 
 
 def test_the_stats_chart_renders_with_data(
@@ -273,4 +280,10 @@ def test_the_stats_chart_renders_with_data(
     assert coloured > 50, coloured
     shot = tmp_path / "stats.png"
     page.locator("#stats-chart").screenshot(path=str(shot))
-    assert shot.stat().st_size > 5000
+    with Image.open(shot) as image:  # the screenshot is not blank: many colours, lines drawn
+        colours = image.convert("RGB").getcolors(maxcolors=1 << 20) or []
+    assert len(colours) > 20, len(colours)
+    # The tenant's overview on the first page: the function's row and a chart too.
+    page.goto(f"{stack.url}/console/#/")
+    page.wait_for_selector("#stats-chart canvas")
+    page.wait_for_selector("#stats-chart a:text('web/hello')")

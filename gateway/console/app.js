@@ -137,7 +137,7 @@ function loginPage() {
 }
 
 function servicesPage() {
-  return [h("h1", {}, "Services"), panel("", async () => {
+  return [h("h1", {}, "Services"), statsPanel("/v1/stats", true), panel("Services", async () => {
     const data = await api("GET", "/v1/services?limit=100");
     return table(["Service", "Description", "Modified"], data.services.map((s) => [
       h("a", { href: `#/services/${enc(s.serviceName)}` }, s.serviceName), s.description || "", s.lastModifiedTime || "",
@@ -374,14 +374,20 @@ function logsPanel(service, fn) {
     h("div", { class: "row" }, rid, q, actionButton("Search", search, out, undefined, "log-search"), follow), out);
 }
 
-function statsPanel(service, fn) {
+function statsPanel(url, perFunction = false) {
   const window_ = h("select", { id: "stats-window" }, ["15m", "1h", "6h", "1d"].map((w) => h("option", { value: w }, w)));
   const box = h("div", { class: "chart", id: "stats-chart" });
   const draw = async () => {
-    const data = await api("GET", `${fnPath(service, fn)}/stats?window=${enc(window_.value)}`);
+    const data = await api("GET", `${url}?window=${enc(window_.value)}`);
     const s = data.series;
     const t = s.map((p) => Date.parse(p.time) / 1000);
     box.replaceChildren(kv({ invocations: data.invocations, errors: data.errors, throttles: data.throttles, "p50 ms": data.durationP50Ms ?? "-", "p99 ms": data.durationP99Ms ?? "-", "cold starts": data.coldStarts, "dead letters": data.deadLetters }));
+    if (perFunction) {
+      box.append(table(["Function", "Invocations", "Errors", "Throttles", "p99 ms", "Cold starts", "Dead letters"], data.functions.map((f) => [
+        h("a", { href: `#/services/${enc(f.serviceName)}/functions/${enc(f.functionName)}` }, `${f.serviceName}/${f.functionName}`),
+        String(f.invocations), String(f.errors), String(f.throttles), String(f.durationP99Ms ?? "-"), String(f.coldStarts), String(f.deadLetters),
+      ]), "No invocations in this window."));
+    }
     if (!window.uPlot) return;
     const width = Math.max(280, Math.min(box.clientWidth || 800, 1000));
     const counts = new uPlot({
@@ -400,6 +406,17 @@ function statsPanel(service, fn) {
   return h("section", {}, h("h2", {}, "Stats"), h("div", { class: "row" }, window_, actionButton("Refresh", draw, out, "secondary")), out, box);
 }
 
+function invocationPanel(service, fn) {
+  const rid = h("input", { id: "invocation-id", placeholder: "request id of an async invocation" });
+  const out = h("div", { id: "invocation" });
+  const look = async () => {
+    const rec = await api("GET", `${fnPath(service, fn)}/invocations/${enc(rid.value.trim())}`);
+    const { result, ...rest } = rec;
+    fill(out, kv(rest), result !== undefined ? h("pre", { class: "result" }, result) : null);
+  };
+  return h("section", {}, h("h2", {}, "Async invocation"), h("div", { class: "row" }, rid, actionButton("Look up", look, out)), out);
+}
+
 function functionPage(service, fn) {
   const download = actionButton("Download code", async () => {
     const resp = await api("GET", `${fnPath(service, fn)}/code`, { raw: true });
@@ -414,7 +431,8 @@ function functionPage(service, fn) {
     panel("Configuration", async () => [kv(await api("GET", fnPath(service, fn))), h("div", { class: "row" }, download)]),
     invokePanel(service, fn),
     logsPanel(service, fn),
-    statsPanel(service, fn),
+    statsPanel(`${fnPath(service, fn)}/stats`),
+    invocationPanel(service, fn),
     releasesPanel(service),
     triggersPanel(service, fn),
     asyncPanel(service, fn),
