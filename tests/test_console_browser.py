@@ -222,7 +222,20 @@ def test_a_dead_letter_is_redriven(page: Any, live: tuple[Stack, Api]) -> None:
     stack, api = live
     body = {"functionName": "flaky", "code": code_body({"index.py": BOOM})}
     api.ok("POST", "/v1/services/web/functions", body)
-    api.ok("PUT", "/v1/services/web/functions/flaky/async-config", {"maxAsyncRetryAttempts": 0})
+    # The async config from the console's form (a bad destination: the API's error).
+    open_function(page, stack, "flaky")
+    page.fill("#async-retries", "0")
+    page.fill("#async-on-failure", "nowhere")
+    page.click("#async-save")
+    assert "InvalidArgument" in page.wait_for_selector("#async-error .error").text_content()
+    page.fill("#async-on-failure", "")
+    page.click("#async-save")
+    deadline = time.monotonic() + 30
+    while api.call("GET", "/v1/services/web/functions/flaky/async-config")[0] != 200:
+        assert time.monotonic() < deadline, "the async config was not saved"
+        time.sleep(0.2)
+    config = api.ok("GET", "/v1/services/web/functions/flaky/async-config")
+    assert config["maxAsyncRetryAttempts"] == 0, config
     req = urllib.request.Request(
         f"{stack.url}/v1/services/web/functions/flaky/invocations",
         data=b"x",

@@ -318,15 +318,31 @@ function triggersPanel(service, fn) {
 function asyncPanel(service, fn) {
   const url = `${fnPath(service, fn)}/async-config`;
   return panel("Async config and destinations", async (refresh) => {
-    let current = {};
+    let current = null;
     try { current = await api("GET", url); } catch (e) { if (!(e instanceof ApiError && e.status === 404)) throw e; }
-    const text = h("textarea", { id: "async-config" });
-    text.value = pretty(Object.keys(current).length ? current : { maxAsyncRetryAttempts: 2, destinationConfig: { onFailure: { destination: "" } } });
-    const out = h("div");
-    return [Object.keys(current).length ? null : h("p", { class: "muted" }, "Not set: defaults apply."), text,
-      h("div", { class: "row" },
-        actionButton("Save", async () => { await api("PUT", url, { json: JSON.parse(text.value) }); refresh(); }, out),
-        actionButton("Remove", async () => { await api("DELETE", url); refresh(); }, out, "secondary")), out];
+    const dest = current?.destinationConfig || {};
+    const field = (id, label, value, type = "text", placeholder = "") => {
+      const input = h("input", { id, type, value: value ?? "", placeholder });
+      return [h("label", { class: "field" }, h("span", {}, label), input), input];
+    };
+    const [retriesBox, retries] = field("async-retries", "maxAsyncRetryAttempts", current?.maxAsyncRetryAttempts ?? 3, "number");
+    const [ageBox, age] = field("async-age", "maxAsyncEventAgeInSeconds", current?.maxAsyncEventAgeInSeconds ?? 86400, "number");
+    const target = "acs:fc:::services/<s>/functions/<f>";
+    const [okBox, onSuccess] = field("async-on-success", "onSuccess destination", dest.onSuccess?.destination, "text", target);
+    const [failBox, onFailure] = field("async-on-failure", "onFailure destination", dest.onFailure?.destination, "text", target);
+    const out = h("div", { id: "async-error" });
+    const save = async () => {
+      const d = (input) => (input.value.trim() ? { destination: input.value.trim() } : null);  // null removes it
+      await api("PUT", url, { json: {
+        maxAsyncRetryAttempts: Number(retries.value), maxAsyncEventAgeInSeconds: Number(age.value),
+        destinationConfig: { onSuccess: d(onSuccess), onFailure: d(onFailure) },
+      } });
+      refresh();
+    };
+    return [current ? null : h("p", { class: "muted" }, "Not set: defaults apply."),
+      h("div", { class: "fields" }, retriesBox, ageBox, okBox, failBox),
+      h("div", { class: "row" }, actionButton("Save", save, out, undefined, "async-save"),
+        current ? actionButton("Remove", async () => { await api("DELETE", url); refresh(); }, out, "secondary") : null), out];
   });
 }
 
