@@ -39,7 +39,13 @@ def test_every_descriptor_example_is_tested_here() -> None:
     with_descriptor = {
         p.parent.name for p in [*EXAMPLES.glob("*/pyfc.yaml"), *EXAMPLES.glob("*/s.yaml")]
     }
-    assert with_descriptor == {"nightly-report", "canary", "fc3-hello", "order-consumer"}
+    assert with_descriptor == {
+        "nightly-report",
+        "canary",
+        "fc3-hello",
+        "order-consumer",
+        "flask-app",
+    }
 
 
 def test_nightly_report(stack: Stack, tmp_path: Path) -> None:
@@ -155,3 +161,45 @@ def test_order_consumer_in_batches(fresh_stack: StartStack, tmp_path: Path) -> N
                 await (await connection.channel()).exchange_delete(exchange)
 
         asyncio.run(drop())
+
+
+def _vendor(code: Path, *packages: str) -> None:
+    """What `pip install -r requirements.txt -t app/` does, from this environment (offline)."""
+    import importlib.util
+
+    for name in packages:
+        spec = importlib.util.find_spec(name)
+        assert spec is not None and spec.origin is not None, name
+        if spec.submodule_search_locations:
+            shutil.copytree(
+                spec.submodule_search_locations[0],
+                code / name,
+                ignore=shutil.ignore_patterns("__pycache__"),
+            )
+        else:
+            shutil.copy(spec.origin, code / Path(spec.origin).name)
+
+
+def test_flask_app(stack: Stack, tmp_path: Path) -> None:
+    import urllib.parse
+    import urllib.request
+    from http.cookiejar import CookieJar
+
+    _, key = stack.create_tenant()
+    root = _example("flask-app", tmp_path)
+    _vendor(root / "app", "flask", "werkzeug", "jinja2", "markupsafe", "itsdangerous",
+            "click", "blinker")  # fmt: skip
+    _deploy(stack, root, key)
+    base = ["--endpoint", stack.url, "--api-key", key]
+    trig = json.loads(stack.cli("trigger", "get", "notes/web", "site", "--json", *base).stdout)
+    site = stack.url + trig["urlPath"]
+    # A browser: no key (authType anonymous), cookies kept, redirects followed.
+    browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(CookieJar()))
+    with browser.open(site, timeout=30) as r:
+        assert r.status == 200 and b"visit 1" in r.read()
+    form = urllib.parse.urlencode({"note": "<b>milk</b>"}).encode()
+    with browser.open(site + "notes", data=form, timeout=30) as r:  # POST, then the redirect
+        page = r.read()
+    assert r.url == site and b"visit 2" in page  # the session cookie came back
+    assert b"<li>&lt;b&gt;milk&lt;/b&gt;</li>" in page  # escaped, as a template would
+    assert b"nothing to change" in _deploy(stack, root, key).stdout
