@@ -200,3 +200,31 @@ async def test_minio_amqp_events_run_matching_triggers_once_and_park_malformed(
             json.dumps({"Records": [{"eventName": "s3:ObjectCreated:Put"}]}).encode(),
         ]
     )
+
+
+@pytest.mark.timeout(240)
+async def test_500_events_with_the_adapter_sigkilled_midway_all_run(
+    stack: Stack, client: Client, minio: MinioExchange
+) -> None:
+    """Acked only after acceptance: a SIGKILLed adapter's unacked messages go to its
+    successor, and every event runs at least once (duplicates counted and reported)."""
+    bucket = unique("bulk").replace("_", "-")
+    service, function, path = await record_function(client)
+    await create_trigger(
+        client, service, function, "all", bucket=bucket, events=["s3:ObjectCreated:*"]
+    )
+    stack.wait_log("s3-1", f"consuming exchange {minio.name}")
+    keys = [f"up/{i:04d} ü+%.bin" for i in range(500)]
+    for i, key in enumerate(keys):
+        await minio.publish(minio_body(bucket, key, sequencer=f"{i:016X}"))
+    wait_until(lambda: len(runs(path)) >= 50, 60, "50 runs before the kill")
+    stack.kill("s3-1")
+    killed_at = len(runs(path))
+    stack.start_trigger("s3", "s3-2")
+    wait_until(lambda: len({s3_key(r) for r in runs(path)}) >= 500, 180, "every event to run")
+    seen = runs(path)
+    distinct = {s3_key(r) for r in seen}
+    assert distinct == set(keys)
+    duplicates = len(seen) - len(distinct)
+    print(f"500 events, SIGKILL after {killed_at} runs: {len(seen)} runs, {duplicates} duplicates")
+    assert killed_at < 500, "the kill came after every run: nothing was tested"
