@@ -4,6 +4,7 @@ function."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -99,13 +100,19 @@ class MinioExchange:
         return bodies
 
     async def __aexit__(self, *exc: object) -> None:
-        for queue in (
-            f"{self.namespace}.s3.{self.name}",
-            f"{self.namespace}.s3.{self.name}.parked",
-        ):
-            await self.channel.queue_delete(queue)
-        await self.channel.exchange_delete(self.name)
+        # The queues stay while the module's trigger process consumes them (`stack`
+        # deletes them at the end): deleting one would cancel its consumer for good.
         await self.connection.close()
+
+
+async def delete_event_queues(namespace: str) -> None:
+    exchange = f"{namespace}.s3-events"
+    connection = await aio_pika.connect(AMQP_URL, timeout=10)
+    async with connection:
+        channel = await connection.channel()
+        for queue in (f"{namespace}.s3.{exchange}", f"{namespace}.s3.{exchange}.parked"):
+            await channel.queue_delete(queue)
+        await channel.exchange_delete(exchange)
 
 
 @pytest.fixture
@@ -124,6 +131,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Any:
         yield s
     finally:
         s.stop()
+        asyncio.run(delete_event_queues(s.namespace))
 
 
 async def test_minio_amqp_events_run_matching_triggers_once_and_park_malformed(
