@@ -98,3 +98,39 @@ def verify(secret: bytes, token: str, now: float) -> InvokeGrant:
     if now >= grant.expires_at:
         raise Unauthorized("invoke token expired")
     return grant
+
+
+# Lineage marks: what a function's writes to object storage carry (user metadata
+# `pyfc-lineage`), so the object event they cause continues the writer's chain.
+MARK_PREFIX = "pyfcm1."
+
+
+def mark_of(token: str) -> str:
+    """The lineage mark of an invoke token: `pyfcm1.<payload>.<sha256 of the token's MAC>`.
+
+    Made by whoever holds the token (a function, from `context.credentials`, with the
+    standard library only); not a credential itself: the MAC cannot be recovered from its
+    hash, so a mark stored in an object's metadata cannot be used to invoke anything."""
+    signed, _, mac = token.rpartition(".")
+    payload = signed.removeprefix(PREFIX)
+    digest = hashlib.sha256(base64.urlsafe_b64decode(mac + "=" * (-len(mac) % 4))).digest()
+    return f"{MARK_PREFIX}{payload}.{_b64(digest)}"
+
+
+def read_mark(secret: bytes, mark: str) -> InvokeGrant:
+    """The lineage of a genuine mark (expiry ignored: an event may come late);
+    `Unauthorized` for anything else (the write then starts a new chain)."""
+    if len(mark) > MAX_TOKEN_CHARS or not mark.startswith(MARK_PREFIX) or not mark.isascii():
+        raise Unauthorized("not a pyfc lineage mark")
+    signed, _, hashed = mark.rpartition(".")
+    payload = signed[len(MARK_PREFIX) :]
+    if not payload or len(hashed) != _MAC_CHARS:
+        raise Unauthorized("malformed lineage mark")
+    mac = _mac(secret, (PREFIX + payload).encode("ascii"))
+    expected = _b64(hashlib.sha256(base64.urlsafe_b64decode(mac + "=")).digest())
+    if not hmac.compare_digest(hashed, expected):
+        raise Unauthorized("lineage mark does not match")
+    try:
+        return _decode(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (binascii.Error, ValueError, msgspec.DecodeError):
+        raise Unauthorized("undecodable lineage mark") from None

@@ -177,3 +177,36 @@ def test_damaged_secret_file_is_a_clear_error(tmp_path: Path) -> None:
 def test_gateway_url(tmp_path: Path, env: dict[str, str], url: str) -> None:
     settings = Settings.from_env({"PYFC_DATA_DIR": str(tmp_path), **env})
     assert settings.effective_gateway_url == url
+
+
+def test_lineage_mark_round_trip_and_is_no_credential() -> None:
+    token = mint(hops=5)
+    mark = tokens.mark_of(token)
+    assert mark.startswith("pyfcm1.") and len(mark) < 250
+    grant = tokens.read_mark(SECRET, mark)
+    assert (grant.tenant, grant.hops, grant.origin) == ("acme", 5, "function:svc/fn")
+    # Long after the token expired, the mark still reads (an event may come late).
+    assert tokens.read_mark(SECRET, tokens.mark_of(mint(expires_at=NOW - 3600))).hops == 3
+    # A mark is not an invoke token, and does not become one.
+    with pytest.raises(Unauthorized):
+        tokens.verify(SECRET, mark, NOW)
+    with pytest.raises(Unauthorized):
+        tokens.verify(SECRET, "pyfc1." + mark.removeprefix("pyfcm1."), NOW)
+
+
+def test_forged_or_foreign_marks_are_refused() -> None:
+    mark = tokens.mark_of(mint())
+    payload, hashed = mark.removeprefix("pyfcm1.").rsplit(".", 1)
+    lower = b64(json.dumps(["acme", "t", 0, "function:svc/fn", 0]).encode())
+    for forged in [
+        f"pyfcm1.{lower}.{hashed}",  # a shorter chain claimed with another mark's hash
+        f"pyfcm1.{payload}.{hashed[:-1]}A"
+        if hashed[-1] != "A"
+        else f"pyfcm1.{payload}.{hashed[:-1]}B",
+        tokens.mark_of(mint(secret=b"o" * 32)),  # another deployment's
+        "pyfcm1..",
+        "x" * 100,
+        "pyfcm1.é.x",
+    ]:
+        with pytest.raises(Unauthorized):
+            tokens.read_mark(SECRET, forged)
