@@ -31,6 +31,7 @@ from gateway.bodies import (
     VersionPage,
 )
 from gateway.http import json_response
+from shared.logread import MAX_LIMIT as MAX_LOG_LIMIT
 from shared.models import AsyncConfig, Function, ProvisionConfig, Service, Trigger
 from shared.release import Alias, Version
 from shared.trigger_types import HttpConfig, MqConfig, TimerConfig
@@ -100,9 +101,59 @@ INVOKE_HEADERS = [
         "name": "X-Fc-Log-Type",
         "in": "header",
         "required": False,
-        "schema": {"type": "string", "enum": ["Tail", "None"]},
+        # Tail returns the log tail; any other value (FC's None) returns none.
+        "schema": {"type": "string", "examples": ["Tail", "None"]},
     },
 ]
+
+
+# One example body per request schema (tests/test_api_contract.py checks each against its
+# schema, and that every JSON body has one).
+ZIP = "UEsFBgAAAAAAAAAAAAAAAAAAAAAAAA=="  # base64 of an (empty) zip: put your package here
+REQUEST_EXAMPLES: dict[str, Any] = {
+    "ServiceCreate": {"serviceName": "demo", "description": "image pipeline"},
+    "ServiceUpdate": {"description": "image pipeline, v2"},
+    "FunctionCreate": {
+        "functionName": "thumbnail",
+        "runtime": "python3.11",
+        "handler": "index.handler",
+        "code": {"zipFile": ZIP},
+        "memorySize": 256,
+        "timeout": 30,
+        "instanceConcurrency": 4,
+        "environmentVariables": {"OUT_PREFIX": "thumbs/"},
+    },
+    "FunctionUpdate": {"timeout": 60, "environmentVariables": {"OUT_PREFIX": "small/"}},
+    "PublishVersion": {"description": "first release"},
+    "AliasCreate": {
+        "aliasName": "prod",
+        "versionId": "1",
+        "additionalVersionWeight": {"2": 0.1},
+        "autoRollback": {"maxErrorRate": 0.05, "windowSeconds": 60, "minInvocations": 20},
+    },
+    "AliasUpdate": {"versionId": "2", "additionalVersionWeight": {}},
+    "TriggerCreate": {
+        "triggerName": "nightly",
+        "triggerType": "timer",
+        "qualifier": "prod",
+        "triggerConfig": {"cronExpression": "0 0 2 * * *", "timezone": "Asia/Shanghai"},
+    },
+    "TriggerUpdate": {"enabled": False},
+    "AsyncConfigUpdate": {
+        "maxAsyncRetryAttempts": 2,
+        "maxAsyncEventAgeInSeconds": 3600,
+        "destinationConfig": {"onFailure": {"destination": "function:demo/on-failure"}},
+    },
+    "ProvisionConfigUpdate": {"target": 2},
+    "MessagePublish": {
+        "routingKey": "order.created",
+        "body": '{"id": 1, "total": 9.5}',
+        "messageId": "order-1",
+    },
+}
+
+
+OPTIONAL_BODIES = frozenset({"PublishVersion"})
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -133,15 +184,25 @@ def _op(
     query: tuple[str, ...] = (),
     errors: tuple[str, ...] = ("404",),
     media: str = "application/json",
+    limit_max: int = 100,
 ) -> dict[str, Any]:
     op: dict[str, Any] = {"summary": summary, "responses": {}}
     if query:
         op["parameters"] = [
-            {"name": name, "in": "query", "required": False, "schema": _query_schema(name)}
+            {
+                "name": name,
+                "in": "query",
+                "required": False,
+                "schema": _query_schema(name, limit_max),
+            }
             for name in query
         ]
     if request:
-        op["requestBody"] = {"required": True, "content": _json(_ref(request))}
+        # A body whose fields all have defaults may be left out (publish a version).
+        optional = request in OPTIONAL_BODIES
+        op["requestBody"] = {"required": not optional, "content": _json(_ref(request))}
+        if request in REQUEST_EXAMPLES:
+            op["requestBody"]["content"]["application/json"]["example"] = REQUEST_EXAMPLES[request]
         errors = (*errors, "413")
     if raw:
         op["requestBody"] = {
@@ -158,9 +219,9 @@ def _op(
     return op
 
 
-def _query_schema(name: str) -> dict[str, Any]:
+def _query_schema(name: str, limit_max: int) -> dict[str, Any]:
     if name == "limit":
-        return {"type": "integer", "minimum": 1, "maximum": 100}
+        return {"type": "integer", "minimum": 1, "maximum": limit_max}
     return {"type": "string"}
 
 
@@ -361,6 +422,7 @@ def build() -> dict[str, Any]:
                 "ISO 8601, epoch seconds or back from now (10m); level: at least this; "
                 "follow=true streams lines as they arrive (application/x-ndjson)",
                 query=("requestId", "since", "until", "q", "level", "limit", "nextToken", "follow"),
+                limit_max=MAX_LOG_LIMIT,
             ),
             "post": _op(
                 "append the tenant's own records: {records: [{message, level, requestId, time}]}"
