@@ -240,3 +240,55 @@ async def test_500_events_with_the_adapter_sigkilled_midway_all_run(
     duplicates = len(seen) - len(distinct)
     print(f"500 events, SIGKILL after {killed_at} runs: {len(seen)} runs, {duplicates} duplicates")
     assert killed_at < 500, "the kill came after every run: nothing was tested"
+
+
+async def test_a_functions_write_continues_its_chain_and_a_loop_stops_at_the_limit(
+    stack: Stack, client: Client, minio: MinioExchange
+) -> None:
+    """The lineage mark in an object's metadata (MinIO's records carry user metadata):
+    the event continues the writer's chain one hop deeper; at the tenant's limit (16) it
+    is stopped with a record saying why; a foreign mark starts a new chain."""
+    from shared import s3events, tokens
+    from shared.settings import Settings
+    from triggers.adapter import event_id
+
+    secret = Settings.from_env(stack.env).token_secret()
+    bucket = unique("loop").replace("_", "-")
+    service, function, path = await record_function(client)
+    trigger = await create_trigger(
+        client, service, function, "thumbs", bucket=bucket, events=["s3:ObjectCreated:*"]
+    )
+    alive = [n for n, p in stack.procs.items() if n.startswith("s3-") and p.poll() is None]
+    stack.wait_log(alive[-1], f"consuming exchange {minio.name}")
+
+    def marked(key: str, hops: int, tenant: str = client.tenant, seq: str = "1") -> bytes:
+        token = tokens.mint(
+            secret, tenant=tenant, trace_id="trace-1", hops=hops, origin="function:s/f",
+            expires_at=0,
+        )  # fmt: skip
+        meta = {"X-Amz-Meta-Pyfc-Lineage": tokens.mark_of(token)}
+        return minio_body(bucket, key, sequencer=seq, metadata=meta)
+
+    await minio.publish(marked("out/a.jpg", hops=2))
+    await minio.publish(marked("out/foreign.jpg", hops=2, tenant="someone-else"))
+    wait_until(lambda: len(runs(path)) >= 2, 30, "two runs")
+    hops = {s3_key(r): r["hops"] for r in runs(path)}
+    assert hops == {"out/a.jpg": 3, "out/foreign.jpg": 0}, hops
+
+    body = marked("out/loop.jpg", hops=15)
+    await minio.publish(body)
+    [event] = s3events.parse(body)
+    request_id = event_id(trigger["triggerId"], event.dedup_key)
+    url = f"/v1/services/{service}/functions/{function}/invocations/{request_id}"
+
+    async def concluded() -> dict[str, Any]:
+        for _ in range(300):
+            status, _, raw = await client.call("GET", url)
+            if status == 200 and json.loads(raw)["status"] not in ("Enqueued", "Running"):
+                return dict(json.loads(raw))
+            await asyncio.sleep(0.1)
+        raise TimeoutError(raw)
+
+    record = await concluded()
+    assert record["status"] == "Failed" and "16 hops" in json.dumps(record), record
+    assert "out/loop.jpg" not in {s3_key(r) for r in runs(path)}

@@ -20,9 +20,10 @@ from collections.abc import Iterable
 
 from aio_pika.abc import AbstractRobustConnection
 
-from shared import s3events
+from shared import s3events, tokens
 from shared.broker import connect
-from shared.protocol import Invocation
+from shared.errors import Unauthorized
+from shared.protocol import Invocation, Lineage
 from shared.s3events import ObjectEvent
 from shared.settings import Settings
 from shared.topology import Topology
@@ -37,9 +38,10 @@ log = logging.getLogger(f"pyfc.{__name__}")
 class ObjectRouter:
     """Turns object events into accepted invocations of the triggers that take them."""
 
-    def __init__(self, emitter: Emitter, metrics: TriggerMetrics) -> None:
+    def __init__(self, emitter: Emitter, metrics: TriggerMetrics, secret: bytes) -> None:
         self._emitter = emitter
         self._metrics = metrics
+        self._secret = secret
         # Request ids being accepted now. A second copy of an event (delivered twice) waits
         # for the first: two copies of one id in one published batch would both be
         # admitted (the dispatcher's first-admission check is per id within a message).
@@ -67,6 +69,7 @@ class ObjectRouter:
                     event_id(active.trigger_id, event.dedup_key),
                     once=True,
                     created_at=time.time(),
+                    lineage=self.lineage_of(event, active),
                 )
                 try:
                     await self._emit_alone(active, inv)
@@ -76,6 +79,21 @@ class ObjectRouter:
                 events_of.labels(label, "accepted").inc()
                 accepted += 1
         return accepted
+
+    def lineage_of(self, event: ObjectEvent, active: ActiveTrigger) -> Lineage | None:
+        """The writer's chain, one hop deeper, when the object was written by a function of
+        the trigger's tenant (a genuine mark in its metadata); else None (a new chain)."""
+        mark = event.lineage_mark
+        if not mark:
+            return None
+        try:
+            grant = tokens.read_mark(self._secret, mark)
+        except Unauthorized as e:
+            log.info("object %s/%s: %s; a new chain", event.bucket, event.key, e.message)
+            return None
+        if grant.tenant != active.tenant:
+            return None
+        return Lineage(trace_id=grant.trace_id, hops=grant.hops + 1, origin=grant.origin)
 
     async def _emit_alone(self, active: ActiveTrigger, inv: Invocation) -> None:
         lock, users = self._inflight.setdefault(inv.id, (asyncio.Lock(), [0]))
@@ -115,7 +133,8 @@ class ObjectSource:
     ) -> ObjectSource:
         # Its own connection: MinIO's events are consumed apart from the acceptor's publishes.
         connection = await connect(settings.amqp_url, f"pyfc-trigger-s3@{settings.namespace}")
-        return cls(settings, ObjectRouter(emitter, metrics), metrics, connection)
+        router = ObjectRouter(emitter, metrics, settings.token_secret())
+        return cls(settings, router, metrics, connection)
 
     def exchange_of(self, config: S3Config) -> str | None:
         source = config.source
