@@ -1,6 +1,7 @@
 """A rolling restart of every role under steady load fails nothing.
 
-Two replicas of each role (gateway, dispatcher, worker, timer and mq trigger processes). Each
+Two replicas of each role (gateway, dispatcher, worker, and the timer, mq, s3 and log trigger
+processes; events flow through the timer and mq ones during the restarts). Each
 replica in turn gets SIGTERM, exits, and a fresh one takes its place, while sync callers
 and an async caller keep going and a timer fires every second. Callers behave as a load
 balancer would: a connection refused (nothing sent) goes to the other gateway; any other
@@ -132,6 +133,9 @@ async def test_rolling_restart_of_every_role_under_load_fails_nothing(
     stack.wait_log("dispatcher-b", "ready")
     timers = [stack.start_timers("timer-a"), stack.start_timers("timer-b")]
     mqs = [start_mq(stack, "mq-a"), start_mq(stack, "mq-b")]
+    # The other trigger kinds' processes are restarted too (their own tests carry events
+    # through a SIGKILL: tests/test_e2e_s3.py, tests/test_e2e_log_trigger.py).
+    others = [stack.start_trigger(kind, f"{kind}-{r}") for kind in ("s3", "log") for r in "ab"]
     _, key = stack.create_tenant()
     connector = aiohttp.TCPConnector(force_close=True)  # each request its own connection
     async with aiohttp.ClientSession(
@@ -195,6 +199,14 @@ async def test_rolling_restart_of_every_role_under_load_fails_nothing(
             for name in mqs:
                 _, stop_times[name] = await asyncio.to_thread(
                     restart, stack, name, lambda new=f"{name}-2": start_mq(stack, new)
+                )
+            for name in others:
+                kind = name.split("-")[0]
+                _, stop_times[name] = await asyncio.to_thread(
+                    restart,
+                    stack,
+                    name,
+                    lambda kind=kind, new=f"{name}-2": stack.start_trigger(kind, new),
                 )
             before = load.sync_ok
             await asyncio.to_thread(
