@@ -25,12 +25,19 @@ from tests.test_e2e_crash import SLOW
 from tests.test_e2e_dispatch import PROBE, Probe, fire_async, tenant_client
 from tests.test_e2e_reconnect import close_connections, stack_connections
 
+# Long enough for rabbitmqctl to list and close the worker's connection while it runs
+# (each rabbitmqctl call takes 1-3.5 s on a loaded machine; at 2 s the run could finish
+# first, and no copy came back).
+LONG = SLOW.replace("time.sleep(2)", "time.sleep(8)")
 
-async def start_slow_async(stack: Stack, client: Client, marker_dir: str) -> tuple[str, ...]:
-    """Deploy SLOW (2 s), invoke it async and return once it runs: (service, function,
-    request id, marker path)."""
+
+async def start_slow_async(
+    stack: Stack, client: Client, marker_dir: str, code: str = SLOW
+) -> tuple[str, ...]:
+    """Deploy `code` (SLOW: 2 s), invoke it async and return once it runs: (service,
+    function, request id, marker path)."""
     marker = open_dir(marker_dir) / "runs.txt"
-    service, function = await deploy(client, {"index.py": SLOW}, timeout=30)
+    service, function = await deploy(client, {"index.py": code}, timeout=30)
     status, headers, _ = await invoke(
         client, service, function, str(marker).encode(), X_Fc_Invocation_Type="Async"
     )
@@ -48,7 +55,7 @@ async def test_a_lost_connection_neither_stops_nor_repeats_running_work(
     _, key = stack.create_tenant()
     async with aiohttp.ClientSession() as session:
         client = Client(session, stack.url, key)
-        service, function, request_id, marker = await start_slow_async(stack, client, "blip")
+        service, function, request_id, marker = await start_slow_async(stack, client, "blip", LONG)
         pids = await asyncio.to_thread(
             stack_connections, stack.namespace, stack.worker_ids["worker-1"]
         )
