@@ -27,7 +27,7 @@ lint: $(STAMP)
 test: $(STAMP) services
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 3 --dist loadfile
 
 # Every benchmark, one table; JSON and PNG in bench/results/ (~5-7 minutes on 2 cores).
 bench: $(STAMP) services
